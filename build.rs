@@ -1,0 +1,12 @@
+//! Compiles proto/ with a vendored protoc: no system protoc is needed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded; nothing reads the env concurrently.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&["proto/mailspool/v1/mailspool.proto"], &["proto"])?;
+    Ok(())
+}

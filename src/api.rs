@@ -1,0 +1,273 @@
+//! The gRPC layer: proto in, core types to the store and scheduler, proto
+//! out. Handlers are validate → convert → delegate; every error becomes a
+//! gRPC status here and nowhere else.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::message::{self, EmailInput, InvalidField, Limits};
+use crate::model::{now_ms, Lane, MessageId, NewMessage};
+use crate::pb;
+use crate::scheduler::Scheduler;
+use crate::stats::{queue_stats, Rates};
+use crate::store::{Status as SpoolStatus, Store, StoreError};
+
+/// Everything the handlers need. Cloning is cheap.
+#[derive(Clone)]
+pub struct Api {
+    pub store: Store,
+    pub scheduler: Arc<Scheduler>,
+    pub rates: Arc<Rates>,
+    pub limits: Limits,
+    pub max_batch_items: usize,
+    /// Set at the start of shutdown: new calls get UNAVAILABLE.
+    pub closing: Arc<AtomicBool>,
+}
+
+fn invalid(e: InvalidField) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Closed => {
+            Status::unavailable("mailspool is shutting down; retry shortly or on another node")
+        }
+        other => Status::unavailable(format!(
+            "the spool could not store the message ({other}); nothing was written, retry later"
+        )),
+    }
+}
+
+fn lane_from_proto(v: i32) -> Result<Lane, InvalidField> {
+    match pb::Lane::try_from(v) {
+        Ok(pb::Lane::Transactional) => Ok(Lane::Transactional),
+        Ok(pb::Lane::Unspecified | pb::Lane::Normal) => Ok(Lane::Normal),
+        Ok(pb::Lane::Bulk) => Ok(Lane::Bulk),
+        Err(_) => Err(InvalidField {
+            field: "lane".into(),
+            reason: format!("unknown lane {v}"),
+        }),
+    }
+}
+
+pub fn lane_to_proto(l: Lane) -> pb::Lane {
+    match l {
+        Lane::Transactional => pb::Lane::Transactional,
+        Lane::Normal => pb::Lane::Normal,
+        Lane::Bulk => pb::Lane::Bulk,
+    }
+}
+
+impl Api {
+    fn check_open(&self) -> Result<(), Status> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(store_status(StoreError::Closed));
+        }
+        Ok(())
+    }
+
+    /// Validates one request and builds its message.
+    fn prepare(&self, req: pb::EnqueueRequest) -> Result<NewMessage, InvalidField> {
+        let lane = lane_from_proto(req.lane)?;
+        let email = req.email.ok_or_else(|| InvalidField {
+            field: "email".into(),
+            reason: "required".into(),
+        })?;
+        let mut headers: Vec<(String, String)> = email.headers.into_iter().collect();
+        headers.sort();
+        let input = EmailInput {
+            from: email.from,
+            to: email.to,
+            cc: email.cc,
+            bcc: email.bcc,
+            reply_to: email.reply_to,
+            subject: email.subject,
+            text_body: email.text_body,
+            html_body: email.html_body,
+            headers,
+        };
+        message::build(
+            &input,
+            lane,
+            &req.idempotency_key,
+            req.not_before_unix_ms,
+            self.limits,
+            now_ms(),
+        )
+    }
+
+    fn accepted(&self, appended: &[crate::store::Appended]) {
+        let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
+        if new > 0 {
+            self.rates.enqueued(new);
+            self.scheduler.wake();
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::mail_queue_server::MailQueue for Api {
+    async fn enqueue(
+        &self,
+        request: Request<pb::EnqueueRequest>,
+    ) -> Result<Response<pb::EnqueueResponse>, Status> {
+        self.check_open()?;
+        let message = self.prepare(request.into_inner()).map_err(invalid)?;
+        let appended = self
+            .store
+            .append(vec![message])
+            .await
+            .map_err(store_status)?;
+        self.accepted(&appended);
+        let a = appended
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::internal("store returned no result"))?;
+        Ok(Response::new(pb::EnqueueResponse {
+            id: a.id.to_string(),
+            duplicate: a.duplicate,
+            message_id: a.message_id,
+        }))
+    }
+
+    async fn enqueue_batch(
+        &self,
+        request: Request<pb::EnqueueBatchRequest>,
+    ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
+        self.check_open()?;
+        let requests = request.into_inner().requests;
+        if requests.is_empty() {
+            return Err(Status::invalid_argument("requests: the batch is empty"));
+        }
+        if requests.len() > self.max_batch_items {
+            return Err(Status::invalid_argument(format!(
+                "requests: {} items; at most max_batch_items = {} per call",
+                requests.len(),
+                self.max_batch_items
+            )));
+        }
+        let mut results = vec![pb::EnqueueResult::default(); requests.len()];
+        let mut valid = Vec::with_capacity(requests.len());
+        let mut slots = Vec::with_capacity(requests.len());
+        for (i, req) in requests.into_iter().enumerate() {
+            match self.prepare(req) {
+                Ok(m) => {
+                    valid.push(m);
+                    slots.push(i);
+                }
+                Err(e) => {
+                    results[i].code = tonic::Code::InvalidArgument as i32;
+                    results[i].message = format!("requests[{i}].{e}");
+                }
+            }
+        }
+        if !valid.is_empty() {
+            let appended = self.store.append(valid).await.map_err(store_status)?;
+            self.accepted(&appended);
+            for (slot, a) in slots.into_iter().zip(appended) {
+                results[slot] = pb::EnqueueResult {
+                    id: a.id.to_string(),
+                    duplicate: a.duplicate,
+                    code: 0,
+                    message: String::new(),
+                    message_id: a.message_id,
+                };
+            }
+        }
+        Ok(Response::new(pb::EnqueueBatchResponse { results }))
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let raw = request.into_inner().id;
+        let id = MessageId::parse(&raw).ok_or_else(|| {
+            Status::invalid_argument(format!("id: `{raw}` is not a mailspool id (16 hex digits)"))
+        })?;
+        let status = self
+            .store
+            .status(id)
+            .map_err(store_status)?
+            .ok_or_else(|| Status::not_found(format!("id: no message {id} (never enqueued, or delivered longer ago than the retention window)")))?;
+        let mut resp = pb::GetMessageResponse {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        match status {
+            SpoolStatus::Queued(r) => {
+                let state = if self.scheduler.is_leased(id) {
+                    pb::MessageState::InFlight
+                } else {
+                    pb::MessageState::Queued
+                };
+                resp.set_state(state);
+                resp.attempts = r.attempts;
+                resp.last_error = r.last_error;
+                resp.next_attempt_unix_ms = r.due_ms as i64;
+                resp.set_lane(lane_to_proto(r.lane));
+                resp.enqueued_unix_ms = r.enqueued_ms as i64;
+                resp.message_id = r.message_id;
+            }
+            SpoolStatus::Delivered(d) => {
+                resp.set_state(pb::MessageState::Delivered);
+                resp.attempts = d.attempts;
+                resp.set_lane(lane_to_proto(d.lane));
+                resp.enqueued_unix_ms = d.enqueued_ms as i64;
+                resp.finished_unix_ms = d.delivered_ms as i64;
+                resp.message_id = d.message_id;
+            }
+            SpoolStatus::Dead(d) => {
+                resp.set_state(pb::MessageState::Dead);
+                resp.attempts = d.record.attempts;
+                resp.last_error = d.reason;
+                resp.set_lane(lane_to_proto(d.record.lane));
+                resp.enqueued_unix_ms = d.record.enqueued_ms as i64;
+                resp.finished_unix_ms = d.died_ms as i64;
+                resp.message_id = d.record.message_id;
+            }
+        }
+        Ok(Response::new(resp))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::queue_admin_server::QueueAdmin for Api {
+    async fn queue_stats(
+        &self,
+        _request: Request<pb::QueueStatsRequest>,
+    ) -> Result<Response<pb::QueueStatsResponse>, Status> {
+        let now = now_ms();
+        let s = queue_stats(
+            &self.store.snapshot(now),
+            self.scheduler.in_flight(),
+            self.rates.per_second(),
+            self.rates.uptime_seconds(),
+            now,
+        );
+        Ok(Response::new(pb::QueueStatsResponse {
+            queued: s.queued,
+            ready: s.ready,
+            scheduled: s.scheduled,
+            in_flight: s.in_flight,
+            dead: s.dead,
+            enqueued_total: s.enqueued_total,
+            delivered_total: s.delivered_total,
+            retried_total: s.retried_total,
+            dead_total: s.dead_total,
+            oldest_queued_age_seconds: s.oldest_queued_age_seconds,
+            enqueue_rate_per_second: s.enqueue_rate_per_second,
+            delivery_rate_per_second: s.delivery_rate_per_second,
+            drain_eta_seconds: s.drain_eta_seconds,
+            queued_transactional: s.queued_by_lane[0],
+            queued_normal: s.queued_by_lane[1],
+            queued_bulk: s.queued_by_lane[2],
+            duplicates_total: s.duplicates_total,
+            group_commits_total: s.group_commits_total,
+            uptime_seconds: s.uptime_seconds,
+        }))
+    }
+}

@@ -1,0 +1,374 @@
+//! The binary's command line: `serve` (the default) and client commands
+//! for people (`enqueue`, `stats`, `status`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat, RelayTls};
+use crate::pb;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailspool",
+    version,
+    about = "A durable email notification queue",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (also what `mailspool` with no subcommand does).
+    Serve(ServeArgs),
+    /// Enqueue one message and print its id.
+    Enqueue(EnqueueArgs),
+    /// Print QueueStats.
+    Stats(StatsArgs),
+    /// Print where one message is.
+    Status(StatusArgs),
+}
+
+/// Server settings. Each flag also reads `MAILSPOOL_<NAME>`; unset ones fall
+/// back to the TOML file, then to the defaults.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML file with settings (keys as in the README's table).
+    #[arg(long, env = "MAILSPOOL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051]
+    #[arg(long, env = "MAILSPOOL_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Spool directory [default: ./mailspool-data]
+    #[arg(long, env = "MAILSPOOL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// smtp://host[:port] or smtps://host[:port]; unset = local outbox
+    #[arg(long, env = "MAILSPOOL_RELAY")]
+    pub relay: Option<String>,
+    /// [default: required; opportunistic for loopback relays]
+    #[arg(long, env = "MAILSPOOL_RELAY_TLS", value_enum)]
+    pub relay_tls: Option<RelayTls>,
+    /// Relay user; the password comes from MAILSPOOL_RELAY_PASSWORD or --relay-password-file.
+    #[arg(long, env = "MAILSPOOL_RELAY_USER")]
+    pub relay_user: Option<String>,
+    #[arg(long, env = "MAILSPOOL_RELAY_PASSWORD_FILE")]
+    pub relay_password_file: Option<PathBuf>,
+    /// [default: 16]
+    #[arg(long, env = "MAILSPOOL_RELAY_MAX_CONNECTIONS")]
+    pub relay_max_connections: Option<usize>,
+    /// Delivery workers [default: relay_max_connections]
+    #[arg(long, env = "MAILSPOOL_WORKERS")]
+    pub workers: Option<usize>,
+    /// Messages per lease [default: 32]
+    #[arg(long, env = "MAILSPOOL_LEASE_BATCH")]
+    pub lease_batch: Option<usize>,
+    /// [default: 300000]
+    #[arg(long, env = "MAILSPOOL_LEASE_TIMEOUT_MS")]
+    pub lease_timeout_ms: Option<u64>,
+    /// [default: 60000]
+    #[arg(long, env = "MAILSPOOL_SMTP_TIMEOUT_MS")]
+    pub smtp_timeout_ms: Option<u64>,
+    /// [default: 30000]
+    #[arg(long, env = "MAILSPOOL_RETRY_BASE_MS")]
+    pub retry_base_ms: Option<u64>,
+    /// [default: 900000]
+    #[arg(long, env = "MAILSPOOL_RETRY_CAP_MS")]
+    pub retry_cap_ms: Option<u64>,
+    /// [default: 20]
+    #[arg(long, env = "MAILSPOOL_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+    /// [default: 86400]
+    #[arg(long, env = "MAILSPOOL_MAX_AGE_SECS")]
+    pub max_age_secs: Option<u64>,
+    /// [default: 100]
+    #[arg(long, env = "MAILSPOOL_MAX_RECIPIENTS")]
+    pub max_recipients: Option<usize>,
+    /// [default: 10485760]
+    #[arg(long, env = "MAILSPOOL_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// [default: 1000]
+    #[arg(long, env = "MAILSPOOL_MAX_BATCH_ITEMS")]
+    pub max_batch_items: Option<usize>,
+    /// [default: 86400]
+    #[arg(long, env = "MAILSPOOL_IDEMPOTENCY_WINDOW_SECS")]
+    pub idempotency_window_secs: Option<u64>,
+    /// [default: 3600]
+    #[arg(long, env = "MAILSPOOL_DELIVERED_RETENTION_SECS")]
+    pub delivered_retention_secs: Option<u64>,
+    /// [default: 134217728]
+    #[arg(long, env = "MAILSPOOL_CACHE_CAPACITY_BYTES")]
+    pub cache_capacity_bytes: Option<u64>,
+    /// [default: 10000]
+    #[arg(long, env = "MAILSPOOL_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// [default: text]
+    #[arg(long, env = "MAILSPOOL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// tracing filter [default: warn,mailspool=info]; RUST_LOG overrides
+    #[arg(long, env = "MAILSPOOL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+macro_rules! overlay {
+    ($cfg:ident, $args:ident, $($field:ident),*) => {
+        $( if let Some(v) = $args.$field.clone() { $cfg.$field = v; } )*
+    };
+}
+
+impl ServeArgs {
+    /// Defaults < TOML < environment/flags, then validation.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        overlay!(
+            c,
+            self,
+            listen,
+            data_dir,
+            relay_max_connections,
+            lease_batch,
+            lease_timeout_ms,
+            smtp_timeout_ms,
+            retry_base_ms,
+            retry_cap_ms,
+            max_attempts,
+            max_age_secs,
+            max_recipients,
+            max_message_bytes,
+            max_batch_items,
+            idempotency_window_secs,
+            delivered_retention_secs,
+            cache_capacity_bytes,
+            shutdown_grace_ms,
+            log_format,
+            log_level
+        );
+        if self.relay.is_some() {
+            c.relay = self.relay;
+        }
+        if self.relay_tls.is_some() {
+            c.relay_tls = self.relay_tls;
+        }
+        if self.relay_user.is_some() {
+            c.relay_user = self.relay_user;
+        }
+        if self.relay_password_file.is_some() {
+            c.relay_password_file = self.relay_password_file;
+        }
+        if self.workers.is_some() {
+            c.workers = self.workers;
+        }
+        if let Ok(pw) = std::env::var("MAILSPOOL_RELAY_PASSWORD") {
+            c.relay_password = Some(pw);
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The mailspool server.
+    #[arg(
+        long,
+        env = "MAILSPOOL_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub from: String,
+    #[arg(long, required = true)]
+    pub to: Vec<String>,
+    #[arg(long)]
+    pub cc: Vec<String>,
+    #[arg(long)]
+    pub bcc: Vec<String>,
+    #[arg(long, default_value = "")]
+    pub subject: String,
+    #[arg(long, default_value = "")]
+    pub text: String,
+    #[arg(long, default_value = "")]
+    pub html: String,
+    #[arg(long, value_parser = ["transactional", "normal", "bulk"], default_value = "normal")]
+    pub lane: String,
+    #[arg(long, default_value = "")]
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+type ClientResult = Result<(), Box<dyn std::error::Error>>;
+
+async fn channel(server: &str) -> Result<tonic::transport::Channel, Box<dyn std::error::Error>> {
+    tonic::transport::Endpoint::from_shared(server.to_string())
+        .map_err(|e| format!("bad --server `{server}`: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| {
+            format!("cannot reach mailspool at {server}: {e}; is `mailspool serve` running?").into()
+        })
+}
+
+fn status_error(s: tonic::Status) -> Box<dyn std::error::Error> {
+    format!("{:?}: {}", s.code(), s.message()).into()
+}
+
+pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
+    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client.server).await?);
+    let lane = match a.lane.as_str() {
+        "transactional" => pb::Lane::Transactional,
+        "bulk" => pb::Lane::Bulk,
+        _ => pb::Lane::Normal,
+    };
+    let resp = client
+        .enqueue(pb::EnqueueRequest {
+            email: Some(pb::Email {
+                from: a.from,
+                to: a.to,
+                cc: a.cc,
+                bcc: a.bcc,
+                subject: a.subject,
+                text_body: a.text,
+                html_body: a.html,
+                ..Default::default()
+            }),
+            lane: lane as i32,
+            idempotency_key: a.idempotency_key,
+            not_before_unix_ms: 0,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if resp.duplicate {
+        println!("{} (duplicate: idempotency key seen before)", resp.id);
+    } else {
+        println!("{}", resp.id);
+    }
+    Ok(())
+}
+
+pub async fn stats(a: StatsArgs) -> ClientResult {
+    let mut client =
+        pb::queue_admin_client::QueueAdminClient::new(channel(&a.client.server).await?);
+    let s = client
+        .queue_stats(pb::QueueStatsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if a.json {
+        let v = serde_json::json!({
+            "queued": s.queued, "ready": s.ready, "scheduled": s.scheduled, "in_flight": s.in_flight,
+            "dead": s.dead, "enqueued_total": s.enqueued_total, "delivered_total": s.delivered_total,
+            "retried_total": s.retried_total, "dead_total": s.dead_total,
+            "duplicates_total": s.duplicates_total,
+            "oldest_queued_age_seconds": s.oldest_queued_age_seconds,
+            "enqueue_rate_per_second": s.enqueue_rate_per_second,
+            "delivery_rate_per_second": s.delivery_rate_per_second,
+            "drain_eta_seconds": s.drain_eta_seconds,
+            "queued_transactional": s.queued_transactional, "queued_normal": s.queued_normal,
+            "queued_bulk": s.queued_bulk, "group_commits_total": s.group_commits_total,
+            "uptime_seconds": s.uptime_seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let eta = if s.drain_eta_seconds < 0.0 {
+        "not draining".to_string()
+    } else {
+        format!("{:.0} s", s.drain_eta_seconds)
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("queued", s.queued.to_string()),
+        ("  ready", s.ready.to_string()),
+        ("  scheduled", s.scheduled.to_string()),
+        ("  in flight", s.in_flight.to_string()),
+        ("  transactional", s.queued_transactional.to_string()),
+        ("  normal", s.queued_normal.to_string()),
+        ("  bulk", s.queued_bulk.to_string()),
+        ("dead", s.dead.to_string()),
+        (
+            "oldest queued",
+            format!("{:.1} s", s.oldest_queued_age_seconds),
+        ),
+        (
+            "enqueue rate",
+            format!("{:.1} /s", s.enqueue_rate_per_second),
+        ),
+        (
+            "delivery rate",
+            format!("{:.1} /s", s.delivery_rate_per_second),
+        ),
+        ("drain ETA", eta),
+        ("enqueued total", s.enqueued_total.to_string()),
+        ("delivered total", s.delivered_total.to_string()),
+        ("retried total", s.retried_total.to_string()),
+        ("dead total", s.dead_total.to_string()),
+        ("duplicates total", s.duplicates_total.to_string()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<18} {v:>14}");
+    }
+    Ok(())
+}
+
+pub async fn status(a: StatusArgs) -> ClientResult {
+    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client.server).await?);
+    let m = client
+        .get_message(pb::GetMessageRequest { id: a.id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let state = m.state().as_str_name();
+    let lane = m.lane().as_str_name();
+    if a.json {
+        let v = serde_json::json!({
+            "id": m.id, "state": state, "attempts": m.attempts, "last_error": m.last_error,
+            "next_attempt_unix_ms": m.next_attempt_unix_ms, "lane": lane,
+            "enqueued_unix_ms": m.enqueued_unix_ms, "finished_unix_ms": m.finished_unix_ms,
+            "message_id": m.message_id,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("id            {}", m.id);
+    println!("state         {state}");
+    println!("lane          {lane}");
+    println!("attempts      {}", m.attempts);
+    println!("message-id    <{}>", m.message_id);
+    if !m.last_error.is_empty() {
+        println!("last error    {}", m.last_error);
+    }
+    if m.next_attempt_unix_ms > 0 && matches!(m.state(), pb::MessageState::Queued) {
+        println!("next attempt  {} (unix ms)", m.next_attempt_unix_ms);
+    }
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! Settings, their defaults, and their validation.
+//!
+//! Precedence: built-in defaults < TOML file (`--config`) < environment
+//! (`MAILSPOOL_*`) < flags. Environment and flags are merged by clap in
+//! `cli`; this module owns the values and checks them once, at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// TLS policy towards the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    /// Plain SMTP, never STARTTLS.
+    None,
+    /// STARTTLS when the relay offers it.
+    Opportunistic,
+    /// STARTTLS must succeed, certificate verified (implicit TLS for smtps://).
+    Required,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of the server. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Where the spool (sled), and the outbox when no relay is set, live.
+    pub data_dir: PathBuf,
+    /// `smtp://host[:port]` or `smtps://host[:port]`; none = local outbox.
+    pub relay: Option<String>,
+    /// Default: required, or opportunistic when the relay is on loopback.
+    pub relay_tls: Option<RelayTls>,
+    pub relay_user: Option<String>,
+    /// Read from `MAILSPOOL_RELAY_PASSWORD` or `relay_password_file` only.
+    #[serde(skip)]
+    pub relay_password: Option<String>,
+    pub relay_password_file: Option<PathBuf>,
+    /// Upper bound on concurrent SMTP connections.
+    pub relay_max_connections: usize,
+    /// Delivery workers; default = relay_max_connections.
+    pub workers: Option<usize>,
+    /// Messages per lease.
+    pub lease_batch: usize,
+    /// A lease not finished by then returns its messages to the due set.
+    pub lease_timeout_ms: u64,
+    /// Timeout for connecting and for each SMTP exchange.
+    pub smtp_timeout_ms: u64,
+    /// First retry delay (upper bound of the full-jitter draw).
+    pub retry_base_ms: u64,
+    /// Largest retry delay.
+    pub retry_cap_ms: u64,
+    pub max_attempts: u32,
+    /// Older than this (since enqueue) → dead letter instead of retry.
+    pub max_age_secs: u64,
+    pub max_recipients: usize,
+    pub max_message_bytes: usize,
+    pub max_batch_items: usize,
+    pub idempotency_window_secs: u64,
+    /// How long GetMessage still knows a delivered message.
+    pub delivered_retention_secs: u64,
+    /// sled page cache.
+    pub cache_capacity_bytes: u64,
+    /// How long shutdown waits for in-flight deliveries.
+    pub shutdown_grace_ms: u64,
+    pub log_format: LogFormat,
+    /// tracing filter, e.g. `warn,mailspool=debug`. `RUST_LOG` overrides.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:50051".parse().expect("valid literal"),
+            data_dir: PathBuf::from("./mailspool-data"),
+            relay: None,
+            relay_tls: None,
+            relay_user: None,
+            relay_password: None,
+            relay_password_file: None,
+            relay_max_connections: 16,
+            workers: None,
+            lease_batch: 32,
+            lease_timeout_ms: 300_000,
+            smtp_timeout_ms: 60_000,
+            retry_base_ms: 30_000,
+            retry_cap_ms: 900_000,
+            max_attempts: 20,
+            max_age_secs: 86_400,
+            max_recipients: 100,
+            max_message_bytes: 10 * 1024 * 1024,
+            max_batch_items: 1_000,
+            idempotency_window_secs: 86_400,
+            delivered_retention_secs: 3_600,
+            cache_capacity_bytes: 128 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
+            log_level: "warn,mailspool=info".into(),
+        }
+    }
+}
+
+/// A setting that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting `{setting}`: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// A parsed `--relay` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayUrl {
+    pub host: String,
+    pub port: u16,
+    /// smtps://: TLS from the first byte.
+    pub implicit_tls: bool,
+}
+
+impl RelayUrl {
+    pub fn parse(url: &str) -> Result<RelayUrl, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or("expected smtp://host[:port] or smtps://host[:port]")?;
+        let (implicit_tls, default_port) = match scheme {
+            "smtp" => (false, 25),
+            "smtps" => (true, 465),
+            other => return Err(format!("unknown scheme `{other}`: use smtp:// or smtps://")),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.is_empty() || rest.contains(['/', '@', '?']) {
+            return Err("expected only host[:port] after the scheme (credentials go in --relay-user and MAILSPOOL_RELAY_PASSWORD)".into());
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?;
+                (h, port)
+            }
+            _ => (rest, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("empty host".into());
+        }
+        Ok(RelayUrl {
+            host: host.to_string(),
+            port,
+            implicit_tls,
+        })
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+}
+
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+        Config::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| bad("config", e.to_string()))
+    }
+
+    /// Checks every setting; the first problem stops the start.
+    pub fn validate(&mut self) -> Result<(), ConfigError> {
+        let positive = [
+            ("relay_max_connections", self.relay_max_connections as u64),
+            ("lease_batch", self.lease_batch as u64),
+            ("lease_timeout_ms", self.lease_timeout_ms),
+            ("smtp_timeout_ms", self.smtp_timeout_ms),
+            ("retry_base_ms", self.retry_base_ms),
+            ("retry_cap_ms", self.retry_cap_ms),
+            ("max_attempts", u64::from(self.max_attempts)),
+            ("max_age_secs", self.max_age_secs),
+            ("max_recipients", self.max_recipients as u64),
+            ("max_message_bytes", self.max_message_bytes as u64),
+            ("max_batch_items", self.max_batch_items as u64),
+            ("cache_capacity_bytes", self.cache_capacity_bytes),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(bad(name, "must be greater than 0"));
+            }
+        }
+        if self.workers == Some(0) {
+            return Err(bad("workers", "must be greater than 0"));
+        }
+        if self.retry_cap_ms < self.retry_base_ms {
+            return Err(bad("retry_cap_ms", "must be at least retry_base_ms"));
+        }
+        if self.max_message_bytes > 64 * 1024 * 1024 {
+            return Err(bad("max_message_bytes", "at most 64 MiB"));
+        }
+        if self.lease_batch > 10_000 {
+            return Err(bad("lease_batch", "at most 10000"));
+        }
+        if let Some(relay) = &self.relay {
+            let url = RelayUrl::parse(relay).map_err(|e| bad("relay", e))?;
+            if url.implicit_tls && self.relay_tls == Some(RelayTls::None) {
+                return Err(bad("relay_tls", "`none` contradicts an smtps:// relay"));
+            }
+        } else if self.relay_user.is_some() {
+            return Err(bad("relay_user", "set without a relay"));
+        }
+        if let Some(file) = &self.relay_password_file {
+            let pw = std::fs::read_to_string(file).map_err(|e| {
+                bad(
+                    "relay_password_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            self.relay_password = Some(pw.trim_end_matches(['\r', '\n']).to_string());
+        }
+        if self.relay_password.is_some() && self.relay_user.is_none() {
+            return Err(bad(
+                "relay_user",
+                "a relay password is set but no relay user",
+            ));
+        }
+        if self.relay_user.is_some() && self.relay_password.is_none() {
+            return Err(bad(
+                "relay_password",
+                "relay_user is set: give the password in MAILSPOOL_RELAY_PASSWORD or relay_password_file",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| bad("log_level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The relay, parsed (call after `validate`).
+    pub fn relay_url(&self) -> Option<RelayUrl> {
+        self.relay.as_deref().and_then(|r| RelayUrl::parse(r).ok())
+    }
+
+    /// The effective TLS policy.
+    pub fn effective_relay_tls(&self) -> RelayTls {
+        match (self.relay_tls, self.relay_url()) {
+            (Some(t), _) => t,
+            (None, Some(url)) if url.is_loopback() => RelayTls::Opportunistic,
+            _ => RelayTls::Required,
+        }
+    }
+
+    pub fn effective_workers(&self) -> usize {
+        self.workers.unwrap_or(self.relay_max_connections)
+    }
+
+    pub fn lease_timeout(&self) -> Duration {
+        Duration::from_millis(self.lease_timeout_ms)
+    }
+
+    pub fn smtp_timeout(&self) -> Duration {
+        Duration::from_millis(self.smtp_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls() {
+        let cases: &[(&str, Result<(&str, u16, bool), ()>)] = &[
+            (
+                "smtp://mail.example.com",
+                Ok(("mail.example.com", 25, false)),
+            ),
+            ("smtp://127.0.0.1:2525", Ok(("127.0.0.1", 2525, false))),
+            (
+                "smtps://mail.example.com",
+                Ok(("mail.example.com", 465, true)),
+            ),
+            ("smtp://[::1]:25", Ok(("::1", 25, false))),
+            ("http://x", Err(())),
+            ("smtp://user:pw@host", Err(())),
+            ("smtp://host:notaport", Err(())),
+            ("host:25", Err(())),
+        ];
+        for (input, want) in cases {
+            let got = RelayUrl::parse(input).map(|u| (u.host.clone(), u.port, u.implicit_tls));
+            match want {
+                Ok((h, p, t)) => assert_eq!(got, Ok((h.to_string(), *p, *t)), "{input}"),
+                Err(()) => assert!(got.is_err(), "{input} should fail"),
+            }
+        }
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = Config {
+            retry_base_ms: 10,
+            retry_cap_ms: 5,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "retry_cap_ms");
+        let mut c = Config {
+            relay: Some("ftp://x".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "relay");
+        let mut c = Config {
+            lease_batch: 0,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "lease_batch");
+        let mut c = Config {
+            relay: Some("smtp://h".into()),
+            relay_user: Some("u".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "relay_password");
+        assert!(Config::from_toml("nonsense_key = 1").is_err());
+        let mut c = Config::from_toml("relay = \"smtp://127.0.0.1:25\"\nmax_attempts = 3").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.effective_relay_tls(), RelayTls::Opportunistic);
+        c.relay = Some("smtp://mail.example.com".into());
+        assert_eq!(c.effective_relay_tls(), RelayTls::Required);
+    }
+}

@@ -1,0 +1,60 @@
+//! Delivery workers: take a lease, send its messages through the relay,
+//! turn each result into an outcome, hand the outcomes back.
+//!
+//! Invariant: a worker never drops a lease. It ends it with outcomes, or,
+//! if the process stops first, leaves it to expire with the process (the
+//! messages are due again at the next start).
+
+use std::sync::Arc;
+
+use rand::Rng;
+use tokio::sync::watch;
+
+use crate::model::{now_ms, Outcome};
+use crate::relay::Relay;
+use crate::retry::{decide, RetryPolicy, SendResult};
+use crate::scheduler::Scheduler;
+use crate::stats::Rates;
+
+/// One worker's loop; returns when `stop` turns true and no lease is held.
+pub async fn run_worker(
+    scheduler: Arc<Scheduler>,
+    relay: Arc<Relay>,
+    policy: RetryPolicy,
+    rates: Arc<Rates>,
+    stop: watch::Receiver<bool>,
+) {
+    while let Some(lease) = scheduler.next_lease(&stop).await {
+        let records: Vec<_> = lease.messages.iter().map(|(_, r)| r).collect();
+        let results = relay.send_all(&records).await;
+        let now = now_ms();
+        let mut delivered = 0;
+        let outcomes: Vec<_> = lease
+            .messages
+            .iter()
+            .zip(results)
+            .map(|((id, record), result)| {
+                log_result(*id, &result);
+                let outcome = decide(result, record, &policy, now, rand::rng().random::<f64>());
+                if outcome == Outcome::Ack {
+                    delivered += 1;
+                }
+                (*id, outcome)
+            })
+            .collect();
+        if let Err(e) = scheduler.complete(&lease, outcomes).await {
+            tracing::error!(error = %e, "could not record delivery outcomes; the messages will be sent again");
+        } else {
+            rates.delivered(delivered);
+        }
+    }
+}
+
+fn log_result(id: crate::model::MessageId, result: &SendResult) {
+    match result {
+        SendResult::Accepted => tracing::debug!(%id, "MessageDelivered"),
+        SendResult::Permanent(reply) => tracing::warn!(%id, %reply, "MessageRejected"),
+        SendResult::Transient(error) => tracing::debug!(%id, %error, "MessageDeferred"),
+        SendResult::Throttled(reply) => tracing::info!(%id, %reply, "RelayThrottled"),
+    }
+}

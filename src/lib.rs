@@ -1,0 +1,40 @@
+//! mailspool: a durable email notification queue.
+//!
+//! The modules are listed in the order a message flows through them:
+//!
+//! 1. [`api`] receives gRPC `Enqueue`/`EnqueueBatch`, validates with
+//!    [`message`] (which also builds the RFC 5322 bytes once) and maps errors
+//!    to gRPC status codes in one place.
+//! 2. [`store`] appends the record to sled through a single group-committing
+//!    writer and answers only after flush + fsync ([`codec`] encodes records).
+//! 3. [`scheduler`] leases batches of due messages, lane by lane, to the
+//!    delivery workers; leases live in memory and expire by themselves.
+//! 4. [`delivery`] sends each leased message through a [`relay`] (an SMTP
+//!    pool over lettre, or the local outbox) and turns the reply into an
+//!    outcome with [`retry`]: ack, retry with backoff, or dead letter.
+//! 5. [`stats`] keeps the rates that `QueueStats` reports.
+//!
+//! [`server`] wires these together and handles shutdown; [`config`] holds the
+//! settings; [`cli`] holds the client commands of the binary.
+
+pub mod api;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod delivery;
+pub mod message;
+pub mod model;
+pub mod relay;
+pub mod retry;
+pub mod scheduler;
+pub mod server;
+pub mod stats;
+pub mod store;
+
+/// Generated protobuf and gRPC types for `mailspool.v1`.
+pub mod pb {
+    tonic::include_proto!("mailspool.v1");
+}
+
+pub use config::Config;
+pub use server::{Server, ServerHandle};

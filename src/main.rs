@@ -1,0 +1,71 @@
+//! `mailspool`: parses arguments and calls the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mailspool::cli::{self, Cli, Command};
+use mailspool::config::LogFormat;
+use mailspool::{Config, Server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailspool: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        None => runtime.block_on(serve(cli.serve)),
+        Some(Command::Serve(args)) => runtime.block_on(serve(args)),
+        Some(Command::Enqueue(a)) => runtime.block_on(cli::enqueue(a)),
+        Some(Command::Stats(a)) => runtime.block_on(cli::stats(a)),
+        Some(Command::Status(a)) => runtime.block_on(cli::status(a)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailspool: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(args: cli::ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = args.into_config()?;
+    init_logging(&config);
+    let server = Server::start(config).await?;
+    eprintln!(
+        "mailspool listening on {} (delivering to {})",
+        server.addr, server.relay
+    );
+    shutdown_signal().await;
+    tracing::info!("ShutdownRequested");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

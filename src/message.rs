@@ -1,0 +1,365 @@
+//! Validation of an enqueue request and building its RFC 5322 bytes, once.
+//!
+//! Pure: no I/O. Every rejection names the field that is wrong, so the API
+//! can answer `INVALID_ARGUMENT` with it before anything is written.
+
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::Message;
+use rand::Rng;
+
+use crate::model::{Lane, NewMessage};
+
+/// The caller's message, in the core's own terms (the API converts from proto).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmailInput {
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub reply_to: String,
+    pub subject: String,
+    pub text_body: String,
+    pub html_body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// The limits validation enforces (from the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_recipients: usize,
+    pub max_message_bytes: usize,
+}
+
+/// Longest accepted idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// How far ahead `not_before` may be.
+pub const MAX_NOT_BEFORE_AHEAD_MS: u64 = 366 * 24 * 3600 * 1000;
+
+/// Headers a caller may not set: the builder owns them, and setting them
+/// twice would make an ambiguous or broken message.
+const RESERVED_HEADERS: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "sender",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+];
+
+/// A rejected field and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    pub field: String,
+    pub reason: String,
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidField {
+    InvalidField {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Validates and builds one message. `now_ms` is the wall clock.
+pub fn build(
+    email: &EmailInput,
+    lane: Lane,
+    idempotency_key: &str,
+    not_before_ms: i64,
+    limits: Limits,
+    now_ms: u64,
+) -> Result<NewMessage, InvalidField> {
+    if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(invalid(
+            "idempotency_key",
+            format!("longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+        ));
+    }
+    if idempotency_key.chars().any(char::is_control) {
+        return Err(invalid("idempotency_key", "contains control characters"));
+    }
+    let not_before_ms = u64::try_from(not_before_ms).unwrap_or(0);
+    if not_before_ms > now_ms + MAX_NOT_BEFORE_AHEAD_MS {
+        return Err(invalid("not_before_unix_ms", "more than 366 days ahead"));
+    }
+
+    let input_bytes = email.from.len()
+        + email.reply_to.len()
+        + email.subject.len()
+        + email.text_body.len()
+        + email.html_body.len()
+        + [&email.to, &email.cc, &email.bcc]
+            .iter()
+            .flat_map(|v| v.iter())
+            .map(String::len)
+            .sum::<usize>()
+        + email
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if input_bytes > limits.max_message_bytes {
+        return Err(too_big(input_bytes, limits));
+    }
+
+    let from = mailbox("email.from", &email.from)?;
+    let recipients = email.to.len() + email.cc.len() + email.bcc.len();
+    if recipients == 0 {
+        return Err(invalid(
+            "email.to",
+            "at least one recipient (to, cc or bcc) is required",
+        ));
+    }
+    if recipients > limits.max_recipients {
+        return Err(invalid(
+            "email.to",
+            format!(
+                "{recipients} recipients; at most {} allowed",
+                limits.max_recipients
+            ),
+        ));
+    }
+    no_line_breaks("email.subject", &email.subject)?;
+    if email.text_body.is_empty() && email.html_body.is_empty() {
+        return Err(invalid(
+            "email.text_body",
+            "text_body or html_body is required",
+        ));
+    }
+
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .subject(email.subject.clone())
+        .date_now();
+    for (i, to) in email.to.iter().enumerate() {
+        builder = builder.to(mailbox(&format!("email.to[{i}]"), to)?);
+    }
+    for (i, cc) in email.cc.iter().enumerate() {
+        builder = builder.cc(mailbox(&format!("email.cc[{i}]"), cc)?);
+    }
+    for (i, bcc) in email.bcc.iter().enumerate() {
+        builder = builder.bcc(mailbox(&format!("email.bcc[{i}]"), bcc)?);
+    }
+    if !email.reply_to.is_empty() {
+        builder = builder.reply_to(mailbox("email.reply_to", &email.reply_to)?);
+    }
+    for (name, value) in &email.headers {
+        let field = format!("email.headers[{name:?}]");
+        let header_name = header_name(&field, name)?;
+        no_line_breaks(&field, value)?;
+        builder = builder.raw_header(HeaderValue::new(header_name, value.clone()));
+    }
+
+    let message_id = format!(
+        "{:032x}@{}",
+        rand::rng().random::<u128>(),
+        from.email.domain()
+    );
+    builder = builder.message_id(Some(format!("<{message_id}>")));
+
+    let message = match (email.text_body.is_empty(), email.html_body.is_empty()) {
+        (false, false) => builder.multipart(MultiPart::alternative_plain_html(
+            email.text_body.clone(),
+            email.html_body.clone(),
+        )),
+        (false, true) => builder
+            .header(ContentType::TEXT_PLAIN)
+            .body(email.text_body.clone()),
+        _ => builder
+            .header(ContentType::TEXT_HTML)
+            .body(email.html_body.clone()),
+    }
+    .map_err(|e| invalid("email", e.to_string()))?;
+
+    let raw = message.formatted();
+    if raw.len() > limits.max_message_bytes {
+        return Err(too_big(raw.len(), limits));
+    }
+    let envelope = message.envelope();
+    Ok(NewMessage {
+        lane,
+        envelope_from: envelope.from().map(|a| a.to_string()).unwrap_or_default(),
+        envelope_to: envelope.to().iter().map(|a| a.to_string()).collect(),
+        message_id,
+        raw,
+        idempotency_key: idempotency_key.to_string(),
+        not_before_ms: if not_before_ms > now_ms {
+            not_before_ms
+        } else {
+            0
+        },
+    })
+}
+
+fn too_big(bytes: usize, limits: Limits) -> InvalidField {
+    invalid(
+        "email",
+        format!(
+            "message is {bytes} bytes; at most max_message_bytes = {} allowed",
+            limits.max_message_bytes
+        ),
+    )
+}
+
+fn no_line_breaks(field: &str, value: &str) -> Result<(), InvalidField> {
+    if value.contains(['\r', '\n']) {
+        return Err(invalid(field, "must not contain CR or LF"));
+    }
+    Ok(())
+}
+
+fn mailbox(field: &str, value: &str) -> Result<Mailbox, InvalidField> {
+    no_line_breaks(field, value)?;
+    if value.trim().is_empty() {
+        return Err(invalid(field, "is empty"));
+    }
+    value
+        .parse::<Mailbox>()
+        .map_err(|e| invalid(field, format!("`{value}` is not a mailbox: {e}")))
+}
+
+/// RFC 5322 field name: printable ASCII except `:`, and not one we own.
+fn header_name(field: &str, name: &str) -> Result<HeaderName, InvalidField> {
+    if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+        return Err(invalid(
+            field,
+            "header name must be printable ASCII without ':' or spaces",
+        ));
+    }
+    if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(invalid(
+            field,
+            format!("header `{name}` is set by mailspool and cannot be overridden"),
+        ));
+    }
+    HeaderName::new_from_ascii(name.to_string()).map_err(|e| invalid(field, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_recipients: 3,
+        max_message_bytes: 4096,
+    };
+
+    fn ok_email() -> EmailInput {
+        EmailInput {
+            from: "Alerts <alerts@example.com>".into(),
+            to: vec!["bob@example.org".into()],
+            subject: "Hello".into(),
+            text_body: "hi".into(),
+            ..EmailInput::default()
+        }
+    }
+
+    fn check(edit: impl Fn(&mut EmailInput), field: &str) {
+        let mut e = ok_email();
+        edit(&mut e);
+        let err = build(&e, Lane::Normal, "", 0, LIMITS, 1_000).expect_err(field);
+        assert_eq!(err.field, field, "{err}");
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        check(|e| e.from = "not an address".into(), "email.from");
+        check(|e| e.from = String::new(), "email.from");
+        check(
+            |e| e.from = "a@example.com\r\nBcc: x@evil.com".into(),
+            "email.from",
+        );
+        check(|e| e.to.clear(), "email.to");
+        check(
+            |e| e.to = vec!["ok@example.com".into(), "nope".into()],
+            "email.to[1]",
+        );
+        check(|e| e.cc = vec!["@".into()], "email.cc[0]");
+        check(|e| e.bcc = vec!["x".into()], "email.bcc[0]");
+        check(|e| e.to = vec!["a@b.c".into(); 4], "email.to");
+        check(|e| e.reply_to = "bad".into(), "email.reply_to");
+        check(|e| e.subject = "a\nb".into(), "email.subject");
+        check(|e| e.text_body.clear(), "email.text_body");
+        check(|e| e.text_body = "x".repeat(5000), "email");
+        check(
+            |e| e.headers = vec![("X-Bad Name".into(), "v".into())],
+            "email.headers[\"X-Bad Name\"]",
+        );
+        check(
+            |e| e.headers = vec![("X-A:".into(), "v".into())],
+            "email.headers[\"X-A:\"]",
+        );
+        check(
+            |e| e.headers = vec![("X-A".into(), "v\r\nBcc: y".into())],
+            "email.headers[\"X-A\"]",
+        );
+        check(
+            |e| e.headers = vec![("Message-ID".into(), "<x@y>".into())],
+            "email.headers[\"Message-ID\"]",
+        );
+        check(
+            |e| e.headers = vec![("subject".into(), "x".into())],
+            "email.headers[\"subject\"]",
+        );
+    }
+
+    #[test]
+    fn key_and_schedule_rules() {
+        let e = ok_email();
+        let err = build(&e, Lane::Normal, &"k".repeat(300), 0, LIMITS, 0).unwrap_err();
+        assert_eq!(err.field, "idempotency_key");
+        let err = build(&e, Lane::Normal, "", i64::MAX, LIMITS, 0).unwrap_err();
+        assert_eq!(err.field, "not_before_unix_ms");
+        // past and negative mean now
+        assert_eq!(
+            build(&e, Lane::Normal, "", -5, LIMITS, 100)
+                .unwrap()
+                .not_before_ms,
+            0
+        );
+        assert_eq!(
+            build(&e, Lane::Normal, "", 50, LIMITS, 100)
+                .unwrap()
+                .not_before_ms,
+            0
+        );
+        assert_eq!(
+            build(&e, Lane::Normal, "", 500, LIMITS, 100)
+                .unwrap()
+                .not_before_ms,
+            500
+        );
+    }
+
+    #[test]
+    fn builds_rfc5322_with_alternative_and_hidden_bcc() {
+        let mut e = ok_email();
+        e.html_body = "<p>hi</p>".into();
+        e.bcc = vec!["secret@example.net".into()];
+        e.headers = vec![("X-Campaign".into(), "launch".into())];
+        let m = build(&e, Lane::Bulk, "key", 0, LIMITS, 0).unwrap();
+        let raw = String::from_utf8(m.raw.clone()).unwrap();
+        assert!(raw.contains("multipart/alternative"), "{raw}");
+        assert!(
+            raw.contains(&format!("Message-ID: <{}>", m.message_id)),
+            "{raw}"
+        );
+        assert!(raw.contains("Date: "));
+        assert!(raw.contains("X-Campaign: launch"));
+        assert!(
+            !raw.contains("secret@example.net"),
+            "Bcc leaked into headers"
+        );
+        assert_eq!(m.envelope_from, "alerts@example.com");
+        assert_eq!(m.envelope_to, vec!["bob@example.org", "secret@example.net"]);
+        assert!(m.message_id.ends_with("@example.com"));
+    }
+}

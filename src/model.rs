@@ -1,0 +1,164 @@
+//! The core's own types: what the API hands to the store and what the store
+//! hands to delivery. Proto types stop at `api`; sled types stop at `store`.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Priority lane. Lower index = higher priority.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode,
+)]
+pub enum Lane {
+    Transactional,
+    Normal,
+    Bulk,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 3] = [Lane::Transactional, Lane::Normal, Lane::Bulk];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_index(i: u8) -> Option<Lane> {
+        Lane::ALL.get(usize::from(i)).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Transactional => "transactional",
+            Lane::Normal => "normal",
+            Lane::Bulk => "bulk",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Lane> {
+        Lane::ALL.into_iter().find(|l| l.name() == s)
+    }
+}
+
+/// A message id: the enqueue time in milliseconds in the high 44 bits and a
+/// sequence number in the low 20 bits. Ids grow with enqueue order, so the
+/// oldest queued message is the first key of the message tree, and the
+/// enqueue time can be read off the id. Shown as 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub u64);
+
+impl MessageId {
+    pub const SEQ_BITS: u32 = 20;
+
+    /// The next id after `last` at wall-clock time `now_ms`: monotonic even
+    /// if the clock steps backwards.
+    pub fn next(last: MessageId, now_ms: u64) -> MessageId {
+        MessageId((now_ms << Self::SEQ_BITS).max(last.0 + 1))
+    }
+
+    pub fn enqueued_ms(self) -> u64 {
+        self.0 >> Self::SEQ_BITS
+    }
+
+    pub fn parse(s: &str) -> Option<MessageId> {
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(s, 16).ok().map(MessageId)
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A validated message, built once at enqueue, not yet stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub lane: Lane,
+    pub envelope_from: String,
+    pub envelope_to: Vec<String>,
+    /// The Message-ID header value, without angle brackets.
+    pub message_id: String,
+    /// The complete RFC 5322 message.
+    pub raw: Vec<u8>,
+    /// Empty when the caller gave none.
+    pub idempotency_key: String,
+    /// Wall-clock ms; 0 = due now.
+    pub not_before_ms: u64,
+}
+
+/// A queued message as stored on disk.
+#[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct Record {
+    pub lane: Lane,
+    pub enqueued_ms: u64,
+    /// When the message is due (wall-clock ms). Also part of its due key.
+    pub due_ms: u64,
+    /// When the message first became due: enqueue time or not_before.
+    /// `max_age` counts from here.
+    pub first_due_ms: u64,
+    pub attempts: u32,
+    pub last_error: String,
+    pub envelope_from: String,
+    pub envelope_to: Vec<String>,
+    pub message_id: String,
+    pub idempotency_key: String,
+    pub raw: Vec<u8>,
+}
+
+/// A dead letter: the record and why it died.
+#[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct DeadRecord {
+    pub record: Record,
+    pub died_ms: u64,
+    pub reason: String,
+}
+
+/// What is kept of a delivered message for the retention window.
+#[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct DeliveredRecord {
+    pub lane: Lane,
+    pub enqueued_ms: u64,
+    pub delivered_ms: u64,
+    pub attempts: u32,
+    pub message_id: String,
+}
+
+/// Current wall-clock time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_monotonic_and_carry_time() {
+        let a = MessageId::next(MessageId(0), 1_000);
+        assert_eq!(a.enqueued_ms(), 1_000);
+        let b = MessageId::next(a, 1_000);
+        assert!(b > a);
+        // clock steps back: still increasing
+        let c = MessageId::next(b, 500);
+        assert!(c > b);
+        assert_eq!(MessageId::parse(&c.to_string()), Some(c));
+        assert_eq!(MessageId::parse("xyz"), None);
+        assert_eq!(MessageId::parse("000000000000000g"), None);
+    }
+}
+
+/// How a lease ended for one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The relay accepted it (2xx): remove it, remember it was delivered.
+    Ack,
+    /// Transient failure: try again at `due_ms`.
+    Retry { due_ms: u64, error: String },
+    /// Permanent failure, too old or too many attempts.
+    Dead { reason: String },
+}

@@ -1,0 +1,275 @@
+//! Where messages go: an SMTP relay through our own bounded pool of lettre
+//! connections, or the local outbox directory.
+//!
+//! Why our own pool: lettre 0.11 never sets TCP_NODELAY and writes the body
+//! and the final `.` separately, so each message waits for a delayed ACK
+//! (about 22 messages/s per connection). We open the TCP stream ourselves
+//! with `set_nodelay(true)` and hand it to lettre, which keeps the protocol.
+//! lettre's own pool bounds idle connections only; ours bounds concurrent
+//! ones with a semaphore and replaces broken ones.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{Address, AsyncFileTransport, AsyncTransport, Tokio1Executor};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, RelayTls, RelayUrl};
+use crate::model::Record;
+use crate::retry::{classify, SendResult};
+
+/// Idle connections older than this are checked with NOOP before use.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
+
+pub enum Relay {
+    Smtp(SmtpRelay),
+    Outbox(Outbox),
+}
+
+impl Relay {
+    pub fn from_config(config: &Config) -> std::io::Result<Relay> {
+        match config.relay_url() {
+            Some(url) => Ok(Relay::Smtp(SmtpRelay::new(url, config))),
+            None => Outbox::new(config.data_dir.join("outbox")).map(Relay::Outbox),
+        }
+    }
+
+    /// Sends each message in turn; one result per message.
+    pub async fn send_all(&self, messages: &[&Record]) -> Vec<SendResult> {
+        match self {
+            Relay::Smtp(s) => s.send_all(messages).await,
+            Relay::Outbox(o) => o.send_all(messages).await,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Relay::Smtp(s) => format!("smtp relay {}:{}", s.url.host, s.url.port),
+            Relay::Outbox(o) => format!("outbox {}", o.dir.display()),
+        }
+    }
+}
+
+fn envelope(record: &Record) -> Result<Envelope, String> {
+    let from = if record.envelope_from.is_empty() {
+        None
+    } else {
+        Some(
+            record
+                .envelope_from
+                .parse::<Address>()
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let to = record
+        .envelope_to
+        .iter()
+        .map(|a| a.parse::<Address>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Envelope::new(from, to).map_err(|e| e.to_string())
+}
+
+/// `.eml` files in a directory, through lettre's file transport.
+pub struct Outbox {
+    pub dir: PathBuf,
+    transport: AsyncFileTransport<Tokio1Executor>,
+}
+
+impl Outbox {
+    pub fn new(dir: PathBuf) -> std::io::Result<Outbox> {
+        std::fs::create_dir_all(&dir)?;
+        let transport = AsyncFileTransport::new(&dir);
+        Ok(Outbox { dir, transport })
+    }
+
+    async fn send_all(&self, messages: &[&Record]) -> Vec<SendResult> {
+        let mut out = Vec::with_capacity(messages.len());
+        for r in messages {
+            let result = match envelope(r) {
+                Err(e) => SendResult::Permanent(format!("bad envelope: {e}")),
+                Ok(env) => match self.transport.send_raw(&env, &r.raw).await {
+                    Ok(_) => SendResult::Accepted,
+                    Err(e) => SendResult::Transient(format!("outbox write failed: {e}")),
+                },
+            };
+            out.push(result);
+        }
+        out
+    }
+}
+
+pub struct SmtpRelay {
+    url: RelayUrl,
+    tls: RelayTls,
+    credentials: Option<Credentials>,
+    timeout: Duration,
+    hello: ClientId,
+    /// Bounds concurrent connections.
+    permits: Semaphore,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+}
+
+impl SmtpRelay {
+    pub fn new(url: RelayUrl, config: &Config) -> SmtpRelay {
+        let credentials = match (&config.relay_user, &config.relay_password) {
+            (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.clone())),
+            _ => None,
+        };
+        SmtpRelay {
+            url,
+            tls: config.effective_relay_tls(),
+            credentials,
+            timeout: config.smtp_timeout(),
+            hello: ClientId::default(),
+            permits: Semaphore::new(config.relay_max_connections),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn send_all(&self, messages: &[&Record]) -> Vec<SendResult> {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return vec![SendResult::Transient("relay pool closed".into()); messages.len()];
+        };
+        let mut conn: Option<AsyncSmtpConnection> = self.take_idle().await;
+        let mut out = Vec::with_capacity(messages.len());
+        for r in messages {
+            let env = match envelope(r) {
+                Ok(e) => e,
+                Err(e) => {
+                    out.push(SendResult::Permanent(format!("bad envelope: {e}")));
+                    continue;
+                }
+            };
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // The relay is unreachable: the rest of the batch fails alike.
+                        out.resize(messages.len(), SendResult::Transient(e));
+                        return out;
+                    }
+                },
+            };
+            let result = match tokio::time::timeout(self.timeout, c.send(&env, &r.raw)).await {
+                Err(_) => {
+                    SendResult::Transient(format!("timed out after {:?} sending", self.timeout))
+                }
+                Ok(Ok(_)) => SendResult::Accepted,
+                Ok(Err(e)) => smtp_error(&e),
+            };
+            if !c.has_broken() && result == SendResult::Accepted {
+                conn = Some(c);
+            } else {
+                c.abort().await;
+            }
+            out.push(result);
+        }
+        if let Some(c) = conn {
+            self.idle
+                .lock()
+                .expect("idle pool")
+                .push((c, Instant::now()));
+        }
+        out
+    }
+
+    async fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        loop {
+            let (mut c, since) = self.idle.lock().expect("idle pool").pop()?;
+            if since.elapsed() < IDLE_CHECK_AFTER {
+                return Some(c);
+            }
+            if tokio::time::timeout(self.timeout, c.test_connected())
+                .await
+                .unwrap_or(false)
+            {
+                return Some(c);
+            }
+            c.abort().await;
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
+        let connect = async {
+            let mut conn = if self.url.implicit_tls {
+                let tls = TlsParameters::new(self.url.host.clone())
+                    .map_err(|e| format!("TLS setup: {e}"))?;
+                AsyncSmtpConnection::connect_tokio1(
+                    (self.url.host.as_str(), self.url.port),
+                    Some(self.timeout),
+                    &self.hello,
+                    Some(tls),
+                    None,
+                )
+                .await
+                .map_err(|e| format!("connecting to {}:{}: {e}", self.url.host, self.url.port))?
+            } else {
+                let stream =
+                    tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
+                        .await
+                        .map_err(|e| {
+                            format!("connecting to {}:{}: {e}", self.url.host, self.url.port)
+                        })?;
+                stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                let mut conn =
+                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
+                        .await
+                        .map_err(|e| format!("greeting from {}: {e}", self.url.host))?;
+                let want_tls = match self.tls {
+                    RelayTls::None => false,
+                    RelayTls::Opportunistic => conn.can_starttls(),
+                    RelayTls::Required => true,
+                };
+                if want_tls {
+                    if !conn.can_starttls() {
+                        conn.abort().await;
+                        return Err(format!(
+                            "relay {} does not offer STARTTLS and relay_tls = required",
+                            self.url.host
+                        ));
+                    }
+                    let tls = TlsParameters::new(self.url.host.clone())
+                        .map_err(|e| format!("TLS setup: {e}"))?;
+                    conn.starttls(tls, &self.hello)
+                        .await
+                        .map_err(|e| format!("STARTTLS with {}: {e}", self.url.host))?;
+                }
+                conn
+            };
+            if let Some(creds) = &self.credentials {
+                conn.auth(
+                    &[
+                        lettre::transport::smtp::authentication::Mechanism::Plain,
+                        lettre::transport::smtp::authentication::Mechanism::Login,
+                    ],
+                    creds,
+                )
+                .await
+                .map_err(|e| format!("authentication with {}: {e}", self.url.host))?;
+            }
+            Ok(conn)
+        };
+        tokio::time::timeout(self.timeout, connect)
+            .await
+            .unwrap_or_else(|_| Err(format!("timed out after {:?} connecting", self.timeout)))
+    }
+}
+
+/// Maps a lettre error to a result: reply codes by class, anything else
+/// (I/O, TLS, a reply we could not parse) is transient.
+fn smtp_error(e: &lettre::transport::smtp::Error) -> SendResult {
+    match e.status() {
+        Some(code) => {
+            let n: u16 = code.into();
+            let text = e.to_string();
+            classify(n, &text)
+        }
+        None => SendResult::Transient(e.to_string()),
+    }
+}

@@ -1,0 +1,209 @@
+//! "Should this be retried, and when?": pure functions, tested as tables.
+//!
+//! SMTP 2xx is delivered; 5xx is permanent (dead letter with the reply);
+//! 4xx, timeouts, connection, TLS and incomplete replies are transient and
+//! retried with exponential backoff and full jitter, until the message is
+//! older than `max_age` or has had `max_attempts` attempts.
+
+use std::time::Duration;
+
+use crate::model::{Outcome, Record};
+
+/// What one delivery attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendResult {
+    /// 2xx after the final `.`.
+    Accepted,
+    /// 5xx: the relay will never take it.
+    Permanent(String),
+    /// 4xx other than throttling, timeout, connection or TLS failure.
+    Transient(String),
+    /// 421, 451 or 454: the relay asks everyone to slow down.
+    Throttled(String),
+}
+
+/// Classifies an SMTP reply code.
+pub fn classify(code: u16, text: &str) -> SendResult {
+    let reply = format!("{code} {text}");
+    match code {
+        200..=299 => SendResult::Accepted,
+        421 | 451 | 454 => SendResult::Throttled(reply),
+        500..=599 => SendResult::Permanent(reply),
+        _ => SendResult::Transient(reply),
+    }
+}
+
+/// Retry settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+}
+
+/// The upper bound of the delay before attempt `attempts + 1`, where
+/// `attempts` failed attempts have been made (1 = first retry).
+pub fn backoff_ceiling(policy: &RetryPolicy, attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(32);
+    policy
+        .base
+        .saturating_mul(1u32 << exp.min(31))
+        .min(policy.cap)
+}
+
+/// Full jitter: a uniform draw in [0, ceiling], given `unit` in [0, 1).
+pub fn backoff(policy: &RetryPolicy, attempts: u32, unit: f64) -> Duration {
+    backoff_ceiling(policy, attempts).mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// Turns one attempt's result into the outcome for the spool. `record` is
+/// the state before this attempt; `unit` is a random draw in [0, 1).
+pub fn decide(
+    result: SendResult,
+    record: &Record,
+    policy: &RetryPolicy,
+    now_ms: u64,
+    unit: f64,
+) -> Outcome {
+    let error = match result {
+        SendResult::Accepted => return Outcome::Ack,
+        SendResult::Permanent(reply) => return Outcome::Dead { reason: reply },
+        SendResult::Transient(e) | SendResult::Throttled(e) => e,
+    };
+    let attempts = record.attempts + 1;
+    if attempts >= policy.max_attempts {
+        return Outcome::Dead {
+            reason: format!("gave up after {attempts} attempts; last error: {error}"),
+        };
+    }
+    // Age counts from when the message first became due (not_before).
+    let age = Duration::from_millis(now_ms.saturating_sub(record.first_due_ms));
+    if age >= policy.max_age {
+        return Outcome::Dead {
+            reason: format!(
+                "older than max_age ({}s); last error: {error}",
+                policy.max_age.as_secs()
+            ),
+        };
+    }
+    let delay = backoff(policy, attempts, unit);
+    Outcome::Retry {
+        due_ms: now_ms + delay.as_millis() as u64,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Lane;
+
+    const P: RetryPolicy = RetryPolicy {
+        base: Duration::from_secs(30),
+        cap: Duration::from_secs(900),
+        max_attempts: 20,
+        max_age: Duration::from_secs(86_400),
+    };
+
+    fn record(attempts: u32, enqueued_ms: u64) -> Record {
+        Record {
+            lane: Lane::Normal,
+            enqueued_ms,
+            due_ms: enqueued_ms,
+            first_due_ms: enqueued_ms,
+            attempts,
+            last_error: String::new(),
+            envelope_from: String::new(),
+            envelope_to: vec![],
+            message_id: String::new(),
+            idempotency_key: String::new(),
+            raw: vec![],
+        }
+    }
+
+    #[test]
+    fn backoff_schedule_doubles_to_the_cap() {
+        let got: Vec<u64> = (1..=8).map(|a| backoff_ceiling(&P, a).as_secs()).collect();
+        assert_eq!(got, vec![30, 60, 120, 240, 480, 900, 900, 900]);
+        assert_eq!(backoff_ceiling(&P, 1000).as_secs(), 900);
+        assert_eq!(backoff(&P, 2, 0.5).as_secs(), 30);
+        assert_eq!(backoff(&P, 2, 0.0).as_secs(), 0);
+    }
+
+    #[test]
+    fn reply_codes() {
+        let cases = [
+            (250, "accepted"),
+            (421, "throttled"),
+            (451, "throttled"),
+            (454, "throttled"),
+            (450, "transient"),
+            (452, "transient"),
+            (550, "permanent"),
+            (554, "permanent"),
+        ];
+        for (code, want) in cases {
+            let got = match classify(code, "x") {
+                SendResult::Accepted => "accepted",
+                SendResult::Throttled(_) => "throttled",
+                SendResult::Transient(_) => "transient",
+                SendResult::Permanent(_) => "permanent",
+            };
+            assert_eq!(got, want, "{code}");
+        }
+    }
+
+    #[test]
+    fn outcomes() {
+        let now = 10_000_000;
+        assert_eq!(
+            decide(SendResult::Accepted, &record(0, now), &P, now, 0.5),
+            Outcome::Ack
+        );
+        assert!(matches!(
+            decide(SendResult::Permanent("550 no".into()), &record(0, now), &P, now, 0.5),
+            Outcome::Dead { reason } if reason == "550 no"
+        ));
+        assert!(matches!(
+            decide(SendResult::Transient("451".into()), &record(0, now), &P, now, 1.0),
+            Outcome::Retry { due_ms, .. } if due_ms == now + 30_000
+        ));
+        // the 20th failed attempt is the last
+        assert!(matches!(
+            decide(
+                SendResult::Transient("451".into()),
+                &record(19, now),
+                &P,
+                now,
+                0.5
+            ),
+            Outcome::Dead { .. }
+        ));
+        // too old
+        assert!(matches!(
+            decide(
+                SendResult::Transient("timeout".into()),
+                &record(1, 0),
+                &P,
+                86_400_000,
+                0.5
+            ),
+            Outcome::Dead { .. }
+        ));
+        // a future not_before does not count as age
+        let mut scheduled = record(0, 0);
+        scheduled.due_ms = 86_400_000;
+        scheduled.first_due_ms = 86_400_000;
+        assert!(matches!(
+            decide(
+                SendResult::Transient("timeout".into()),
+                &scheduled,
+                &P,
+                86_400_001,
+                0.5
+            ),
+            Outcome::Retry { .. }
+        ));
+    }
+}

@@ -1,0 +1,242 @@
+//! Leases: which due messages go to which delivery worker, and for how long.
+//!
+//! Invariants:
+//! - Leases live in memory only: a crash frees them all, and every message
+//!   that was in flight is due again on the next start.
+//! - A message is in at most one live lease. A lease ends in exactly one of
+//!   ack, retry or dead letter, applied by the store; a lease that passes its
+//!   deadline is dropped by [`Scheduler::expire`], and its messages, whose due
+//!   keys never left the spool, are leased again.
+//! - An outcome from an expired lease is ignored, except an ack: the relay
+//!   took the message, so it is removed if it is still there.
+//! - Lanes are served by smooth weighted round robin (transactional 8,
+//!   normal 3, bulk 1): a bulk backlog never holds transactional mail for
+//!   more than a lease or two, and bulk still progresses.
+//! - Leasing cost is the batch size plus the leases in flight, never the
+//!   backlog: the store scans the due index from its oldest key.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::model::{now_ms, Lane, MessageId, Outcome, Record};
+use crate::store::{Store, StoreError};
+
+/// Lane weights for the round robin, indexed by `Lane::index`.
+pub const LANE_WEIGHTS: [i64; 3] = [8, 3, 1];
+
+/// A batch of messages handed to one worker until `deadline`.
+#[derive(Debug)]
+pub struct Lease {
+    pub token: u64,
+    pub lane: Lane,
+    pub deadline: Instant,
+    pub messages: Vec<(MessageId, Record)>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// id → (lease token, deadline)
+    leased: HashMap<MessageId, (u64, Instant)>,
+    next_token: u64,
+    /// Smooth weighted round robin credits per lane.
+    credit: [i64; 3],
+}
+
+pub struct Scheduler {
+    store: Store,
+    table: Mutex<Table>,
+    /// Wakes idle workers when new mail arrives.
+    work: Notify,
+    batch: usize,
+    lease_timeout: Duration,
+}
+
+/// Lane order for the next lease, highest credit first; updates credits as
+/// if the first lane is taken (pure, so the weighting is testable).
+pub fn lane_order(credit: &mut [i64; 3]) -> [Lane; 3] {
+    let total: i64 = LANE_WEIGHTS.iter().sum();
+    for (c, w) in credit.iter_mut().zip(LANE_WEIGHTS) {
+        *c += w;
+    }
+    let mut order = Lane::ALL;
+    order.sort_by_key(|l| std::cmp::Reverse(credit[l.index()]));
+    credit[order[0].index()] -= total;
+    order
+}
+
+impl Scheduler {
+    pub fn new(store: Store, batch: usize, lease_timeout: Duration) -> Scheduler {
+        Scheduler {
+            store,
+            table: Mutex::new(Table::default()),
+            work: Notify::new(),
+            batch,
+            lease_timeout,
+        }
+    }
+
+    /// Leases up to `batch` due messages from the lane whose turn it is, or
+    /// the next lane that has any. None when nothing is due.
+    pub fn try_lease(&self) -> Option<Lease> {
+        let mut table = self.table.lock().expect("lease table");
+        let now = now_ms();
+        let mut credit = table.credit;
+        let order = lane_order(&mut credit);
+        for (i, lane) in order.into_iter().enumerate() {
+            let messages = self
+                .store
+                .due(lane, now, self.batch, |id| table.leased.contains_key(&id));
+            if messages.is_empty() {
+                continue;
+            }
+            if i == 0 {
+                table.credit = credit;
+            } else {
+                // The lane whose turn it was had nothing: it does not bank credit.
+                let total: i64 = LANE_WEIGHTS.iter().sum();
+                credit[order[0].index()] = 0;
+                credit[lane.index()] -= total;
+                table.credit = credit;
+            }
+            table.next_token += 1;
+            let token = table.next_token;
+            let deadline = Instant::now() + self.lease_timeout;
+            for (id, _) in &messages {
+                table.leased.insert(*id, (token, deadline));
+            }
+            return Some(Lease {
+                token,
+                lane,
+                deadline,
+                messages,
+            });
+        }
+        None
+    }
+
+    /// Waits for a lease; None once `stop` is true.
+    pub async fn next_lease(&self, stop: &tokio::sync::watch::Receiver<bool>) -> Option<Lease> {
+        let mut stop = stop.clone();
+        loop {
+            if *stop.borrow() {
+                return None;
+            }
+            let notified = self.work.notified();
+            if let Some(lease) = self.try_lease() {
+                return Some(lease);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// New mail was stored: wake idle workers.
+    pub fn wake(&self) {
+        self.work.notify_waiters();
+    }
+
+    /// Ends a lease with one outcome per message.
+    pub async fn complete(
+        &self,
+        lease: &Lease,
+        outcomes: Vec<(MessageId, Outcome)>,
+    ) -> Result<(), StoreError> {
+        let outcomes: Vec<_> = {
+            let table = self.table.lock().expect("lease table");
+            outcomes
+                .into_iter()
+                .filter(|(id, outcome)| {
+                    let current = table.leased.get(id).map(|(t, _)| *t) == Some(lease.token);
+                    if !current && !matches!(outcome, Outcome::Ack) {
+                        tracing::debug!(%id, "outcome of an expired lease ignored");
+                    }
+                    current || matches!(outcome, Outcome::Ack)
+                })
+                .collect()
+        };
+        let result = self.store.complete(outcomes).await;
+        // Whatever happened on disk, this lease is over: its messages are
+        // either gone, rescheduled, or (on error) still due.
+        let mut table = self.table.lock().expect("lease table");
+        for (id, _) in &lease.messages {
+            if table.leased.get(id).map(|(t, _)| *t) == Some(lease.token) {
+                table.leased.remove(id);
+            }
+        }
+        drop(table);
+        self.wake();
+        result
+    }
+
+    /// Drops leases past their deadline; their messages are due again.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut table = self.table.lock().expect("lease table");
+        let before = table.leased.len();
+        table.leased.retain(|_, (_, deadline)| *deadline > now);
+        let expired = before - table.leased.len();
+        if expired > 0 {
+            tracing::warn!(expired, "leases expired; their messages are due again");
+            drop(table);
+            self.wake();
+        }
+        expired
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.table.lock().expect("lease table").leased.len() as u64
+    }
+
+    pub fn is_leased(&self, id: MessageId) -> bool {
+        self.table
+            .lock()
+            .expect("lease table")
+            .leased
+            .contains_key(&id)
+    }
+
+    /// Runs `expire` periodically until `stop`.
+    pub async fn reap(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let period =
+            (self.lease_timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => { self.expire(Instant::now()); }
+                _ = stop.changed() => if *stop.borrow() { return },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_share_turns_8_3_1() {
+        let mut credit = [0; 3];
+        let mut turns = [0; 3];
+        let mut longest_transactional_gap = 0;
+        let mut gap = 0;
+        for _ in 0..1200 {
+            let first = lane_order(&mut credit)[0];
+            turns[first.index()] += 1;
+            if first == Lane::Transactional {
+                gap = 0;
+            } else {
+                gap += 1;
+                longest_transactional_gap = longest_transactional_gap.max(gap);
+            }
+        }
+        assert_eq!(turns, [800, 300, 100]);
+        assert!(
+            longest_transactional_gap <= 2,
+            "{longest_transactional_gap}"
+        );
+    }
+}

@@ -1,0 +1,868 @@
+//! The spool: the only module that imports sled, and the only one that knows
+//! the key layout.
+//!
+//! Invariants:
+//! - A message is queued exactly when it has a record under `m/<id>` and one
+//!   due key `d/<lane><due_ms><id>`; both are written and removed in the same
+//!   sled batch (one tree, key prefixes, so a batch is atomic across them).
+//! - All writes go through one committer thread, in order. `append` answers
+//!   only after the batch holding its records has been applied, sled has been
+//!   flushed, and sled's data file and any new blob files have been fsynced
+//!   (sled's own flush ends in `sync_file_range`, which does not survive a
+//!   power cut). Concurrent appends share one flush: group commit.
+//! - Outcomes (ack, retry, dead letter) ride in the same groups but do not
+//!   force a flush: sled's background flush persists them within
+//!   `flush_every_ms`. A lost ack means a redelivery, never a loss.
+//! - Counters are written in the same batch as the changes they count, so
+//!   after a crash they agree with the records.
+//! - Decoding never panics; an undecodable record is moved to `q/` and
+//!   counted (quarantine), and the rest of the spool keeps flowing.
+//!
+//! Key layout (one sled tree):
+//! ```text
+//! m <id:8>                      → Record          queued message
+//! d <lane:1> <due_ms:8> <id:8>  → ()              due index, ordered by time
+//! z <id:8>                      → DeadRecord      dead letter
+//! s <id:8>                      → DeliveredRecord delivered, kept for retention
+//! i <idempotency key>           → IdemEntry
+//! x <expires_ms:8> <kind:1> <k> → ()              expiry index for i and s
+//! q <original key>              → raw bytes       quarantined record
+//! c                             → Counters
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::codec;
+use crate::model::{
+    now_ms, DeadRecord, DeliveredRecord, Lane, MessageId, NewMessage, Outcome, Record,
+};
+
+/// Most operations taken into one group commit.
+const MAX_GROUP_OPS: usize = 4096;
+/// Most expired entries removed per housekeeping round.
+const HOUSEKEEPING_BATCH: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("spool I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("sled error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("the spool is closed")]
+    Closed,
+    #[error("spool format {0} is newer than this binary understands; run a newer mailspool")]
+    NewerFormat(u8),
+}
+
+/// Settings the store needs.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub cache_capacity_bytes: u64,
+    pub idempotency_window: Duration,
+    pub delivered_retention: Duration,
+}
+
+/// The result of appending one message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub id: MessageId,
+    pub message_id: String,
+    /// The idempotency key was seen before: `id` is the first message's.
+    pub duplicate: bool,
+}
+
+/// Where a message is, as far as the spool knows (leases are not its business).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Queued(Record),
+    Delivered(DeliveredRecord),
+    Dead(DeadRecord),
+}
+
+/// Counters that survive restarts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct Counters {
+    pub last_id: u64,
+    pub enqueued_total: u64,
+    pub delivered_total: u64,
+    pub retried_total: u64,
+    pub dead_total: u64,
+    pub duplicates_total: u64,
+    /// Queued per lane (recomputed from the due index at open).
+    pub queued: [u64; 3],
+    /// Dead letters on disk.
+    pub dead: u64,
+    pub quarantined: u64,
+}
+
+impl Counters {
+    pub fn queued_total(&self) -> u64 {
+        self.queued.iter().sum()
+    }
+}
+
+/// A point-in-time view for QueueStats.
+#[derive(Debug, Clone, Default)]
+pub struct StoreSnapshot {
+    pub counters: Counters,
+    /// Queued messages whose due time is in the future.
+    pub scheduled: u64,
+    /// Enqueue time of the oldest queued message.
+    pub oldest_queued_ms: Option<u64>,
+    pub group_commits: u64,
+    pub fsyncs: u64,
+}
+
+#[derive(Debug, Clone, bincode::Encode, bincode::Decode)]
+struct IdemEntry {
+    id: u64,
+    message_id: String,
+    expires_ms: u64,
+}
+
+enum Op {
+    Append {
+        messages: Vec<NewMessage>,
+        reply: oneshot::Sender<Result<Vec<Appended>, String>>,
+    },
+    Complete {
+        outcomes: Vec<(MessageId, Outcome)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Quarantine {
+        message_key: Vec<u8>,
+        due_key: Vec<u8>,
+    },
+    /// Final flush and fsync, then the committer stops.
+    Close,
+}
+
+/// State shared between the committer and readers.
+struct Shared {
+    tree: sled::Tree,
+    counters: Mutex<Counters>,
+    /// Due keys per due second: how many queued messages are due when.
+    due_seconds: Mutex<BTreeMap<u64, u64>>,
+    group_commits: AtomicU64,
+    fsyncs: AtomicU64,
+    delivered_retention: Duration,
+}
+
+/// Handle to the spool. Cloning is cheap.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Op>,
+    committer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+mod key {
+    use crate::model::{Lane, MessageId};
+
+    pub const COUNTERS: &[u8] = b"c";
+    pub const FORMAT: &[u8] = b"v";
+
+    pub fn message(id: MessageId) -> [u8; 9] {
+        prefixed(b'm', id)
+    }
+    pub fn dead(id: MessageId) -> [u8; 9] {
+        prefixed(b'z', id)
+    }
+    pub fn delivered(id: MessageId) -> [u8; 9] {
+        prefixed(b's', id)
+    }
+    fn prefixed(p: u8, id: MessageId) -> [u8; 9] {
+        let mut k = [p; 9];
+        k[1..].copy_from_slice(&id.0.to_be_bytes());
+        k
+    }
+    pub fn due(lane: Lane, due_ms: u64, id: MessageId) -> [u8; 18] {
+        let mut k = [0u8; 18];
+        k[0] = b'd';
+        k[1] = lane.index() as u8;
+        k[2..10].copy_from_slice(&due_ms.to_be_bytes());
+        k[10..].copy_from_slice(&id.0.to_be_bytes());
+        k
+    }
+    /// Parses a due key into (lane, due_ms, id).
+    pub fn parse_due(k: &[u8]) -> Option<(Lane, u64, MessageId)> {
+        if k.len() != 18 || k[0] != b'd' {
+            return None;
+        }
+        let lane = Lane::from_index(k[1])?;
+        let due = u64::from_be_bytes(k[2..10].try_into().ok()?);
+        let id = u64::from_be_bytes(k[10..].try_into().ok()?);
+        Some((lane, due, MessageId(id)))
+    }
+    pub fn due_lane_prefix(lane: Lane) -> [u8; 2] {
+        [b'd', lane.index() as u8]
+    }
+    pub fn idem(k: &str) -> Vec<u8> {
+        idem_bytes(k.as_bytes())
+    }
+    pub fn idem_bytes(k: &[u8]) -> Vec<u8> {
+        let mut v = vec![b'i'];
+        v.extend_from_slice(k);
+        v
+    }
+    pub const EXPIRY_IDEM: u8 = b'i';
+    pub const EXPIRY_DELIVERED: u8 = b's';
+    pub fn expiry(expires_ms: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(10 + rest.len());
+        v.push(b'x');
+        v.extend_from_slice(&expires_ms.to_be_bytes());
+        v.push(kind);
+        v.extend_from_slice(rest);
+        v
+    }
+    pub fn quarantine(original: &[u8]) -> Vec<u8> {
+        let mut v = vec![b'q'];
+        v.extend_from_slice(original);
+        v
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the spool under `dir` and starts the committer.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(200))
+            .open()?;
+        let tree = db.open_tree("spool")?;
+        match tree.get(key::FORMAT)? {
+            Some(v) if v.first().copied().unwrap_or(0) > codec::FORMAT_VERSION => {
+                return Err(StoreError::NewerFormat(v[0]));
+            }
+            Some(_) => {}
+            None => {
+                tree.insert(key::FORMAT, &[codec::FORMAT_VERSION])?;
+            }
+        }
+        let mut counters = match tree.get(key::COUNTERS)? {
+            Some(v) => codec::decode::<Counters>(&v).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "spool counters undecodable; totals restart from zero");
+                Counters::default()
+            }),
+            None => Counters::default(),
+        };
+        // The due index is the truth about what is queued: rebuild the
+        // per-lane counts and the due-time histogram from it.
+        let mut due_seconds = BTreeMap::new();
+        counters.queued = [0; 3];
+        for item in tree.scan_prefix(b"d") {
+            let (k, _) = item?;
+            if let Some((lane, due, _)) = key::parse_due(&k) {
+                counters.queued[lane.index()] += 1;
+                *due_seconds.entry(due / 1000).or_insert(0) += 1;
+            }
+        }
+        counters.dead = tree.scan_prefix(b"z").count() as u64;
+        if let Some(Ok((k, _))) = tree.scan_prefix(b"m").next_back() {
+            if let Ok(b) = <[u8; 8]>::try_from(&k[1..]) {
+                counters.last_id = counters.last_id.max(u64::from_be_bytes(b));
+            }
+        }
+        let shared = Arc::new(Shared {
+            tree,
+            counters: Mutex::new(counters),
+            due_seconds: Mutex::new(due_seconds),
+            group_commits: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            delivered_retention: options.delivered_retention,
+        });
+        let syncer = Syncer::new(dir)?;
+        let (tx, rx) = mpsc::channel();
+        let committer = Committer {
+            shared: shared.clone(),
+            db,
+            syncer,
+            options,
+            counters,
+            last_housekeeping: Instant::now(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("mailspool-committer".into())
+            .spawn(move || committer.run(rx))?;
+        Ok(Store {
+            shared,
+            tx,
+            committer: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Stores the messages durably. One result per message, in order.
+    pub async fn append(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Append { messages, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    /// Records how leases ended. Applied in order; not fsynced by itself.
+    pub async fn complete(&self, outcomes: Vec<(MessageId, Outcome)>) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Complete { outcomes, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    /// Up to `max` queued messages of `lane` due at or before `now_ms`, oldest
+    /// due first, skipping those `skip` says are taken. Reads only; cost is
+    /// proportional to `max` plus the skipped ones, not to the backlog.
+    pub fn due(
+        &self,
+        lane: Lane,
+        now_ms: u64,
+        max: usize,
+        mut skip: impl FnMut(MessageId) -> bool,
+    ) -> Vec<(MessageId, Record)> {
+        let start = key::due_lane_prefix(lane);
+        let end = key::due(lane, now_ms.saturating_add(1), MessageId(0));
+        let mut out = Vec::new();
+        for item in self.shared.tree.range(start.as_slice()..end.as_slice()) {
+            let Ok((k, _)) = item else { break };
+            let Some((_, _, id)) = key::parse_due(&k) else {
+                continue;
+            };
+            if skip(id) {
+                continue;
+            }
+            let mkey = key::message(id);
+            match self.shared.tree.get(mkey) {
+                Ok(Some(v)) => match codec::decode::<Record>(&v) {
+                    Ok(r) => out.push((id, r)),
+                    Err(e) => {
+                        tracing::error!(%id, error = %e, "undecodable record moved to quarantine");
+                        let _ = self.tx.send(Op::Quarantine {
+                            message_key: mkey.to_vec(),
+                            due_key: k.to_vec(),
+                        });
+                        skip(id);
+                    }
+                },
+                // Removed between the two reads: it was just acked.
+                Ok(None) | Err(_) => {}
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+
+    /// What the spool knows about one id.
+    pub fn status(&self, id: MessageId) -> Result<Option<Status>, StoreError> {
+        let t = &self.shared.tree;
+        if let Some(v) = t.get(key::message(id))? {
+            return Ok(codec::decode(&v).ok().map(Status::Queued));
+        }
+        if let Some(v) = t.get(key::dead(id))? {
+            return Ok(codec::decode(&v).ok().map(Status::Dead));
+        }
+        if let Some(v) = t.get(key::delivered(id))? {
+            let retention = self.shared.delivered_retention.as_millis() as u64;
+            // Past retention but not yet purged: gone all the same.
+            return Ok(codec::decode::<DeliveredRecord>(&v)
+                .ok()
+                .filter(|d| d.delivered_ms + retention > now_ms())
+                .map(Status::Delivered));
+        }
+        Ok(None)
+    }
+
+    pub fn snapshot(&self, now_ms: u64) -> StoreSnapshot {
+        let counters = *self.shared.counters.lock().expect("counters lock");
+        let scheduled = self
+            .shared
+            .due_seconds
+            .lock()
+            .expect("due lock")
+            .range(now_ms / 1000 + 1..)
+            .map(|(_, n)| n)
+            .sum();
+        let oldest_queued_ms = self
+            .shared
+            .tree
+            .scan_prefix(b"m")
+            .keys()
+            .next()
+            .and_then(|k| k.ok())
+            .and_then(|k| <[u8; 8]>::try_from(&k[1..]).ok())
+            .map(|b| MessageId(u64::from_be_bytes(b)).enqueued_ms());
+        StoreSnapshot {
+            counters,
+            scheduled,
+            oldest_queued_ms,
+            group_commits: self.shared.group_commits.load(Ordering::Relaxed),
+            fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the committer after it has written everything sent before,
+    /// with a final flush and fsync; later calls get `StoreError::Closed`.
+    /// Blocks; call from a blocking context.
+    pub fn close(&self) {
+        let _ = self.tx.send(Op::Close);
+        let handle = self.committer.lock().expect("committer lock").take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+/// fsyncs what sled's flush leaves in the page cache: its data file, blob
+/// files it created, and the directories that name them.
+struct Syncer {
+    db_file: File,
+    blobs_dir: PathBuf,
+    synced_blobs: HashSet<std::ffi::OsString>,
+}
+
+impl Syncer {
+    fn new(dir: &Path) -> Result<Syncer, StoreError> {
+        let db_file = File::open(dir.join("db"))?;
+        // Make the spool's own directory entries durable once.
+        File::open(dir)?.sync_all()?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(Syncer {
+            db_file,
+            blobs_dir: dir.join("blobs"),
+            synced_blobs: HashSet::new(),
+        })
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.db_file.sync_data()?;
+        let Ok(entries) = std::fs::read_dir(&self.blobs_dir) else {
+            return Ok(());
+        };
+        let mut present = HashSet::new();
+        let mut new_blob = false;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                // A blob removed meanwhile by sled is fine to miss.
+                if let Ok(f) = File::open(entry.path()) {
+                    f.sync_all()?;
+                    new_blob = true;
+                }
+            }
+            present.insert(name);
+        }
+        if new_blob {
+            File::open(&self.blobs_dir)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+}
+
+/// The single writer.
+struct Committer {
+    shared: Arc<Shared>,
+    db: sled::Db,
+    syncer: Syncer,
+    options: StoreOptions,
+    /// The committer's own copy; published to `shared` after each group.
+    counters: Counters,
+    last_housekeeping: Instant,
+}
+
+/// Changes to the due histogram made by one group, applied once it commits.
+#[derive(Default)]
+struct DueDelta(Vec<(u64, i64)>);
+
+impl DueDelta {
+    fn add(&mut self, due_ms: u64) {
+        self.0.push((due_ms / 1000, 1));
+    }
+    fn remove(&mut self, due_ms: u64) {
+        self.0.push((due_ms / 1000, -1));
+    }
+}
+
+enum Reply {
+    Append(
+        oneshot::Sender<Result<Vec<Appended>, String>>,
+        Vec<Appended>,
+    ),
+    Complete(oneshot::Sender<Result<(), String>>),
+}
+
+impl Committer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.housekeep();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut ops = vec![first];
+            while ops.len() < MAX_GROUP_OPS {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let close = ops.iter().any(|op| matches!(op, Op::Close));
+            self.commit_group(ops);
+            if close {
+                break;
+            }
+            if self.last_housekeeping.elapsed() > Duration::from_secs(1) {
+                self.housekeep();
+            }
+        }
+        if let Err(e) = self
+            .db
+            .flush()
+            .map_err(StoreError::from)
+            .and_then(|_| Ok(self.syncer.sync()?))
+        {
+            tracing::error!(error = %e, "final spool flush failed");
+        }
+    }
+
+    fn commit_group(&mut self, ops: Vec<Op>) {
+        let before = self.counters;
+        let now = now_ms();
+        let mut batch = sled::Batch::default();
+        let mut replies = Vec::with_capacity(ops.len());
+        let mut due = DueDelta::default();
+        let mut needs_sync = false;
+        // Records changed earlier in this group (None = removed).
+        let mut overlay: HashMap<MessageId, Option<Record>> = HashMap::new();
+        let mut new_keys: HashMap<String, Appended> = HashMap::new();
+        for op in ops {
+            match op {
+                Op::Append { messages, reply } => {
+                    needs_sync = true;
+                    let results = messages
+                        .into_iter()
+                        .map(|m| self.append_one(m, now, &mut batch, &mut due, &mut new_keys))
+                        .collect();
+                    replies.push(Reply::Append(reply, results));
+                }
+                Op::Complete { outcomes, reply } => {
+                    for (id, outcome) in outcomes {
+                        self.complete_one(id, outcome, now, &mut batch, &mut due, &mut overlay);
+                    }
+                    replies.push(Reply::Complete(reply));
+                }
+                Op::Quarantine {
+                    message_key,
+                    due_key,
+                } => self.quarantine(message_key, due_key, &mut batch, &mut due, &mut overlay),
+                Op::Close => {}
+            }
+        }
+        batch.insert(key::COUNTERS, codec::encode(&self.counters));
+        let result = self
+            .shared
+            .tree
+            .apply_batch(batch)
+            .map_err(StoreError::from)
+            .and_then(|_| {
+                if needs_sync {
+                    self.db.flush()?;
+                    self.syncer.sync()?;
+                    self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+        match result {
+            Ok(()) => {
+                self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
+                *self.shared.counters.lock().expect("counters lock") = self.counters;
+                let mut hist = self.shared.due_seconds.lock().expect("due lock");
+                for (sec, d) in due.0 {
+                    let n = hist.entry(sec).or_insert(0);
+                    *n = n.saturating_add_signed(d);
+                    if *n == 0 {
+                        hist.remove(&sec);
+                    }
+                }
+                drop(hist);
+                for r in replies {
+                    match r {
+                        Reply::Append(tx, results) => {
+                            let _ = tx.send(Ok(results));
+                        }
+                        Reply::Complete(tx) => {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool commit failed; callers get an error");
+                self.counters = before;
+                let msg = e.to_string();
+                for r in replies {
+                    match r {
+                        Reply::Append(tx, _) => {
+                            let _ = tx.send(Err(msg.clone()));
+                        }
+                        Reply::Complete(tx) => {
+                            let _ = tx.send(Err(msg.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn append_one(
+        &mut self,
+        m: NewMessage,
+        now: u64,
+        batch: &mut sled::Batch,
+        due: &mut DueDelta,
+        new_keys: &mut HashMap<String, Appended>,
+    ) -> Appended {
+        if !m.idempotency_key.is_empty() {
+            if let Some(first) = new_keys.get(&m.idempotency_key) {
+                self.counters.duplicates_total += 1;
+                return Appended {
+                    duplicate: true,
+                    ..first.clone()
+                };
+            }
+            if let Ok(Some(v)) = self.shared.tree.get(key::idem(&m.idempotency_key)) {
+                if let Ok(e) = codec::decode::<IdemEntry>(&v) {
+                    if e.expires_ms > now {
+                        self.counters.duplicates_total += 1;
+                        return Appended {
+                            id: MessageId(e.id),
+                            message_id: e.message_id,
+                            duplicate: true,
+                        };
+                    }
+                }
+            }
+        }
+        let id = MessageId::next(MessageId(self.counters.last_id), now);
+        self.counters.last_id = id.0;
+        let due_ms = if m.not_before_ms > now {
+            m.not_before_ms
+        } else {
+            now
+        };
+        let record = Record {
+            lane: m.lane,
+            enqueued_ms: now,
+            due_ms,
+            first_due_ms: due_ms,
+            attempts: 0,
+            last_error: String::new(),
+            envelope_from: m.envelope_from,
+            envelope_to: m.envelope_to,
+            message_id: m.message_id,
+            idempotency_key: m.idempotency_key,
+            raw: m.raw,
+        };
+        let appended = Appended {
+            id,
+            message_id: record.message_id.clone(),
+            duplicate: false,
+        };
+        if !record.idempotency_key.is_empty() {
+            let expires_ms = now + self.options.idempotency_window.as_millis() as u64;
+            let entry = IdemEntry {
+                id: id.0,
+                message_id: record.message_id.clone(),
+                expires_ms,
+            };
+            batch.insert(key::idem(&record.idempotency_key), codec::encode(&entry));
+            batch.insert(
+                key::expiry(
+                    expires_ms,
+                    key::EXPIRY_IDEM,
+                    record.idempotency_key.as_bytes(),
+                ),
+                &[],
+            );
+            new_keys.insert(record.idempotency_key.clone(), appended.clone());
+        }
+        batch.insert(&key::due(record.lane, due_ms, id), &[]);
+        due.add(due_ms);
+        batch.insert(&key::message(id), codec::encode(&record));
+        self.counters.enqueued_total += 1;
+        self.counters.queued[record.lane.index()] += 1;
+        appended
+    }
+
+    fn current(
+        &self,
+        id: MessageId,
+        overlay: &HashMap<MessageId, Option<Record>>,
+    ) -> Option<Record> {
+        if let Some(r) = overlay.get(&id) {
+            return r.clone();
+        }
+        let v = self.shared.tree.get(key::message(id)).ok()??;
+        codec::decode(&v).ok()
+    }
+
+    fn complete_one(
+        &mut self,
+        id: MessageId,
+        outcome: Outcome,
+        now: u64,
+        batch: &mut sled::Batch,
+        due: &mut DueDelta,
+        overlay: &mut HashMap<MessageId, Option<Record>>,
+    ) {
+        // Already gone (acked by an earlier lease, or cancelled): nothing to do.
+        let Some(mut record) = self.current(id, overlay) else {
+            return;
+        };
+        let lane = record.lane.index();
+        batch.remove(&key::due(record.lane, record.due_ms, id));
+        due.remove(record.due_ms);
+        record.attempts += 1;
+        match outcome {
+            Outcome::Ack => {
+                batch.remove(&key::message(id));
+                let delivered = DeliveredRecord {
+                    lane: record.lane,
+                    enqueued_ms: record.enqueued_ms,
+                    delivered_ms: now,
+                    attempts: record.attempts,
+                    message_id: record.message_id,
+                };
+                let expires = now + self.options.delivered_retention.as_millis() as u64;
+                batch.insert(&key::delivered(id), codec::encode(&delivered));
+                batch.insert(
+                    key::expiry(expires, key::EXPIRY_DELIVERED, &id.0.to_be_bytes()),
+                    &[],
+                );
+                self.counters.queued[lane] -= 1;
+                self.counters.delivered_total += 1;
+                overlay.insert(id, None);
+            }
+            Outcome::Retry { due_ms, error } => {
+                record.due_ms = due_ms;
+                record.last_error = error;
+                batch.insert(&key::due(record.lane, due_ms, id), &[]);
+                due.add(due_ms);
+                batch.insert(&key::message(id), codec::encode(&record));
+                self.counters.retried_total += 1;
+                overlay.insert(id, Some(record));
+            }
+            Outcome::Dead { reason } => {
+                batch.remove(&key::message(id));
+                record.last_error = reason.clone();
+                let dead = DeadRecord {
+                    record,
+                    died_ms: now,
+                    reason,
+                };
+                batch.insert(&key::dead(id), codec::encode(&dead));
+                self.counters.queued[lane] -= 1;
+                self.counters.dead += 1;
+                self.counters.dead_total += 1;
+                overlay.insert(id, None);
+            }
+        }
+    }
+
+    /// Moves an undecodable message record aside, with its due key.
+    fn quarantine(
+        &mut self,
+        mkey: Vec<u8>,
+        due_key: Vec<u8>,
+        batch: &mut sled::Batch,
+        due: &mut DueDelta,
+        overlay: &mut HashMap<MessageId, Option<Record>>,
+    ) {
+        let Ok(Some(bytes)) = self.shared.tree.get(&mkey) else {
+            return;
+        };
+        let Ok(idb) = <[u8; 8]>::try_from(&mkey[1..]) else {
+            return;
+        };
+        let id = MessageId(u64::from_be_bytes(idb));
+        if overlay.get(&id).is_some_and(|r| r.is_none()) {
+            return;
+        }
+        if let Some((lane, due_ms, _)) = key::parse_due(&due_key) {
+            if matches!(self.shared.tree.contains_key(&due_key), Ok(true)) {
+                batch.remove(due_key);
+                due.remove(due_ms);
+                self.counters.queued[lane.index()] -= 1;
+            }
+        }
+        batch.insert(key::quarantine(&mkey), bytes);
+        batch.remove(mkey);
+        self.counters.quarantined += 1;
+        overlay.insert(id, None);
+    }
+
+    /// Removes idempotency keys and delivered statuses past their time.
+    fn housekeep(&mut self) {
+        self.last_housekeeping = Instant::now();
+        let now = now_ms();
+        let end = key::expiry(now, 0, &[]);
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.shared.tree.range(b"x".as_slice()..end.as_slice()) {
+            let Ok((k, _)) = item else { break };
+            batch.remove(k.clone());
+            if k.len() >= 10 {
+                let rest = &k[10..];
+                match k[9] {
+                    key::EXPIRY_IDEM => {
+                        if let Ok(Some(v)) = self.shared.tree.get(key::idem_bytes(rest)) {
+                            if codec::decode::<IdemEntry>(&v)
+                                .map(|e| e.expires_ms <= now)
+                                .unwrap_or(true)
+                            {
+                                batch.remove(key::idem_bytes(rest));
+                            }
+                        }
+                    }
+                    key::EXPIRY_DELIVERED => {
+                        let mut dk = vec![b's'];
+                        dk.extend_from_slice(rest);
+                        batch.remove(dk);
+                    }
+                    _ => {}
+                }
+            }
+            n += 1;
+            if n >= HOUSEKEEPING_BATCH {
+                break;
+            }
+        }
+        if n > 0 {
+            if let Err(e) = self.shared.tree.apply_batch(batch) {
+                tracing::warn!(error = %e, "housekeeping failed; will try again");
+            }
+        }
+    }
+}
