@@ -288,7 +288,8 @@ mod tests {
 
     #[test]
     fn relay_urls() {
-        let cases: &[(&str, Result<(&str, u16, bool), ()>)] = &[
+        type Case<'a> = (&'a str, Result<(&'a str, u16, bool), ()>);
+        let cases: &[Case] = &[
             (
                 "smtp://mail.example.com",
                 Ok(("mail.example.com", 25, false)),

@@ -347,8 +347,9 @@ impl Store {
                 continue;
             }
             let mkey = key::message(id);
-            match self.shared.tree.get(mkey) {
-                Ok(Some(v)) => match codec::decode::<Record>(&v) {
+            // Ok(None): removed between the two reads, it was just acked.
+            if let Ok(Some(v)) = self.shared.tree.get(mkey) {
+                match codec::decode::<Record>(&v) {
                     Ok(r) => out.push((id, r)),
                     Err(e) => {
                         tracing::error!(%id, error = %e, "undecodable record moved to quarantine");
@@ -358,9 +359,7 @@ impl Store {
                         });
                         skip(id);
                     }
-                },
-                // Removed between the two reads: it was just acked.
-                Ok(None) | Err(_) => {}
+                }
             }
             if out.len() >= max {
                 break;

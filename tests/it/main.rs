@@ -1,0 +1,9 @@
+//! mailspool's integration tests: one binary, the real gRPC server on
+//! 127.0.0.1:0, real SMTP over TCP.
+
+mod support;
+
+mod api;
+mod delivery;
+mod restart;
+mod smtp_sink;

@@ -1,0 +1,217 @@
+//! Restarts: graceful with a backlog, and SIGKILL of the real binary while
+//! clients stream acknowledged enqueues.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailspool::pb;
+use mailspool::pb::mail_queue_client::MailQueueClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::smtp::{Mode, SmtpPeer};
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_restart_keeps_the_backlog_which_then_drains() {
+    let peer = SmtpPeer::start(Mode::Defer).await;
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), Some(peer.url()))).await;
+    let requests: Vec<_> = (0..300).map(|i| request(&format!("backlog {i}"))).collect();
+    let results = s
+        .queue
+        .clone()
+        .enqueue_batch(pb::EnqueueBatchRequest { requests })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let ids: HashSet<String> = results.iter().map(|r| r.message_id.clone()).collect();
+    assert_eq!(ids.len(), 300);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            s.stats().await.retried_total >= 10
+        })
+        .await
+    );
+    let s = s.restart().await;
+    let st = s.stats().await;
+    assert_eq!(
+        (st.queued, st.enqueued_total),
+        (300, 300),
+        "backlog and counters survive"
+    );
+    assert!(st.retried_total >= 10);
+    peer.set_mode(Mode::Accept);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            peer.received_count() >= 300
+        })
+        .await,
+        "backlog drains after restart"
+    );
+    let got: HashSet<String> = peer.received().into_iter().map(|m| m.message_id).collect();
+    assert_eq!(got, ids);
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            s.stats().await.queued == 0
+        })
+        .await
+    );
+    assert_eq!(s.stats().await.delivered_total, 300);
+    s.shutdown().await;
+}
+
+/// Starts the real binary and returns it with the address it listens on.
+async fn spawn_server(dir: &std::path::Path, relay: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--relay",
+            relay,
+            "--relay-tls",
+            "none",
+        ])
+        .args([
+            "--retry-base-ms",
+            "50",
+            "--retry-cap-ms",
+            "200",
+            "--relay-max-connections",
+            "4",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn mailspool");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("mailspool listening on ") {
+                return rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("mailspool exited before listening");
+    })
+    .await
+    .expect("mailspool starts within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_enqueueing_loses_no_acknowledged_message() {
+    let peer = SmtpPeer::start(Mode::AcceptAfter(Duration::from_millis(2))).await;
+    let dir = tempdir();
+    let (mut child, addr) = spawn_server(dir.path(), &peer.url()).await;
+    let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut client = MailQueueClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let ok: Vec<String> = if n % 4 == 0 {
+                    let requests = (0..10)
+                        .map(|i| {
+                            with_key(request(&format!("c{c}-{n}-{i}")), &format!("c{c}-{n}-{i}"))
+                        })
+                        .collect();
+                    match client
+                        .enqueue_batch(pb::EnqueueBatchRequest { requests })
+                        .await
+                    {
+                        Ok(r) => r
+                            .into_inner()
+                            .results
+                            .into_iter()
+                            .map(|r| r.message_id)
+                            .collect(),
+                        Err(_) => break,
+                    }
+                } else {
+                    match client
+                        .enqueue(with_key(
+                            request(&format!("c{c}-{n}")),
+                            &format!("c{c}-{n}"),
+                        ))
+                        .await
+                    {
+                        Ok(r) => vec![r.into_inner().message_id],
+                        Err(_) => break,
+                    }
+                };
+                acked.lock().unwrap().extend(ok);
+            }
+        }));
+    }
+    // Kill once a good number of enqueues were acknowledged (and some delivered).
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            acked.lock().unwrap().len() >= 1500
+        })
+        .await
+    );
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(!status.success(), "SIGKILL");
+    let acked = acked.lock().unwrap().clone();
+    let delivered_before_restart = peer.received_count();
+
+    let (mut child, _addr) = spawn_server(dir.path(), &peer.url()).await;
+    let all_delivered = wait_until(Duration::from_secs(60), || async {
+        let got: HashSet<String> = peer.received().into_iter().map(|m| m.message_id).collect();
+        acked.is_subset(&got)
+    })
+    .await;
+    let received = peer.received();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for m in &received {
+        *counts.entry(m.message_id.as_str()).or_default() += 1;
+    }
+    let missing = acked
+        .iter()
+        .filter(|id| !counts.contains_key(id.as_str()))
+        .count();
+    let twice = counts.values().filter(|&&n| n > 1).count();
+    println!(
+        "crash test: {} acknowledged, {delivered_before_restart} delivered before SIGKILL, {} delivered in all, {missing} missing, {twice} delivered twice",
+        acked.len(),
+        received.len()
+    );
+    assert!(
+        all_delivered,
+        "{missing} acknowledged messages were not delivered after the restart"
+    );
+    // SIGTERM: graceful stop, exit code 0.
+    nix_term(&child);
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "SIGTERM should exit 0, got {status:?}");
+}
+
+fn nix_term(child: &Child) {
+    let pid = child.id().expect("running") as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+}

@@ -1,0 +1,183 @@
+//! Shared helpers: a real server on 127.0.0.1:0 with a temporary spool,
+//! gRPC clients, request builders, and waiting on a condition with a deadline.
+
+pub mod smtp;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mailspool::config::RelayTls;
+use mailspool::pb;
+use mailspool::pb::mail_queue_client::MailQueueClient;
+use mailspool::pb::queue_admin_client::QueueAdminClient;
+use mailspool::{Config, Server, ServerHandle};
+use tonic::transport::Channel;
+
+/// Settings for a test server: fast retries, short grace, loopback relay.
+pub fn config(dir: &Path, relay: Option<String>) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        relay,
+        relay_tls: Some(RelayTls::None),
+        relay_max_connections: 4,
+        retry_base_ms: 50,
+        retry_cap_ms: 200,
+        smtp_timeout_ms: 5_000,
+        shutdown_grace_ms: 500,
+        cache_capacity_bytes: 16 << 20,
+        ..Config::default()
+    }
+}
+
+pub struct TestServer {
+    pub handle: Option<ServerHandle>,
+    pub queue: MailQueueClient<Channel>,
+    pub admin: QueueAdminClient<Channel>,
+    pub config: Config,
+}
+
+impl TestServer {
+    pub async fn start(mut config: Config) -> TestServer {
+        config.validate().expect("test config is valid");
+        let handle = Server::start(config.clone()).await.expect("server starts");
+        let url = format!("http://{}", handle.addr);
+        let channel = Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        TestServer {
+            handle: Some(handle),
+            queue: MailQueueClient::new(channel.clone()),
+            admin: QueueAdminClient::new(channel),
+            config,
+        }
+    }
+
+    /// Graceful shutdown, then a new server on the same spool.
+    pub async fn restart(mut self) -> TestServer {
+        self.handle.take().unwrap().shutdown().await;
+        TestServer::start(self.config.clone()).await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+
+    pub async fn stats(&self) -> pb::QueueStatsResponse {
+        self.admin
+            .clone()
+            .queue_stats(pb::QueueStatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn get(&self, id: &str) -> Result<pb::GetMessageResponse, tonic::Status> {
+        self.queue
+            .clone()
+            .get_message(pb::GetMessageRequest { id: id.to_string() })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn enqueue(
+        &self,
+        req: pb::EnqueueRequest,
+    ) -> Result<pb::EnqueueResponse, tonic::Status> {
+        self.queue
+            .clone()
+            .enqueue(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Waits until GetMessage reports `state` for `id`.
+    pub async fn wait_state(&self, id: &str, state: pb::MessageState) -> pb::GetMessageResponse {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.get(id).await;
+            if let Ok(m) = &m {
+                if m.state() == state {
+                    return m.clone();
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "message {id} never reached {state:?}; last seen {m:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A valid request with this subject.
+pub fn request(subject: &str) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
+        email: Some(pb::Email {
+            from: "Alerts <alerts@example.com>".into(),
+            to: vec!["user@example.org".into()],
+            subject: subject.into(),
+            text_body: format!("body of {subject}"),
+            ..Default::default()
+        }),
+        lane: pb::Lane::Normal as i32,
+        ..Default::default()
+    }
+}
+
+pub fn with_lane(mut r: pb::EnqueueRequest, lane: pb::Lane) -> pb::EnqueueRequest {
+    r.lane = lane as i32;
+    r
+}
+
+pub fn with_key(mut r: pb::EnqueueRequest, key: &str) -> pb::EnqueueRequest {
+    r.idempotency_key = key.into();
+    r
+}
+
+/// Polls `condition` until it holds or `deadline` passes. Returns whether it held.
+pub async fn wait_until<F, Fut>(deadline: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mailspool-it")
+        .tempdir()
+        .unwrap()
+}
+
+/// `.eml` files in the outbox.
+pub fn outbox_files(data_dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data_dir.join("outbox"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The mailspool binary built for this test run.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mailspool")
+}

@@ -1,0 +1,197 @@
+//! A scripted SMTP peer over real TCP: it accepts, defers (451), rejects
+//! (550), stalls or drops the connection after DATA, as the test says, and
+//! records every message it accepted.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// What the peer answers after the final `.` of a message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    Accept,
+    /// Accept after waiting this long (a slow relay).
+    AcceptAfter(Duration),
+    /// 451 4.3.0
+    Defer,
+    /// 550 5.1.1
+    Reject,
+    /// Never answer; keep the connection open.
+    Stall,
+    /// Close the connection without answering.
+    Disconnect,
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message_id: String,
+    pub subject: String,
+    pub raw: String,
+}
+
+#[derive(Default)]
+struct State {
+    default: Option<Mode>,
+    /// Modes used for the next messages, before the default.
+    script: VecDeque<Mode>,
+    received: Vec<Received>,
+    /// Messages that got an answer other than accept, or none.
+    refused: u64,
+}
+
+#[derive(Clone)]
+pub struct SmtpPeer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+impl SmtpPeer {
+    pub async fn start(mode: Mode) -> SmtpPeer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind smtp peer");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State {
+            default: Some(mode),
+            ..State::default()
+        }));
+        let s = state.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let _ = serve(conn, s).await;
+                });
+            }
+        });
+        SmtpPeer { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().default = Some(mode);
+    }
+
+    /// The next messages get these answers, in order.
+    pub fn script(&self, modes: &[Mode]) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .extend(modes.iter().copied());
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn received_count(&self) -> usize {
+        self.state.lock().unwrap().received.len()
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.state.lock().unwrap().refused
+    }
+
+    fn next_mode(&self) -> Mode {
+        let mut s = self.state.lock().unwrap();
+        s.script.pop_front().or(s.default).unwrap_or(Mode::Accept)
+    }
+}
+
+async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let peer = SmtpPeer {
+        addr: conn.local_addr()?,
+        state,
+    };
+    let (r, mut w) = conn.into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(b"220 test-peer ESMTP\r\n").await?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_ascii_uppercase();
+        if cmd.starts_with("EHLO") {
+            w.write_all(b"250-test-peer\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                .await?;
+        } else if cmd.starts_with("DATA") {
+            w.write_all(b"354 go ahead\r\n").await?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" || line == ".\n" {
+                    break;
+                }
+                data.push_str(&line);
+            }
+            match peer.next_mode() {
+                Mode::Accept => accept(&peer, data, &mut w).await?,
+                Mode::AcceptAfter(d) => {
+                    tokio::time::sleep(d).await;
+                    accept(&peer, data, &mut w).await?
+                }
+                Mode::Defer => {
+                    peer.state.lock().unwrap().refused += 1;
+                    w.write_all(b"451 4.3.0 try again later\r\n").await?
+                }
+                Mode::Reject => {
+                    peer.state.lock().unwrap().refused += 1;
+                    w.write_all(b"550 5.1.1 no such user\r\n").await?
+                }
+                Mode::Stall => {
+                    peer.state.lock().unwrap().refused += 1;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return Ok(());
+                }
+                Mode::Disconnect => {
+                    peer.state.lock().unwrap().refused += 1;
+                    return Ok(());
+                }
+            }
+        } else if cmd.starts_with("QUIT") {
+            w.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            // HELO, MAIL, RCPT, RSET, NOOP
+            w.write_all(b"250 ok\r\n").await?;
+        }
+    }
+}
+
+async fn accept(
+    peer: &SmtpPeer,
+    data: String,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<()> {
+    let header = |name: &str| {
+        data.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| {
+                v.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let received = Received {
+        message_id: header("Message-ID:"),
+        subject: header("Subject:"),
+        raw: data.clone(),
+    };
+    peer.state.lock().unwrap().received.push(received);
+    w.write_all(b"250 2.0.0 queued\r\n").await
+}
