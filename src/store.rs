@@ -203,8 +203,8 @@ mod key {
         let id = u64::from_be_bytes(k[10..].try_into().ok()?);
         Some((lane, due, MessageId(id)))
     }
-    pub fn due_lane_prefix(lane: Lane) -> [u8; 2] {
-        [b'd', lane.index() as u8]
+    pub fn due_lane_prefix(lane_index: usize) -> [u8; 2] {
+        [b'd', lane_index as u8]
     }
     pub fn idem(k: &str) -> Vec<u8> {
         idem_bytes(k.as_bytes())
@@ -251,25 +251,29 @@ impl Store {
                 tree.insert(key::FORMAT, &[codec::FORMAT_VERSION])?;
             }
         }
-        let mut counters = match tree.get(key::COUNTERS)? {
-            Some(v) => codec::decode::<Counters>(&v).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "spool counters undecodable; totals restart from zero");
-                Counters::default()
-            }),
+        let stored = tree.get(key::COUNTERS)?.map(|v| codec::decode::<Counters>(&v));
+        let mut counters = match stored {
+            Some(Ok(c)) => c,
             None => Counters::default(),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "spool counters undecodable; recounting the spool");
+                recount(&tree)?
+            }
         };
-        // The due index is the truth about what is queued: rebuild the
-        // per-lane counts and the due-time histogram from it.
+        // Only messages due in the future matter to the `scheduled` figure;
+        // those already due are counted as they are leased and acked.
+        let now = now_ms();
         let mut due_seconds = BTreeMap::new();
-        counters.queued = [0; 3];
-        for item in tree.scan_prefix(b"d") {
-            let (k, _) = item?;
-            if let Some((lane, due, _)) = key::parse_due(&k) {
-                counters.queued[lane.index()] += 1;
-                *due_seconds.entry(due / 1000).or_insert(0) += 1;
+        for lane in Lane::ALL {
+            let from = key::due(lane, now, MessageId(0));
+            let to = key::due_lane_prefix(lane.index() + 1);
+            for item in tree.range(from.as_slice()..to.as_slice()) {
+                let (k, _) = item?;
+                if let Some((_, due, _)) = key::parse_due(&k) {
+                    *due_seconds.entry(due / 1000).or_insert(0) += 1;
+                }
             }
         }
-        counters.dead = tree.scan_prefix(b"z").count() as u64;
         if let Some(Ok((k, _))) = tree.scan_prefix(b"m").next_back() {
             if let Ok(b) = <[u8; 8]>::try_from(&k[1..]) {
                 counters.last_id = counters.last_id.max(u64::from_be_bytes(b));
@@ -335,7 +339,7 @@ impl Store {
         max: usize,
         mut skip: impl FnMut(MessageId) -> bool,
     ) -> Vec<(MessageId, Record)> {
-        let start = key::due_lane_prefix(lane);
+        let start = key::due_lane_prefix(lane.index());
         let end = key::due(lane, now_ms.saturating_add(1), MessageId(0));
         let mut out = Vec::new();
         for item in self.shared.tree.range(start.as_slice()..end.as_slice()) {
@@ -426,6 +430,21 @@ impl Store {
             let _ = h.join();
         }
     }
+}
+
+/// Rebuilds the gauges from the keys when the stored counters are lost
+/// (totals restart from zero). Costs a scan of the due index.
+fn recount(tree: &sled::Tree) -> Result<Counters, StoreError> {
+    let mut c = Counters::default();
+    for item in tree.scan_prefix(b"d") {
+        let (k, _) = item?;
+        if let Some((lane, _, _)) = key::parse_due(&k) {
+            c.queued[lane.index()] += 1;
+        }
+    }
+    c.dead = tree.scan_prefix(b"z").keys().count() as u64;
+    c.quarantined = tree.scan_prefix(b"q").keys().count() as u64;
+    Ok(c)
 }
 
 /// fsyncs what sled's flush leaves in the page cache: its data file, blob
