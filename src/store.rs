@@ -251,7 +251,9 @@ impl Store {
                 tree.insert(key::FORMAT, &[codec::FORMAT_VERSION])?;
             }
         }
-        let stored = tree.get(key::COUNTERS)?.map(|v| codec::decode::<Counters>(&v));
+        let stored = tree
+            .get(key::COUNTERS)?
+            .map(|v| codec::decode::<Counters>(&v));
         let mut counters = match stored {
             Some(Ok(c)) => c,
             None => Counters::default(),
