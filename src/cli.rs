@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (also what `mailspool` with no subcommand does).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Enqueue one message and print its id.
     Enqueue(EnqueueArgs),
     /// Print QueueStats.
@@ -100,9 +100,12 @@ pub struct ServeArgs {
     /// [default: 3600]
     #[arg(long, env = "MAILSPOOL_DELIVERED_RETENTION_SECS")]
     pub delivered_retention_secs: Option<u64>,
-    /// [default: 134217728]
+    /// [default: 67108864]
     #[arg(long, env = "MAILSPOOL_CACHE_CAPACITY_BYTES")]
     pub cache_capacity_bytes: Option<u64>,
+    /// [default: 67108864]
+    #[arg(long, env = "MAILSPOOL_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
     /// [default: 10000]
     #[arg(long, env = "MAILSPOOL_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -146,6 +149,7 @@ impl ServeArgs {
             idempotency_window_secs,
             delivered_retention_secs,
             cache_capacity_bytes,
+            segment_bytes,
             shutdown_grace_ms,
             log_format,
             log_level

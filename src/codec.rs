@@ -68,7 +68,11 @@ mod tests {
             envelope_to: vec!["b@example.com".into()],
             message_id: "x@y".into(),
             idempotency_key: "k".into(),
-            raw: b"Subject: hi\r\n\r\nbody".to_vec(),
+            body: crate::segments::BodyLoc {
+                segment: 1,
+                offset: 2,
+                len: 3,
+            },
         }
     }
 

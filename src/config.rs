@@ -71,6 +71,8 @@ pub struct Config {
     pub delivered_retention_secs: u64,
     /// sled page cache.
     pub cache_capacity_bytes: u64,
+    /// Size at which a body segment file is closed and a new one started.
+    pub segment_bytes: u64,
     /// How long shutdown waits for in-flight deliveries.
     pub shutdown_grace_ms: u64,
     pub log_format: LogFormat,
@@ -102,7 +104,8 @@ impl Default for Config {
             max_batch_items: 1_000,
             idempotency_window_secs: 86_400,
             delivered_retention_secs: 3_600,
-            cache_capacity_bytes: 128 * 1024 * 1024,
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
             log_level: "warn,mailspool=info".into(),
@@ -203,6 +206,7 @@ impl Config {
             ("max_message_bytes", self.max_message_bytes as u64),
             ("max_batch_items", self.max_batch_items as u64),
             ("cache_capacity_bytes", self.cache_capacity_bytes),
+            ("segment_bytes", self.segment_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -25,21 +25,20 @@ pub async fn run_worker(
     stop: watch::Receiver<bool>,
 ) {
     while let Some(lease) = scheduler.next_lease(&stop).await {
-        let records: Vec<_> = lease.messages.iter().map(|(_, r)| r).collect();
-        let results = relay.send_all(&records).await;
+        let results = relay.send_all(&lease.messages).await;
         let now = now_ms();
         let mut delivered = 0;
         let outcomes: Vec<_> = lease
             .messages
             .iter()
             .zip(results)
-            .map(|((id, record), result)| {
-                log_result(*id, &result);
-                let outcome = decide(result, record, &policy, now, rand::rng().random::<f64>());
+            .map(|(m, result)| {
+                log_result(m.id, &result);
+                let outcome = decide(result, &m.record, &policy, now, rand::rng().random::<f64>());
                 if outcome == Outcome::Ack {
                     delivered += 1;
                 }
-                (*id, outcome)
+                (m.id, outcome)
             })
             .collect();
         if let Err(e) = scheduler.complete(&lease, outcomes).await {

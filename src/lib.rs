@@ -5,8 +5,9 @@
 //! 1. [`api`] receives gRPC `Enqueue`/`EnqueueBatch`, validates with
 //!    [`message`] (which also builds the RFC 5322 bytes once) and maps errors
 //!    to gRPC status codes in one place.
-//! 2. [`store`] appends the record to sled through a single group-committing
-//!    writer and answers only after flush + fsync ([`codec`] encodes records).
+//! 2. [`store`] appends the body to a [`segments`] file and the index entry to
+//!    sled through a single group-committing writer, and answers only after
+//!    both are fsynced ([`codec`] encodes records).
 //! 3. [`scheduler`] leases batches of due messages, lane by lane, to the
 //!    delivery workers; leases live in memory and expire by themselves.
 //! 4. [`delivery`] sends each leased message through a [`relay`] (an SMTP
@@ -27,6 +28,7 @@ pub mod model;
 pub mod relay;
 pub mod retry;
 pub mod scheduler;
+pub mod segments;
 pub mod server;
 pub mod stats;
 pub mod store;

@@ -139,15 +139,26 @@ pub fn build(
         .from(from.clone())
         .subject(email.subject.clone())
         .date_now();
+    // The envelope is given, so lettre does not parse the headers back.
+    let mut envelope_to = Vec::with_capacity(recipients);
     for (i, to) in email.to.iter().enumerate() {
-        builder = builder.to(mailbox(&format!("email.to[{i}]"), to)?);
+        let mb = mailbox(&format!("email.to[{i}]"), to)?;
+        envelope_to.push(mb.email.clone());
+        builder = builder.to(mb);
     }
     for (i, cc) in email.cc.iter().enumerate() {
-        builder = builder.cc(mailbox(&format!("email.cc[{i}]"), cc)?);
+        let mb = mailbox(&format!("email.cc[{i}]"), cc)?;
+        envelope_to.push(mb.email.clone());
+        builder = builder.cc(mb);
     }
     for (i, bcc) in email.bcc.iter().enumerate() {
-        builder = builder.bcc(mailbox(&format!("email.bcc[{i}]"), bcc)?);
+        let mb = mailbox(&format!("email.bcc[{i}]"), bcc)?;
+        envelope_to.push(mb.email.clone());
+        builder = builder.bcc(mb);
     }
+    let envelope = lettre::address::Envelope::new(Some(from.email.clone()), envelope_to.clone())
+        .map_err(|e| invalid("email.to", e.to_string()))?;
+    builder = builder.envelope(envelope);
     if !email.reply_to.is_empty() {
         builder = builder.reply_to(mailbox("email.reply_to", &email.reply_to)?);
     }
@@ -183,11 +194,10 @@ pub fn build(
     if raw.len() > limits.max_message_bytes {
         return Err(too_big(raw.len(), limits));
     }
-    let envelope = message.envelope();
     Ok(NewMessage {
         lane,
-        envelope_from: envelope.from().map(|a| a.to_string()).unwrap_or_default(),
-        envelope_to: envelope.to().iter().map(|a| a.to_string()).collect(),
+        envelope_from: from.email.to_string(),
+        envelope_to: envelope_to.iter().map(|a| a.to_string()).collect(),
         message_id,
         raw,
         idempotency_key: idempotency_key.to_string(),

@@ -88,7 +88,8 @@ pub struct NewMessage {
     pub not_before_ms: u64,
 }
 
-/// A queued message as stored on disk.
+/// A queued message's index entry, as stored in sled. The body lives in a
+/// segment file (`segments`), at `body`.
 #[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
 pub struct Record {
     pub lane: Lane,
@@ -104,13 +105,23 @@ pub struct Record {
     pub envelope_to: Vec<String>,
     pub message_id: String,
     pub idempotency_key: String,
+    pub body: crate::segments::BodyLoc,
+}
+
+/// A leased message: its index entry and its RFC 5322 bytes.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    pub id: MessageId,
+    pub record: Record,
     pub raw: Vec<u8>,
 }
 
-/// A dead letter: the record and why it died.
+/// A dead letter: the record, its bytes (copied out of the segment so that
+/// dead letters never pin a segment), and why it died.
 #[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
 pub struct DeadRecord {
     pub record: Record,
+    pub raw: Vec<u8>,
     pub died_ms: u64,
     pub reason: String,
 }

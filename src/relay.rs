@@ -20,7 +20,7 @@ use lettre::{Address, AsyncFileTransport, AsyncTransport, Tokio1Executor};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, RelayTls, RelayUrl};
-use crate::model::Record;
+use crate::model::{Leased, Record};
 use crate::retry::{classify, SendResult};
 
 /// Idle connections older than this are checked with NOOP before use.
@@ -40,7 +40,7 @@ impl Relay {
     }
 
     /// Sends each message in turn; one result per message.
-    pub async fn send_all(&self, messages: &[&Record]) -> Vec<SendResult> {
+    pub async fn send_all(&self, messages: &[Leased]) -> Vec<SendResult> {
         match self {
             Relay::Smtp(s) => s.send_all(messages).await,
             Relay::Outbox(o) => o.send_all(messages).await,
@@ -87,10 +87,10 @@ impl Outbox {
         Ok(Outbox { dir, transport })
     }
 
-    async fn send_all(&self, messages: &[&Record]) -> Vec<SendResult> {
+    async fn send_all(&self, messages: &[Leased]) -> Vec<SendResult> {
         let mut out = Vec::with_capacity(messages.len());
         for r in messages {
-            let result = match envelope(r) {
+            let result = match envelope(&r.record) {
                 Err(e) => SendResult::Permanent(format!("bad envelope: {e}")),
                 Ok(env) => match self.transport.send_raw(&env, &r.raw).await {
                     Ok(_) => SendResult::Accepted,
@@ -131,14 +131,14 @@ impl SmtpRelay {
         }
     }
 
-    async fn send_all(&self, messages: &[&Record]) -> Vec<SendResult> {
+    async fn send_all(&self, messages: &[Leased]) -> Vec<SendResult> {
         let Ok(_permit) = self.permits.acquire().await else {
             return vec![SendResult::Transient("relay pool closed".into()); messages.len()];
         };
         let mut conn: Option<AsyncSmtpConnection> = self.take_idle().await;
         let mut out = Vec::with_capacity(messages.len());
         for r in messages {
-            let env = match envelope(r) {
+            let env = match envelope(&r.record) {
                 Ok(e) => e,
                 Err(e) => {
                     out.push(SendResult::Permanent(format!("bad envelope: {e}")));

@@ -118,7 +118,11 @@ mod tests {
             envelope_to: vec![],
             message_id: String::new(),
             idempotency_key: String::new(),
-            raw: vec![],
+            body: crate::segments::BodyLoc {
+                segment: 0,
+                offset: 0,
+                len: 0,
+            },
         }
     }
 

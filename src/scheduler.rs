@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::model::{now_ms, Lane, MessageId, Outcome, Record};
+use crate::model::{now_ms, Lane, Leased, MessageId, Outcome};
 use crate::store::{Store, StoreError};
 
 /// Lane weights for the round robin, indexed by `Lane::index`.
@@ -33,7 +33,7 @@ pub struct Lease {
     pub token: u64,
     pub lane: Lane,
     pub deadline: Instant,
-    pub messages: Vec<(MessageId, Record)>,
+    pub messages: Vec<Leased>,
 }
 
 #[derive(Default)]
@@ -104,8 +104,8 @@ impl Scheduler {
             table.next_token += 1;
             let token = table.next_token;
             let deadline = Instant::now() + self.lease_timeout;
-            for (id, _) in &messages {
-                table.leased.insert(*id, (token, deadline));
+            for m in &messages {
+                table.leased.insert(m.id, (token, deadline));
             }
             return Some(Lease {
                 token,
@@ -164,9 +164,9 @@ impl Scheduler {
         // Whatever happened on disk, this lease is over: its messages are
         // either gone, rescheduled, or (on error) still due.
         let mut table = self.table.lock().expect("lease table");
-        for (id, _) in &lease.messages {
-            if table.leased.get(id).map(|(t, _)| *t) == Some(lease.token) {
-                table.leased.remove(id);
+        for m in &lease.messages {
+            if table.leased.get(&m.id).map(|(t, _)| *t) == Some(lease.token) {
+                table.leased.remove(&m.id);
             }
         }
         drop(table);

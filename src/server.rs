@@ -61,6 +61,7 @@ impl Server {
         let spool_dir = config.data_dir.join("spool");
         let options = StoreOptions {
             cache_capacity_bytes: config.cache_capacity_bytes,
+            segment_bytes: config.segment_bytes,
             idempotency_window: Duration::from_secs(config.idempotency_window_secs),
             delivered_retention: Duration::from_secs(config.delivered_retention_secs),
         };

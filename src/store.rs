@@ -2,14 +2,20 @@
 //! the key layout.
 //!
 //! Invariants:
-//! - A message is queued exactly when it has a record under `m/<id>` and one
-//!   due key `d/<lane><due_ms><id>`; both are written and removed in the same
-//!   sled batch (one tree, key prefixes, so a batch is atomic across them).
+//! - A message is queued exactly when it has an index entry under `m/<id>`
+//!   and one due key `d/<lane><due_ms><id>`; both are written and removed in
+//!   the same sled batch (one tree, key prefixes, so a batch is atomic across
+//!   them). Its body is in a segment file (`segments`), written and fsynced
+//!   before the batch that points at it.
 //! - All writes go through one committer thread, in order. `append` answers
-//!   only after the batch holding its records has been applied, sled has been
-//!   flushed, and sled's data file and any new blob files have been fsynced
-//!   (sled's own flush ends in `sync_file_range`, which does not survive a
-//!   power cut). Concurrent appends share one flush: group commit.
+//!   only after its bodies are fsynced, the batch holding its index entries
+//!   has been applied, sled has been flushed, and sled's data file and any
+//!   new blob files have been fsynced (sled's own flush ends in
+//!   `sync_file_range`, which does not survive a power cut). Concurrent
+//!   appends share one write, one flush and the fsyncs: group commit.
+//! - Segment live counts (`g/<segment>`) change in the same batches as the
+//!   references they count; a segment file is deleted only after a flush
+//!   that covers its count reaching zero.
 //! - Outcomes (ack, retry, dead letter) ride in the same groups but do not
 //!   force a flush: sled's background flush persists them within
 //!   `flush_every_ms`. A lost ack means a redelivery, never a loss.
@@ -20,9 +26,10 @@
 //!
 //! Key layout (one sled tree):
 //! ```text
-//! m <id:8>                      → Record          queued message
+//! m <id:8>                      → Record          queued message (index entry)
 //! d <lane:1> <due_ms:8> <id:8>  → ()              due index, ordered by time
-//! z <id:8>                      → DeadRecord      dead letter
+//! z <id:8>                      → DeadRecord      dead letter, with its bytes
+//! g <segment:4>                 → u64             live bodies in a segment
 //! s <id:8>                      → DeliveredRecord delivered, kept for retention
 //! i <idempotency key>           → IdemEntry
 //! x <expires_ms:8> <kind:1> <k> → ()              expiry index for i and s
@@ -43,8 +50,9 @@ use tokio::sync::oneshot;
 
 use crate::codec;
 use crate::model::{
-    now_ms, DeadRecord, DeliveredRecord, Lane, MessageId, NewMessage, Outcome, Record,
+    now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Outcome, Record,
 };
+use crate::segments::{SegmentError, SegmentReader, Segments};
 
 /// Most operations taken into one group commit.
 const MAX_GROUP_OPS: usize = 4096;
@@ -61,12 +69,16 @@ pub enum StoreError {
     Closed,
     #[error("spool format {0} is newer than this binary understands; run a newer mailspool")]
     NewerFormat(u8),
+    #[error("{0}")]
+    Segment(#[from] SegmentError),
 }
 
 /// Settings the store needs.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes: u64,
     pub idempotency_window: Duration,
     pub delivered_retention: Duration,
 }
@@ -155,6 +167,7 @@ struct Shared {
     group_commits: AtomicU64,
     fsyncs: AtomicU64,
     delivered_retention: Duration,
+    bodies: SegmentReader,
 }
 
 /// Handle to the spool. Cloning is cheap.
@@ -224,6 +237,11 @@ mod key {
         v.extend_from_slice(rest);
         v
     }
+    pub fn segment(id: u32) -> [u8; 5] {
+        let mut k = [b'g'; 5];
+        k[1..].copy_from_slice(&id.to_be_bytes());
+        k
+    }
     pub fn quarantine(original: &[u8]) -> Vec<u8> {
         let mut v = vec![b'q'];
         v.extend_from_slice(original);
@@ -254,14 +272,24 @@ impl Store {
         let stored = tree
             .get(key::COUNTERS)?
             .map(|v| codec::decode::<Counters>(&v));
+        let mut live = BTreeMap::new();
+        for item in tree.scan_prefix(b"g") {
+            let (k, v) = item?;
+            if let (Ok(seg), Ok(n)) = (<[u8; 4]>::try_from(&k[1..]), <[u8; 8]>::try_from(&v[..])) {
+                live.insert(u32::from_be_bytes(seg), u64::from_be_bytes(n));
+            }
+        }
         let mut counters = match stored {
             Some(Ok(c)) => c,
             None => Counters::default(),
             Some(Err(e)) => {
                 tracing::error!(error = %e, "spool counters undecodable; recounting the spool");
-                recount(&tree)?
+                let (c, l) = recount(&tree)?;
+                live = l;
+                c
             }
         };
+        let segments = Segments::open(&dir.join("segments"), live, options.segment_bytes)?;
         // Only messages due in the future matter to the `scheduled` figure;
         // those already due are counted as they are leased and acked.
         let now = now_ms();
@@ -288,6 +316,7 @@ impl Store {
             group_commits: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             delivered_retention: options.delivered_retention,
+            bodies: segments.reader(),
         });
         let syncer = Syncer::new(dir)?;
         let (tx, rx) = mpsc::channel();
@@ -295,6 +324,7 @@ impl Store {
             shared: shared.clone(),
             db,
             syncer,
+            segments,
             options,
             counters,
             last_housekeeping: Instant::now(),
@@ -332,15 +362,17 @@ impl Store {
     }
 
     /// Up to `max` queued messages of `lane` due at or before `now_ms`, oldest
-    /// due first, skipping those `skip` says are taken. Reads only; cost is
-    /// proportional to `max` plus the skipped ones, not to the backlog.
+    /// due first, with their bodies, skipping those `skip` says are taken.
+    /// Reads only; cost is proportional to `max` plus the skipped ones, not
+    /// to the backlog. A message whose entry or body cannot be read is sent
+    /// to quarantine and left out.
     pub fn due(
         &self,
         lane: Lane,
         now_ms: u64,
         max: usize,
-        mut skip: impl FnMut(MessageId) -> bool,
-    ) -> Vec<(MessageId, Record)> {
+        skip: impl Fn(MessageId) -> bool,
+    ) -> Vec<Leased> {
         let start = key::due_lane_prefix(lane.index());
         let end = key::due(lane, now_ms.saturating_add(1), MessageId(0));
         let mut out = Vec::new();
@@ -354,17 +386,23 @@ impl Store {
             }
             let mkey = key::message(id);
             // Ok(None): removed between the two reads, it was just acked.
-            if let Ok(Some(v)) = self.shared.tree.get(mkey) {
-                match codec::decode::<Record>(&v) {
-                    Ok(r) => out.push((id, r)),
-                    Err(e) => {
-                        tracing::error!(%id, error = %e, "undecodable record moved to quarantine");
-                        let _ = self.tx.send(Op::Quarantine {
-                            message_key: mkey.to_vec(),
-                            due_key: k.to_vec(),
-                        });
-                        skip(id);
-                    }
+            let Ok(Some(v)) = self.shared.tree.get(mkey) else {
+                continue;
+            };
+            let read = codec::decode::<Record>(&v)
+                .map_err(|e| e.to_string())
+                .and_then(|record| match self.shared.bodies.read(id.0, record.body) {
+                    Ok(raw) => Ok(Leased { id, record, raw }),
+                    Err(e) => Err(e.to_string()),
+                });
+            match read {
+                Ok(m) => out.push(m),
+                Err(error) => {
+                    tracing::error!(%id, %error, "unreadable message moved to quarantine");
+                    let _ = self.tx.send(Op::Quarantine {
+                        message_key: mkey.to_vec(),
+                        due_key: k.to_vec(),
+                    });
                 }
             }
             if out.len() >= max {
@@ -434,19 +472,21 @@ impl Store {
     }
 }
 
-/// Rebuilds the gauges from the keys when the stored counters are lost
-/// (totals restart from zero). Costs a scan of the due index.
-fn recount(tree: &sled::Tree) -> Result<Counters, StoreError> {
+/// Rebuilds the gauges and segment counts from the keys when the stored
+/// counters are lost (totals restart from zero). Costs a scan of the index.
+fn recount(tree: &sled::Tree) -> Result<(Counters, BTreeMap<u32, u64>), StoreError> {
     let mut c = Counters::default();
-    for item in tree.scan_prefix(b"d") {
-        let (k, _) = item?;
-        if let Some((lane, _, _)) = key::parse_due(&k) {
-            c.queued[lane.index()] += 1;
+    let mut live = BTreeMap::new();
+    for item in tree.scan_prefix(b"m") {
+        let (_, v) = item?;
+        if let Ok(r) = codec::decode::<Record>(&v) {
+            c.queued[r.lane.index()] += 1;
+            *live.entry(r.body.segment).or_insert(0) += 1;
         }
     }
     c.dead = tree.scan_prefix(b"z").keys().count() as u64;
     c.quarantined = tree.scan_prefix(b"q").keys().count() as u64;
-    Ok(c)
+    Ok((c, live))
 }
 
 /// fsyncs what sled's flush leaves in the page cache: its data file, blob
@@ -503,22 +543,39 @@ struct Committer {
     shared: Arc<Shared>,
     db: sled::Db,
     syncer: Syncer,
+    segments: Segments,
     options: StoreOptions,
     /// The committer's own copy; published to `shared` after each group.
     counters: Counters,
     last_housekeeping: Instant,
 }
 
-/// Changes to the due histogram made by one group, applied once it commits.
+/// Everything one group commit changes, applied to memory only once the
+/// group is durable (or dropped if it fails).
 #[derive(Default)]
-struct DueDelta(Vec<(u64, i64)>);
+struct Group {
+    batch: sled::Batch,
+    /// (due second, ±1) for the `scheduled` histogram.
+    due: Vec<(u64, i64)>,
+    /// Live-count changes per segment.
+    segments: BTreeMap<u32, i64>,
+    /// Records changed earlier in this group (None = removed).
+    overlay: HashMap<MessageId, Option<Record>>,
+    /// Idempotency keys first seen in this group.
+    new_keys: HashMap<String, Appended>,
+    /// Appends in the group: flush and fsync before answering.
+    needs_sync: bool,
+}
 
-impl DueDelta {
-    fn add(&mut self, due_ms: u64) {
-        self.0.push((due_ms / 1000, 1));
+impl Group {
+    fn due_add(&mut self, due_ms: u64) {
+        self.due.push((due_ms / 1000, 1));
     }
-    fn remove(&mut self, due_ms: u64) {
-        self.0.push((due_ms / 1000, -1));
+    fn due_remove(&mut self, due_ms: u64) {
+        self.due.push((due_ms / 1000, -1));
+    }
+    fn segment(&mut self, segment: u32, delta: i64) {
+        *self.segments.entry(segment).or_insert(0) += delta;
     }
 }
 
@@ -557,69 +614,78 @@ impl Committer {
                 self.housekeep();
             }
         }
-        if let Err(e) = self
-            .db
-            .flush()
-            .map_err(StoreError::from)
-            .and_then(|_| Ok(self.syncer.sync()?))
-        {
+        if let Err(e) = self.flush_and_sync() {
             tracing::error!(error = %e, "final spool flush failed");
         }
+    }
+
+    /// sled flush + fsync of its files, then deletion of segments whose
+    /// last reference is now durably gone.
+    fn flush_and_sync(&mut self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.syncer.sync()?;
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.segments.delete_doomed()?;
+        Ok(())
     }
 
     fn commit_group(&mut self, ops: Vec<Op>) {
         let before = self.counters;
         let now = now_ms();
-        let mut batch = sled::Batch::default();
+        let mut g = Group::default();
         let mut replies = Vec::with_capacity(ops.len());
-        let mut due = DueDelta::default();
-        let mut needs_sync = false;
-        // Records changed earlier in this group (None = removed).
-        let mut overlay: HashMap<MessageId, Option<Record>> = HashMap::new();
-        let mut new_keys: HashMap<String, Appended> = HashMap::new();
         for op in ops {
             match op {
                 Op::Append { messages, reply } => {
-                    needs_sync = true;
+                    g.needs_sync = true;
                     let results = messages
                         .into_iter()
-                        .map(|m| self.append_one(m, now, &mut batch, &mut due, &mut new_keys))
+                        .map(|m| self.append_one(m, now, &mut g))
                         .collect();
                     replies.push(Reply::Append(reply, results));
                 }
                 Op::Complete { outcomes, reply } => {
                     for (id, outcome) in outcomes {
-                        self.complete_one(id, outcome, now, &mut batch, &mut due, &mut overlay);
+                        self.complete_one(id, outcome, now, &mut g);
                     }
                     replies.push(Reply::Complete(reply));
                 }
                 Op::Quarantine {
                     message_key,
                     due_key,
-                } => self.quarantine(message_key, due_key, &mut batch, &mut due, &mut overlay),
+                } => self.quarantine(message_key, due_key, &mut g),
                 Op::Close => {}
             }
         }
-        batch.insert(key::COUNTERS, codec::encode(&self.counters));
+        for (&segment, &delta) in &g.segments {
+            let n = self.segments.live(segment).saturating_add_signed(delta);
+            if n == 0 {
+                g.batch.remove(&key::segment(segment));
+            } else {
+                g.batch.insert(&key::segment(segment), &n.to_be_bytes());
+            }
+        }
+        g.batch.insert(key::COUNTERS, codec::encode(&self.counters));
+        let needs_sync = g.needs_sync;
+        let batch = std::mem::take(&mut g.batch);
         let result = self
-            .shared
-            .tree
-            .apply_batch(batch)
+            .segments
+            .sync()
             .map_err(StoreError::from)
+            .and_then(|_| Ok(self.shared.tree.apply_batch(batch)?))
             .and_then(|_| {
                 if needs_sync {
-                    self.db.flush()?;
-                    self.syncer.sync()?;
-                    self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    self.flush_and_sync()
+                } else {
+                    Ok(())
                 }
-                Ok(())
             });
         match result {
             Ok(()) => {
                 self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
                 *self.shared.counters.lock().expect("counters lock") = self.counters;
                 let mut hist = self.shared.due_seconds.lock().expect("due lock");
-                for (sec, d) in due.0 {
+                for (sec, d) in g.due {
                     let n = hist.entry(sec).or_insert(0);
                     *n = n.saturating_add_signed(d);
                     if *n == 0 {
@@ -627,6 +693,12 @@ impl Committer {
                     }
                 }
                 drop(hist);
+                for (segment, delta) in g.segments {
+                    self.segments.apply(segment, delta);
+                }
+                if let Err(e) = self.segments.maybe_rotate() {
+                    tracing::error!(error = %e, "cannot start a new segment file");
+                }
                 for r in replies {
                     match r {
                         Reply::Append(tx, results) => {
@@ -641,6 +713,7 @@ impl Committer {
             Err(e) => {
                 tracing::error!(error = %e, "spool commit failed; callers get an error");
                 self.counters = before;
+                self.segments.abandon_pending();
                 let msg = e.to_string();
                 for r in replies {
                     match r {
@@ -656,16 +729,9 @@ impl Committer {
         }
     }
 
-    fn append_one(
-        &mut self,
-        m: NewMessage,
-        now: u64,
-        batch: &mut sled::Batch,
-        due: &mut DueDelta,
-        new_keys: &mut HashMap<String, Appended>,
-    ) -> Appended {
+    fn append_one(&mut self, m: NewMessage, now: u64, g: &mut Group) -> Appended {
         if !m.idempotency_key.is_empty() {
-            if let Some(first) = new_keys.get(&m.idempotency_key) {
+            if let Some(first) = g.new_keys.get(&m.idempotency_key) {
                 self.counters.duplicates_total += 1;
                 return Appended {
                     duplicate: true,
@@ -692,6 +758,8 @@ impl Committer {
         } else {
             now
         };
+        let body = self.segments.append(id.0, &m.raw);
+        g.segment(body.segment, 1);
         let record = Record {
             lane: m.lane,
             enqueued_ms: now,
@@ -703,7 +771,7 @@ impl Committer {
             envelope_to: m.envelope_to,
             message_id: m.message_id,
             idempotency_key: m.idempotency_key,
-            raw: m.raw,
+            body,
         };
         let appended = Appended {
             id,
@@ -717,8 +785,9 @@ impl Committer {
                 message_id: record.message_id.clone(),
                 expires_ms,
             };
-            batch.insert(key::idem(&record.idempotency_key), codec::encode(&entry));
-            batch.insert(
+            g.batch
+                .insert(key::idem(&record.idempotency_key), codec::encode(&entry));
+            g.batch.insert(
                 key::expiry(
                     expires_ms,
                     key::EXPIRY_IDEM,
@@ -726,48 +795,38 @@ impl Committer {
                 ),
                 &[],
             );
-            new_keys.insert(record.idempotency_key.clone(), appended.clone());
+            g.new_keys
+                .insert(record.idempotency_key.clone(), appended.clone());
         }
-        batch.insert(&key::due(record.lane, due_ms, id), &[]);
-        due.add(due_ms);
-        batch.insert(&key::message(id), codec::encode(&record));
+        g.batch.insert(&key::due(record.lane, due_ms, id), &[]);
+        g.due_add(due_ms);
+        g.batch.insert(&key::message(id), codec::encode(&record));
         self.counters.enqueued_total += 1;
         self.counters.queued[record.lane.index()] += 1;
         appended
     }
 
-    fn current(
-        &self,
-        id: MessageId,
-        overlay: &HashMap<MessageId, Option<Record>>,
-    ) -> Option<Record> {
-        if let Some(r) = overlay.get(&id) {
+    fn current(&self, id: MessageId, g: &Group) -> Option<Record> {
+        if let Some(r) = g.overlay.get(&id) {
             return r.clone();
         }
         let v = self.shared.tree.get(key::message(id)).ok()??;
         codec::decode(&v).ok()
     }
 
-    fn complete_one(
-        &mut self,
-        id: MessageId,
-        outcome: Outcome,
-        now: u64,
-        batch: &mut sled::Batch,
-        due: &mut DueDelta,
-        overlay: &mut HashMap<MessageId, Option<Record>>,
-    ) {
+    fn complete_one(&mut self, id: MessageId, outcome: Outcome, now: u64, g: &mut Group) {
         // Already gone (acked by an earlier lease, or cancelled): nothing to do.
-        let Some(mut record) = self.current(id, overlay) else {
+        let Some(mut record) = self.current(id, g) else {
             return;
         };
         let lane = record.lane.index();
-        batch.remove(&key::due(record.lane, record.due_ms, id));
-        due.remove(record.due_ms);
+        g.batch.remove(&key::due(record.lane, record.due_ms, id));
+        g.due_remove(record.due_ms);
         record.attempts += 1;
         match outcome {
             Outcome::Ack => {
-                batch.remove(&key::message(id));
+                g.batch.remove(&key::message(id));
+                g.segment(record.body.segment, -1);
                 let delivered = DeliveredRecord {
                     lane: record.lane,
                     enqueued_ms: record.enqueued_ms,
@@ -776,50 +835,65 @@ impl Committer {
                     message_id: record.message_id,
                 };
                 let expires = now + self.options.delivered_retention.as_millis() as u64;
-                batch.insert(&key::delivered(id), codec::encode(&delivered));
-                batch.insert(
+                g.batch
+                    .insert(&key::delivered(id), codec::encode(&delivered));
+                g.batch.insert(
                     key::expiry(expires, key::EXPIRY_DELIVERED, &id.0.to_be_bytes()),
                     &[],
                 );
                 self.counters.queued[lane] -= 1;
                 self.counters.delivered_total += 1;
-                overlay.insert(id, None);
+                g.overlay.insert(id, None);
             }
             Outcome::Retry { due_ms, error } => {
                 record.due_ms = due_ms;
                 record.last_error = error;
-                batch.insert(&key::due(record.lane, due_ms, id), &[]);
-                due.add(due_ms);
-                batch.insert(&key::message(id), codec::encode(&record));
+                // Move the body to the active segment, so that old segments
+                // empty out in order and are deleted, instead of a few
+                // retrying messages pinning them.
+                if record.body.segment != self.segments.active_id() {
+                    if let Ok(raw) = self.shared.bodies.read(id.0, record.body) {
+                        g.segment(record.body.segment, -1);
+                        record.body = self.segments.append(id.0, &raw);
+                        g.segment(record.body.segment, 1);
+                    }
+                }
+                g.batch.insert(&key::due(record.lane, due_ms, id), &[]);
+                g.due_add(due_ms);
+                g.batch.insert(&key::message(id), codec::encode(&record));
                 self.counters.retried_total += 1;
-                overlay.insert(id, Some(record));
+                g.overlay.insert(id, Some(record));
             }
             Outcome::Dead { reason } => {
-                batch.remove(&key::message(id));
+                // Dead letters keep their bytes in sled, not in a segment.
+                let raw = match self.shared.bodies.read(id.0, record.body) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        tracing::error!(%id, error = %e, "dead letter without a readable body");
+                        Vec::new()
+                    }
+                };
+                g.batch.remove(&key::message(id));
+                g.segment(record.body.segment, -1);
                 record.last_error = reason.clone();
                 let dead = DeadRecord {
                     record,
+                    raw,
                     died_ms: now,
                     reason,
                 };
-                batch.insert(&key::dead(id), codec::encode(&dead));
+                g.batch.insert(&key::dead(id), codec::encode(&dead));
                 self.counters.queued[lane] -= 1;
                 self.counters.dead += 1;
                 self.counters.dead_total += 1;
-                overlay.insert(id, None);
+                g.overlay.insert(id, None);
             }
         }
     }
 
-    /// Moves an undecodable message record aside, with its due key.
-    fn quarantine(
-        &mut self,
-        mkey: Vec<u8>,
-        due_key: Vec<u8>,
-        batch: &mut sled::Batch,
-        due: &mut DueDelta,
-        overlay: &mut HashMap<MessageId, Option<Record>>,
-    ) {
+    /// Moves an unreadable message aside: its index entry (bytes as they
+    /// are) to `q/`, its due key removed, its body reference released.
+    fn quarantine(&mut self, mkey: Vec<u8>, due_key: Vec<u8>, g: &mut Group) {
         let Ok(Some(bytes)) = self.shared.tree.get(&mkey) else {
             return;
         };
@@ -827,20 +901,23 @@ impl Committer {
             return;
         };
         let id = MessageId(u64::from_be_bytes(idb));
-        if overlay.get(&id).is_some_and(|r| r.is_none()) {
+        if g.overlay.get(&id).is_some_and(|r| r.is_none()) {
             return;
         }
         if let Some((lane, due_ms, _)) = key::parse_due(&due_key) {
             if matches!(self.shared.tree.contains_key(&due_key), Ok(true)) {
-                batch.remove(due_key);
-                due.remove(due_ms);
+                g.batch.remove(due_key);
+                g.due_remove(due_ms);
                 self.counters.queued[lane.index()] -= 1;
             }
         }
-        batch.insert(key::quarantine(&mkey), bytes);
-        batch.remove(mkey);
+        if let Ok(r) = codec::decode::<Record>(&bytes) {
+            g.segment(r.body.segment, -1);
+        }
+        g.batch.insert(key::quarantine(&mkey), bytes);
+        g.batch.remove(mkey);
         self.counters.quarantined += 1;
-        overlay.insert(id, None);
+        g.overlay.insert(id, None);
     }
 
     /// Removes idempotency keys and delivered statuses past their time.
@@ -882,6 +959,12 @@ impl Committer {
         if n > 0 {
             if let Err(e) = self.shared.tree.apply_batch(batch) {
                 tracing::warn!(error = %e, "housekeeping failed; will try again");
+            }
+        }
+        // Segments emptied by acks are deleted once a flush covers the acks.
+        if self.segments.has_doomed() {
+            if let Err(e) = self.flush_and_sync() {
+                tracing::warn!(error = %e, "could not flush before deleting segments; will try again");
             }
         }
     }

@@ -1,0 +1,383 @@
+//! Message bodies in append-only segment files, beside sled.
+//!
+//! Why: sled 0.34 rewrites whole nodes into its log, so 2 KiB values cost
+//! about 26 µs and several times their size in writes per insert (see
+//! BENCHMARKS.md); sled is kept for the small index entries, and the bodies
+//! go here, written once.
+//!
+//! Invariants:
+//! - Only the committer thread writes. A group's bodies are written with one
+//!   `write_all` and `sync_data` *before* the sled batch that points at them
+//!   is applied: an index entry never points at bytes that are not durable.
+//! - A new process never appends to an old segment: it starts a new one, so a
+//!   torn tail from a power cut is never followed by live data.
+//! - Each segment has a live count (persisted in sled by the store, in the
+//!   same batches that add or remove references). A segment whose count is 0
+//!   and which is not the active one is deleted, but only after a sled flush
+//!   that covers the count reaching 0 (`take_deletable` is called after one).
+//! - Every record carries its id and a CRC32; a read that does not match is
+//!   an error (the store quarantines the message), never a panic.
+//!
+//! Record layout: `len:u32 | crc32(id ‖ body):u32 | id:u64 | body`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// Where one body lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct BodyLoc {
+    pub segment: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+const HEADER: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("segment I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("segment {0} is missing")]
+    Missing(u32),
+    #[error("body at segment {segment} offset {offset} is corrupt: {why}")]
+    Corrupt {
+        segment: u32,
+        offset: u64,
+        why: &'static str,
+    },
+}
+
+/// Read access, shared with readers on other threads.
+#[derive(Clone, Default)]
+pub struct SegmentReader {
+    files: Arc<RwLock<HashMap<u32, Arc<File>>>>,
+}
+
+impl SegmentReader {
+    /// Reads and verifies the body at `loc` written for `id`.
+    pub fn read(&self, id: u64, loc: BodyLoc) -> Result<Vec<u8>, SegmentError> {
+        let file = self
+            .files
+            .read()
+            .expect("segments")
+            .get(&loc.segment)
+            .cloned();
+        let file = file.ok_or(SegmentError::Missing(loc.segment))?;
+        let mut buf = vec![0u8; HEADER + loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        let corrupt = |why| SegmentError::Corrupt {
+            segment: loc.segment,
+            offset: loc.offset,
+            why,
+        };
+        let len = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
+        let stored_id = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
+        if len != loc.len {
+            return Err(corrupt("length differs from the index"));
+        }
+        if stored_id != id {
+            return Err(corrupt("belongs to another message"));
+        }
+        if crc32fast::hash(&buf[8..]) != crc {
+            return Err(corrupt("checksum mismatch"));
+        }
+        buf.drain(..HEADER);
+        Ok(buf)
+    }
+}
+
+/// The writer side: owned by the committer.
+pub struct Segments {
+    dir: PathBuf,
+    reader: SegmentReader,
+    active: File,
+    active_id: u32,
+    active_len: u64,
+    max_bytes: u64,
+    /// Bytes of the group being built, written by `sync`.
+    pending: Vec<u8>,
+    /// Live references per segment (mirrors what the store persists).
+    live: BTreeMap<u32, u64>,
+    /// Segments whose count reached 0, to delete after the next sled flush.
+    doomed: Vec<u32>,
+}
+
+fn file_name(id: u32) -> String {
+    format!("{id:08}.seg")
+}
+
+fn parse_name(p: &Path) -> Option<u32> {
+    let name = p.file_name()?.to_str()?;
+    name.strip_suffix(".seg")?.parse().ok()
+}
+
+impl Segments {
+    /// Opens the directory. `live` are the persisted counts; segments with
+    /// no live reference are deleted (their bodies were never committed, or
+    /// all were acknowledged). A new active segment is started.
+    pub fn open(
+        dir: &Path,
+        live: BTreeMap<u32, u64>,
+        max_bytes: u64,
+    ) -> Result<Segments, SegmentError> {
+        std::fs::create_dir_all(dir)?;
+        let reader = SegmentReader::default();
+        let mut max_id = live.keys().next_back().copied().unwrap_or(0);
+        let mut removed = false;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let Some(id) = parse_name(&path) else {
+                continue;
+            };
+            max_id = max_id.max(id);
+            if live.get(&id).copied().unwrap_or(0) == 0 {
+                std::fs::remove_file(&path)?;
+                removed = true;
+            } else {
+                reader
+                    .files
+                    .write()
+                    .expect("segments")
+                    .insert(id, Arc::new(File::open(&path)?));
+            }
+        }
+        let live: BTreeMap<u32, u64> = live.into_iter().filter(|(_, n)| *n > 0).collect();
+        for id in live.keys() {
+            if !reader.files.read().expect("segments").contains_key(id) {
+                tracing::error!(
+                    segment = id,
+                    "segment referenced by the index is missing; its messages will be quarantined"
+                );
+            }
+        }
+        let (active, active_id) = Self::create(dir, &reader, max_id + 1)?;
+        if removed {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(Segments {
+            dir: dir.to_path_buf(),
+            reader,
+            active,
+            active_id,
+            active_len: 0,
+            max_bytes,
+            pending: Vec::new(),
+            live,
+            doomed: Vec::new(),
+        })
+    }
+
+    fn create(dir: &Path, reader: &SegmentReader, id: u32) -> Result<(File, u32), SegmentError> {
+        let path = dir.join(file_name(id));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        File::open(dir)?.sync_all()?;
+        reader
+            .files
+            .write()
+            .expect("segments")
+            .insert(id, Arc::new(File::open(&path)?));
+        Ok((file, id))
+    }
+
+    pub fn reader(&self) -> SegmentReader {
+        self.reader.clone()
+    }
+
+    /// Adds a body to the group being built; durable after `sync`. The
+    /// caller counts the reference (`apply`) once its group is committed.
+    pub fn append(&mut self, id: u64, body: &[u8]) -> BodyLoc {
+        let offset = self.active_len + self.pending.len() as u64;
+        let len = u32::try_from(body.len()).expect("bodies are limited to 64 MiB");
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&id.to_le_bytes());
+        hasher.update(body);
+        self.pending.extend_from_slice(&len.to_le_bytes());
+        self.pending
+            .extend_from_slice(&hasher.finalize().to_le_bytes());
+        self.pending.extend_from_slice(&id.to_le_bytes());
+        self.pending.extend_from_slice(body);
+        BodyLoc {
+            segment: self.active_id,
+            offset,
+            len,
+        }
+    }
+
+    /// Writes and fsyncs the bodies appended since the last call.
+    pub fn sync(&mut self) -> Result<(), SegmentError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self
+            .active
+            .write_all(&self.pending)
+            .and_then(|_| self.active.sync_data())
+        {
+            // Part may be on disk, unreferenced: continue in a new segment
+            // so that offsets stay true.
+            self.pending.clear();
+            self.rotate()?;
+            return Err(e.into());
+        }
+        self.active_len += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Drops bodies appended but not synced (their group failed).
+    pub fn abandon_pending(&mut self) {
+        self.pending.clear();
+    }
+
+    /// Starts a new segment when the active one is full. Call after the
+    /// group's counts are applied.
+    pub fn maybe_rotate(&mut self) -> Result<(), SegmentError> {
+        if self.active_len >= self.max_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), SegmentError> {
+        let (file, id) = Self::create(&self.dir, &self.reader, self.active_id + 1)?;
+        let old = self.active_id;
+        self.active = file;
+        self.active_id = id;
+        self.active_len = 0;
+        if self.live(old) == 0 {
+            self.live.remove(&old);
+            self.doomed.push(old);
+        }
+        Ok(())
+    }
+
+    /// Applies a committed change of `segment`'s live count.
+    pub fn apply(&mut self, segment: u32, delta: i64) {
+        let count = self.live.entry(segment).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 && segment != self.active_id {
+            self.live.remove(&segment);
+            self.doomed.push(segment);
+        }
+    }
+
+    pub fn live(&self, segment: u32) -> u64 {
+        self.live.get(&segment).copied().unwrap_or(0)
+    }
+
+    pub fn active_id(&self) -> u32 {
+        self.active_id
+    }
+
+    /// Call after a sled flush that covers every release so far: deletes the
+    /// segments no index entry can point at any more.
+    pub fn delete_doomed(&mut self) -> Result<usize, SegmentError> {
+        if self.doomed.is_empty() {
+            return Ok(0);
+        }
+        let n = self.doomed.len();
+        for id in self.doomed.drain(..) {
+            self.reader.files.write().expect("segments").remove(&id);
+            match std::fs::remove_file(self.dir.join(file_name(id))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(n)
+    }
+
+    pub fn has_doomed(&self) -> bool {
+        !self.doomed.is_empty()
+    }
+
+    /// Bytes on disk in all segments.
+    pub fn disk_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_sync_read_release_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), BTreeMap::new(), 100).unwrap();
+        let a = s.append(1, b"hello");
+        let b = s.append(2, &[7u8; 120]);
+        s.sync().unwrap();
+        s.apply(a.segment, 2);
+        s.maybe_rotate().unwrap();
+        let r = s.reader();
+        assert_eq!(r.read(1, a).unwrap(), b"hello");
+        assert_eq!(r.read(2, b).unwrap(), vec![7u8; 120]);
+        assert!(
+            matches!(r.read(2, a), Err(SegmentError::Corrupt { .. })),
+            "id is checked"
+        );
+        // the segment filled up and rotated; releasing both dooms it
+        assert_ne!(s.active_id(), a.segment);
+        s.apply(a.segment, -2);
+        assert_eq!(s.delete_doomed().unwrap(), 1);
+        assert!(matches!(r.read(1, a), Err(SegmentError::Missing(_))));
+    }
+
+    #[test]
+    fn reopen_keeps_live_segments_and_drops_unreferenced_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), BTreeMap::new(), 1 << 20).unwrap();
+        let a = s.append(1, b"kept");
+        s.sync().unwrap();
+        let orphan = s.active_id();
+        drop(s);
+        // Only `a`'s segment is referenced... by a count of 1.
+        let s = Segments::open(dir.path(), BTreeMap::from([(a.segment, 1)]), 1 << 20).unwrap();
+        assert_eq!(s.reader().read(1, a).unwrap(), b"kept");
+        assert!(s.active_id() > orphan);
+        drop(s);
+        // Nothing referenced: everything goes.
+        let s = Segments::open(dir.path(), BTreeMap::new(), 1 << 20).unwrap();
+        assert!(matches!(
+            s.reader().read(1, a),
+            Err(SegmentError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn flipped_bytes_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Segments::open(dir.path(), BTreeMap::new(), 1 << 20).unwrap();
+        let a = s.append(9, b"precious bytes");
+        s.sync().unwrap();
+        let path = dir.path().join(file_name(a.segment));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(
+            s.reader().read(9, a),
+            Err(SegmentError::Corrupt {
+                why: "checksum mismatch",
+                ..
+            })
+        ));
+    }
+}
