@@ -268,6 +268,8 @@ impl pb::queue_admin_server::QueueAdmin for Api {
             duplicates_total: s.duplicates_total,
             group_commits_total: s.group_commits_total,
             uptime_seconds: s.uptime_seconds,
+            fsyncs_total: s.fsyncs_total,
+            quarantined: s.quarantined,
         }))
     }
 }

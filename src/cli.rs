@@ -32,6 +32,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Print where one message is.
     Status(StatusArgs),
+    /// The surge benchmark (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Server settings. Each flag also reads `MAILSPOOL_<NAME>`; unset ones fall

@@ -19,6 +19,7 @@
 //! settings; [`cli`] holds the client commands of the binary.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod config;

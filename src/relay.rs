@@ -112,6 +112,51 @@ pub struct SmtpRelay {
     /// Bounds concurrent connections.
     permits: Semaphore,
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    /// Relay-wide backoff after connection failures and throttling replies.
+    breaker: Mutex<Breaker>,
+}
+
+/// When the relay cannot be reached or asks us to slow down (421, 451,
+/// 454), the whole pool waits, instead of every queued message burning an
+/// attempt on it: 100 ms doubling to 30 s, reset by the next success.
+#[derive(Debug, Default)]
+pub struct Breaker {
+    failures: u32,
+    until: Option<Instant>,
+}
+
+impl Breaker {
+    const BASE: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(30);
+
+    /// How long to wait before using the relay, if at all.
+    pub fn wait(&self, now: Instant) -> Option<Duration> {
+        self.until
+            .and_then(|u| u.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    pub fn failed(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let backoff = Self::BASE
+            .saturating_mul(1 << self.failures.min(20).saturating_sub(1))
+            .min(Self::CAP);
+        self.until = Some(now + backoff);
+        tracing::debug!(
+            failures = self.failures,
+            backoff_ms = backoff.as_millis() as u64,
+            "RelayBackoff"
+        );
+    }
+
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+        self.until = None;
+    }
+
+    pub fn is_open(&self, now: Instant) -> bool {
+        self.wait(now).is_some()
+    }
 }
 
 impl SmtpRelay {
@@ -128,6 +173,7 @@ impl SmtpRelay {
             hello: ClientId::default(),
             permits: Semaphore::new(config.relay_max_connections),
             idle: Mutex::new(Vec::new()),
+            breaker: Mutex::new(Breaker::default()),
         }
     }
 
@@ -135,6 +181,10 @@ impl SmtpRelay {
         let Ok(_permit) = self.permits.acquire().await else {
             return vec![SendResult::Transient("relay pool closed".into()); messages.len()];
         };
+        let wait = self.breaker.lock().expect("breaker").wait(Instant::now());
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
         let mut conn: Option<AsyncSmtpConnection> = self.take_idle().await;
         let mut out = Vec::with_capacity(messages.len());
         for r in messages {
@@ -150,7 +200,9 @@ impl SmtpRelay {
                 None => match self.connect().await {
                     Ok(c) => c,
                     Err(e) => {
-                        // The relay is unreachable: the rest of the batch fails alike.
+                        // The relay is unreachable: the rest of the batch fails
+                        // alike, and the pool backs off.
+                        self.breaker.lock().expect("breaker").failed(Instant::now());
                         out.resize(messages.len(), SendResult::Transient(e));
                         return out;
                     }
@@ -163,12 +215,29 @@ impl SmtpRelay {
                 Ok(Ok(_)) => SendResult::Accepted,
                 Ok(Err(e)) => smtp_error(&e),
             };
+            match &result {
+                SendResult::Accepted => self.breaker.lock().expect("breaker").succeeded(),
+                SendResult::Throttled(_) => {
+                    self.breaker.lock().expect("breaker").failed(Instant::now())
+                }
+                _ => {}
+            }
+            let throttled = matches!(result, SendResult::Throttled(_));
             if !c.has_broken() && result == SendResult::Accepted {
                 conn = Some(c);
             } else {
                 c.abort().await;
             }
             out.push(result);
+            if throttled {
+                // Slow down: the rest of this lease waits for the next one.
+                let rest = messages.len() - out.len();
+                out.extend(std::iter::repeat_n(
+                    SendResult::Transient("not attempted: relay is throttling".into()),
+                    rest,
+                ));
+                break;
+            }
         }
         if let Some(c) = conn {
             self.idle
@@ -271,5 +340,30 @@ fn smtp_error(e: &lettre::transport::smtp::Error) -> SendResult {
             classify(n, &text)
         }
         None => SendResult::Transient(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_backs_off_doubling_and_resets() {
+        let mut b = Breaker::default();
+        let t = Instant::now();
+        assert!(!b.is_open(t));
+        let waits: Vec<u128> = (0..10)
+            .map(|_| {
+                b.failed(t);
+                b.wait(t).unwrap().as_millis()
+            })
+            .collect();
+        assert_eq!(
+            waits,
+            vec![100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000]
+        );
+        assert!(!b.is_open(t + Duration::from_secs(31)));
+        b.succeeded();
+        assert!(!b.is_open(t));
     }
 }

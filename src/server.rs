@@ -151,13 +151,22 @@ impl Server {
             if let Ok(Err(e)) = grpc.await {
                 tracing::error!(error = %e, "gRPC server error");
             }
+            let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
             let all = async {
                 for w in workers {
                     let _ = w.await;
                 }
             };
             if tokio::time::timeout(grace, all).await.is_err() {
-                tracing::warn!(grace_ms = grace.as_millis() as u64, "deliveries still running at the end of the grace period; their messages stay queued");
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "deliveries still running at the end of the grace period; their messages stay queued"
+                );
+                // Their leases end with the process: the messages are due
+                // again at the next start.
+                for a in aborts {
+                    a.abort();
+                }
             }
             let _ = reaper.await;
             let _ = tokio::task::spawn_blocking(move || store.close()).await;

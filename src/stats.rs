@@ -113,6 +113,8 @@ pub struct QueueStats {
     pub drain_eta_seconds: f64,
     pub queued_by_lane: [u64; 3],
     pub group_commits_total: u64,
+    pub fsyncs_total: u64,
+    pub quarantined: u64,
     pub uptime_seconds: u64,
 }
 
@@ -150,6 +152,8 @@ pub fn queue_stats(
         drain_eta_seconds: drain_eta(queued, del),
         queued_by_lane: c.queued,
         group_commits_total: snap.group_commits,
+        fsyncs_total: snap.fsyncs,
+        quarantined: c.quarantined,
         uptime_seconds: uptime,
     }
 }

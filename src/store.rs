@@ -56,6 +56,9 @@ use crate::segments::{SegmentError, SegmentReader, Segments};
 
 /// Most operations taken into one group commit.
 const MAX_GROUP_OPS: usize = 4096;
+/// A retried message whose segment has at most this many live bodies left
+/// is moved to the active segment.
+const RELOCATE_BELOW: u64 = 256;
 /// Most expired entries removed per housekeeping round.
 const HOUSEKEEPING_BATCH: usize = 10_000;
 
@@ -848,10 +851,14 @@ impl Committer {
             Outcome::Retry { due_ms, error } => {
                 record.due_ms = due_ms;
                 record.last_error = error;
-                // Move the body to the active segment, so that old segments
-                // empty out in order and are deleted, instead of a few
-                // retrying messages pinning them.
-                if record.body.segment != self.segments.active_id() {
+                // A few retrying stragglers must not pin an old segment:
+                // once it holds few live bodies, move them to the active one.
+                let seg = record.body.segment;
+                let live_after = self
+                    .segments
+                    .live(seg)
+                    .saturating_add_signed(g.segments.get(&seg).copied().unwrap_or(0));
+                if seg != self.segments.active_id() && live_after <= RELOCATE_BELOW {
                     if let Ok(raw) = self.shared.bodies.read(id.0, record.body) {
                         g.segment(record.body.segment, -1);
                         record.body = self.segments.append(id.0, &raw);

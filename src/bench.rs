@@ -1,0 +1,604 @@
+//! `mailspool bench`: the surge benchmark, part of the product.
+//!
+//! Starts its own servers (this binary, `serve`, as child processes on a
+//! temporary spool, so RSS and disk writes are the server's own) or targets a
+//! running one with `--server` (then only the enqueue phases run). Phases:
+//!
+//! 1. probe: unary Enqueue p99 on an empty queue, relay down;
+//! 2. unary: N durable Enqueue calls, C in flight;
+//! 3. batch: N messages in EnqueueBatch calls of B, `--batch-concurrency` in flight;
+//! 4. backlog: fill to `--backlog` queued (relay down), then the probe again
+//!    (isolation: p99 with the backlog vs empty);
+//! 5. restart: stop, start with the relay pointed at smtp-sink; time to the
+//!    first served Enqueue and to the first delivery;
+//! 6. drain: until the backlog is delivered (end-to-end messages/s);
+//! 7. resources: peak RSS, bytes written per message, data dir after the
+//!    drain, fsyncs per 1,000 enqueues.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::pb;
+use crate::pb::mail_queue_client::MailQueueClient;
+use crate::pb::queue_admin_client::QueueAdminClient;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Target a running server (only the enqueue phases run).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Messages in the unary and in the batch phase.
+    #[arg(long, short = 'n', default_value_t = 100_000)]
+    pub messages: usize,
+    /// Body size in bytes (text in 72-character lines).
+    #[arg(long, default_value_t = 2048)]
+    pub size: usize,
+    /// Unary requests in flight.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub concurrency: usize,
+    /// Messages per EnqueueBatch call.
+    #[arg(long, short = 'b', default_value_t = 100)]
+    pub batch: usize,
+    /// EnqueueBatch calls in flight.
+    #[arg(long, default_value_t = 4)]
+    pub batch_concurrency: usize,
+    /// Queued messages for the isolation, restart and drain phases.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: usize,
+    /// Unary Enqueue calls in each isolation probe.
+    #[arg(long, default_value_t = 20_000)]
+    pub probe: usize,
+    /// Keep the temporary data directory (printed at the end).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Latencies and duration of one phase.
+struct Run {
+    count: usize,
+    secs: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.secs
+    }
+    fn ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i].as_secs_f64() * 1000.0
+    }
+}
+
+fn body(size: usize) -> String {
+    let line = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod t\r\n";
+    line.repeat(size / line.len() + 1)[..size].to_string()
+}
+
+fn request(i: usize, body: &str) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
+        email: Some(pb::Email {
+            from: "bench@example.com".into(),
+            to: vec![format!("user{}@example.org", i % 1000)],
+            subject: format!("bench {i}"),
+            text_body: body.to_string(),
+            ..Default::default()
+        }),
+        lane: pb::Lane::Normal as i32,
+        ..Default::default()
+    }
+}
+
+fn bar(len: usize, what: &str) -> Arc<ProgressBar> {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    Arc::new(pb)
+}
+
+async fn unary(url: &str, n: usize, c: usize, body: &str, what: &str) -> Result<Run, Error> {
+    let progress = bar(n, what);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..c.min(n.max(1)) {
+        let (url, body, progress) = (url.to_string(), body.to_string(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = MailQueueClient::connect(url).await?;
+            let mut lat = Vec::with_capacity(n / c + 1);
+            let mut i = w;
+            while i < n {
+                let t = Instant::now();
+                client.enqueue(request(i, &body)).await?;
+                lat.push(t.elapsed());
+                progress.inc(1);
+                i += c;
+            }
+            Ok::<_, Error>(lat)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    latencies.sort();
+    Ok(Run {
+        count: n,
+        secs,
+        latencies,
+    })
+}
+
+async fn batches(
+    url: &str,
+    n: usize,
+    b: usize,
+    cb: usize,
+    body: &str,
+    what: &str,
+) -> Result<Run, Error> {
+    let progress = bar(n, what);
+    let started = Instant::now();
+    let calls = n.div_ceil(b);
+    let mut tasks = Vec::new();
+    for w in 0..cb.min(calls.max(1)) {
+        let (url, body, progress) = (url.to_string(), body.to_string(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = MailQueueClient::connect(url)
+                .await?
+                .max_encoding_message_size(64 << 20);
+            let mut lat = Vec::new();
+            let mut call = w;
+            while call < calls {
+                let from = call * b;
+                let requests: Vec<_> = (from..(from + b).min(n))
+                    .map(|i| request(i, &body))
+                    .collect();
+                let len = requests.len() as u64;
+                let t = Instant::now();
+                let r = client
+                    .enqueue_batch(pb::EnqueueBatchRequest { requests })
+                    .await?
+                    .into_inner();
+                lat.push(t.elapsed());
+                if let Some(bad) = r.results.iter().find(|r| r.code != 0) {
+                    return Err(format!("batch item refused: {}", bad.message).into());
+                }
+                progress.inc(len);
+                call += cb;
+            }
+            Ok::<_, Error>(lat)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    latencies.sort();
+    Ok(Run {
+        count: n,
+        secs,
+        latencies,
+    })
+}
+
+async fn stats(url: &str) -> Result<pb::QueueStatsResponse, Error> {
+    let mut admin = QueueAdminClient::connect(url.to_string()).await?;
+    Ok(admin
+        .queue_stats(pb::QueueStatsRequest {})
+        .await?
+        .into_inner())
+}
+
+/// A server child process.
+struct ServerProcess {
+    child: Child,
+    url: String,
+}
+
+impl ServerProcess {
+    async fn start(data_dir: &Path, relay: &str) -> Result<ServerProcess, Error> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--relay",
+                relay,
+                "--relay-tls",
+                "none",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("MAILSPOOL_LOG_LEVEL", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+        let addr = loop {
+            match lines.next_line().await? {
+                Some(line) => {
+                    if let Some(rest) = line.strip_prefix("mailspool listening on ") {
+                        break rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                    }
+                }
+                None => return Err("the server exited before listening".into()),
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(ServerProcess {
+            child,
+            url: format!("http://{addr}"),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// (peak RSS bytes, bytes written to storage) from /proc.
+    fn resources(&self) -> (u64, u64) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let written = io
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        (hwm, written)
+    }
+
+    async fn stop(mut self) -> Result<(), Error> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??;
+        if !status.success() {
+            return Err(format!("server exited with {status}").into());
+        }
+        Ok(())
+    }
+}
+
+/// Postfix's smtp-sink on a free loopback port, if installed.
+fn start_sink() -> Option<(std::process::Child, u16)> {
+    let bin = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let mut cmd = std::process::Command::new(bin);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.args(["-u", "nobody"]);
+    }
+    let child = cmd
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("256")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some((child, port))
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+/// Runs the benchmark and prints the table (Markdown) on stdout.
+pub async fn run(args: BenchArgs) -> Result<(), Error> {
+    let body = body(args.size);
+    let mut rows: Vec<(String, String)> = Vec::new();
+    let row = |rows: &mut Vec<(String, String)>, k: String, v: String| {
+        eprintln!("{k}: {v}");
+        rows.push((k, v));
+    };
+    let enqueue_rows = |rows: &mut Vec<(String, String)>, u: &Run, b: &Run, args: &BenchArgs| {
+        let (n, size, c, bs, bc) = (
+            args.messages,
+            args.size,
+            args.concurrency,
+            args.batch,
+            args.batch_concurrency,
+        );
+        row(
+            rows,
+            format!("durable unary Enqueue, {n} × {size} B, {c} in flight"),
+            format!(
+                "{:.0} msg/s; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+                u.rate(),
+                u.ms(0.5),
+                u.ms(0.99),
+                u.ms(0.999)
+            ),
+        );
+        row(
+            rows,
+            format!("durable EnqueueBatch of {bs}, {bc} calls in flight"),
+            format!(
+                "{:.0} msg/s; per call p50 {:.2} ms, p99 {:.2} ms",
+                b.rate(),
+                b.ms(0.5),
+                b.ms(0.99)
+            ),
+        );
+    };
+
+    if let Some(url) = &args.server {
+        let u = unary(url, args.messages, args.concurrency, &body, "unary").await?;
+        let b = batches(
+            url,
+            args.messages,
+            args.batch,
+            args.batch_concurrency,
+            &body,
+            "batch",
+        )
+        .await?;
+        enqueue_rows(&mut rows, &u, &b, &args);
+        eprintln!("(--server: the isolation, restart, drain and resource phases need their own server; they were skipped)");
+        print_table(&rows);
+        return Ok(());
+    }
+
+    let dir = tempfile::Builder::new()
+        .prefix("mailspool-bench")
+        .tempdir()?;
+    let data: PathBuf = dir.path().to_path_buf();
+    // "Relay down": a port where nothing listens.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("smtp://{}", l.local_addr()?)
+    };
+    let s1 = ServerProcess::start(&data, &down).await?;
+    eprintln!(
+        "server 1 (relay down) at {}, spool {}",
+        s1.url,
+        data.display()
+    );
+
+    // Warm up connections and the spool, then probe the (nearly) empty queue.
+    unary(
+        &s1.url,
+        args.probe.min(2000),
+        args.concurrency,
+        &body,
+        "warm-up",
+    )
+    .await?;
+    let probe_empty = unary(&s1.url, args.probe, args.concurrency, &body, "probe").await?;
+    let u = unary(&s1.url, args.messages, args.concurrency, &body, "unary").await?;
+    let b = batches(
+        &s1.url,
+        args.messages,
+        args.batch,
+        args.batch_concurrency,
+        &body,
+        "batch",
+    )
+    .await?;
+    enqueue_rows(&mut rows, &u, &b, &args);
+
+    let queued = stats(&s1.url).await?.queued as usize;
+    let fill = args.backlog.saturating_sub(queued + args.probe);
+    let f = batches(
+        &s1.url,
+        fill,
+        args.batch.max(100),
+        args.batch_concurrency,
+        &body,
+        "backlog",
+    )
+    .await?;
+    eprintln!(
+        "backlog filled: {} messages at {:.0} msg/s",
+        f.count,
+        f.rate()
+    );
+    let probe_backlog = unary(&s1.url, args.probe, args.concurrency, &body, "probe").await?;
+    let s = stats(&s1.url).await?;
+    row(
+        &mut rows,
+        format!(
+            "Enqueue p99, relay down with {} queued vs empty queue ({} calls, {} in flight)",
+            s.queued, args.probe, args.concurrency
+        ),
+        format!(
+            "{:.2} ms vs {:.2} ms = {:.2}× (p50 {:.2} vs {:.2} ms)",
+            probe_backlog.ms(0.99),
+            probe_empty.ms(0.99),
+            probe_backlog.ms(0.99) / probe_empty.ms(0.99).max(1e-9),
+            probe_backlog.ms(0.5),
+            probe_empty.ms(0.5)
+        ),
+    );
+    let (rss1, written1) = s1.resources();
+    let enqueued1 = s.enqueued_total;
+    let fsyncs1 = s.fsyncs_total;
+    let total = s.queued;
+    s1.stop().await?;
+
+    let Some((mut sink, port)) = start_sink() else {
+        row(
+            &mut rows,
+            "restart, drain".into(),
+            "SKIPPED: smtp-sink is not installed (apt-get install postfix)".into(),
+        );
+        resource_rows(
+            &mut rows, rss1, None, written1, enqueued1, args.size, fsyncs1, None,
+        );
+        print_table(&rows);
+        return Ok(());
+    };
+    let relay = format!("smtp://127.0.0.1:{port}");
+    let started = Instant::now();
+    let s2 = ServerProcess::start(&data, &relay).await?;
+    let mut client = MailQueueClient::connect(s2.url.clone()).await?;
+    client.enqueue(request(0, &body)).await?;
+    let served = started.elapsed();
+    let total = total + 1;
+    let mut first_delivery = None;
+    let progress = bar(total as usize, "drain");
+    let drain = loop {
+        let s = stats(&s2.url).await?;
+        if first_delivery.is_none() && s.delivered_total > 0 {
+            first_delivery = Some(started.elapsed());
+        }
+        progress.set_position(s.delivered_total + s.dead_total);
+        if s.queued == 0 {
+            break started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(if first_delivery.is_some() {
+            250
+        } else {
+            5
+        }))
+        .await;
+    };
+    progress.finish_and_clear();
+    row(
+        &mut rows,
+        format!(
+            "restart with {} queued: process start → first Enqueue served / first delivery",
+            total - 1
+        ),
+        format!(
+            "{:.2} s / {:.2} s",
+            served.as_secs_f64(),
+            first_delivery.unwrap_or(drain).as_secs_f64()
+        ),
+    );
+    row(
+        &mut rows,
+        "drain to smtp-sink after the restart (end to end)".into(),
+        format!(
+            "{total} in {:.1} s = {:.0} msg/s",
+            drain.as_secs_f64(),
+            total as f64 / drain.as_secs_f64()
+        ),
+    );
+    // Give sled a moment to release; then measure what the drained spool keeps.
+    let (rss2, _) = s2.resources();
+    s2.stop().await?;
+    let _ = sink.kill();
+    let after = dir_bytes(&data);
+    resource_rows(
+        &mut rows,
+        rss1,
+        Some(rss2),
+        written1,
+        enqueued1,
+        args.size,
+        fsyncs1,
+        Some(after),
+    );
+    print_table(&rows);
+    if args.keep {
+        let kept = dir.keep();
+        eprintln!("data dir kept: {}", kept.display());
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resource_rows(
+    rows: &mut Vec<(String, String)>,
+    rss1: u64,
+    rss2: Option<u64>,
+    written: u64,
+    enqueued: u64,
+    size: usize,
+    fsyncs: u64,
+    after_drain: Option<u64>,
+) {
+    let mut push = |k: &str, v: String| {
+        eprintln!("{k}: {v}");
+        rows.push((k.to_string(), v));
+    };
+    push(
+        "peak RSS: enqueue + backlog server / restart + drain server",
+        format!(
+            "{} / {}",
+            mib(rss1),
+            rss2.map(mib).unwrap_or_else(|| "-".into())
+        ),
+    );
+    let per = written as f64 / enqueued.max(1) as f64;
+    push(
+        "disk bytes written per enqueued message (server 1, /proc/pid/io)",
+        format!("{per:.0} B = {:.2}× the {size} B body", per / size as f64),
+    );
+    push(
+        "fsync rounds per 1,000 enqueues (server 1)",
+        format!(
+            "{:.1} ({fsyncs} for {enqueued})",
+            fsyncs as f64 * 1000.0 / enqueued.max(1) as f64
+        ),
+    );
+    if let Some(a) = after_drain {
+        push("data dir size after the drain", mib(a));
+    }
+}
+
+fn print_table(rows: &[(String, String)]) {
+    println!("\n| figure | result |\n|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+}
