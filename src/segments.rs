@@ -95,7 +95,7 @@ impl SegmentReader {
 pub struct Segments {
     dir: PathBuf,
     reader: SegmentReader,
-    active: File,
+    active: Arc<File>,
     active_id: u32,
     active_len: u64,
     max_bytes: u64,
@@ -162,7 +162,7 @@ impl Segments {
         Ok(Segments {
             dir: dir.to_path_buf(),
             reader,
-            active,
+            active: Arc::new(active),
             active_id,
             active_len: 0,
             max_bytes,
@@ -211,16 +211,14 @@ impl Segments {
         }
     }
 
-    /// Writes and fsyncs the bodies appended since the last call.
-    pub fn sync(&mut self) -> Result<(), SegmentError> {
+    /// Writes the bodies appended since the last call (into the page
+    /// cache). Returns the file to `sync_data` before they count as durable,
+    /// or None if nothing was written.
+    pub fn write(&mut self) -> Result<Option<Arc<File>>, SegmentError> {
         if self.pending.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        if let Err(e) = self
-            .active
-            .write_all(&self.pending)
-            .and_then(|_| self.active.sync_data())
-        {
+        if let Err(e) = (&*self.active).write_all(&self.pending) {
             // Part may be on disk, unreferenced: continue in a new segment
             // so that offsets stay true.
             self.pending.clear();
@@ -229,6 +227,14 @@ impl Segments {
         }
         self.active_len += self.pending.len() as u64;
         self.pending.clear();
+        Ok(Some(self.active.clone()))
+    }
+
+    /// `write` and `sync_data` in one step.
+    pub fn sync(&mut self) -> Result<(), SegmentError> {
+        if let Some(f) = self.write()? {
+            f.sync_data()?;
+        }
         Ok(())
     }
 
@@ -247,9 +253,12 @@ impl Segments {
     }
 
     fn rotate(&mut self) -> Result<(), SegmentError> {
+        // Whatever was written to the old segment is durable before the
+        // syncing stage moves on to the new file.
+        let _ = self.active.sync_data();
         let (file, id) = Self::create(&self.dir, &self.reader, self.active_id + 1)?;
         let old = self.active_id;
-        self.active = file;
+        self.active = Arc::new(file);
         self.active_id = id;
         self.active_len = 0;
         if self.live(old) == 0 {

@@ -321,12 +321,21 @@ impl Store {
             delivered_retention: options.delivered_retention,
             bodies: segments.reader(),
         });
-        let syncer = Syncer::new(dir)?;
+        let syncer = Arc::new(Mutex::new(Syncer::new(dir)?));
         let (tx, rx) = mpsc::channel();
+        let (sync_tx, sync_rx) = mpsc::channel();
+        let sync_stage = {
+            let (db, syncer, shared) = (db.clone(), syncer.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("mailspool-fsync".into())
+                .spawn(move || sync_stage(db, syncer, shared, sync_rx))?
+        };
         let committer = Committer {
             shared: shared.clone(),
             db,
             syncer,
+            sync_tx: Some(sync_tx),
+            sync_stage: Some(sync_stage),
             segments,
             options,
             counters,
@@ -545,7 +554,10 @@ impl Syncer {
 struct Committer {
     shared: Arc<Shared>,
     db: sled::Db,
-    syncer: Syncer,
+    syncer: Arc<Mutex<Syncer>>,
+    /// Groups waiting for durability go to the fsync stage.
+    sync_tx: Option<mpsc::Sender<SyncJob>>,
+    sync_stage: Option<JoinHandle<()>>,
     segments: Segments,
     options: StoreOptions,
     /// The committer's own copy; published to `shared` after each group.
@@ -590,6 +602,63 @@ enum Reply {
     Complete(oneshot::Sender<Result<(), String>>),
 }
 
+impl Reply {
+    fn send(self, result: Result<(), String>) {
+        match self {
+            Reply::Append(tx, results) => {
+                let _ = tx.send(result.map(|()| results));
+            }
+            Reply::Complete(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// A committed group whose appends wait for durability.
+struct SyncJob {
+    replies: Vec<Reply>,
+    /// The segment file its bodies were written to.
+    segment: Option<Arc<File>>,
+}
+
+/// The second stage of the pipeline: while the committer applies group
+/// N+1, this thread makes group N durable (segment `sync_data`, sled flush,
+/// fsync of sled's files) and then answers its callers. Jobs that queue up
+/// meanwhile share one round.
+fn sync_stage(
+    db: sled::Db,
+    syncer: Arc<Mutex<Syncer>>,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<SyncJob>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        let segment = jobs.iter().rev().find_map(|j| j.segment.clone());
+        let result = (|| -> Result<(), StoreError> {
+            if let Some(f) = segment {
+                f.sync_data()?;
+            }
+            db.flush()?;
+            syncer.lock().expect("syncer").sync()?;
+            Ok(())
+        })();
+        shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "spool fsync failed; callers get an error");
+        }
+        let result = result.map_err(|e| e.to_string());
+        for job in jobs {
+            for r in job.replies {
+                r.send(result.clone());
+            }
+        }
+    }
+}
+
 impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
         loop {
@@ -617,6 +686,11 @@ impl Committer {
                 self.housekeep();
             }
         }
+        // Let the fsync stage answer everything it holds.
+        drop(self.sync_tx.take());
+        if let Some(h) = self.sync_stage.take() {
+            let _ = h.join();
+        }
         if let Err(e) = self.flush_and_sync() {
             tracing::error!(error = %e, "final spool flush failed");
         }
@@ -625,8 +699,9 @@ impl Committer {
     /// sled flush + fsync of its files, then deletion of segments whose
     /// last reference is now durably gone.
     fn flush_and_sync(&mut self) -> Result<(), StoreError> {
+        self.segments.sync()?;
         self.db.flush()?;
-        self.syncer.sync()?;
+        self.syncer.lock().expect("syncer").sync()?;
         self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.segments.delete_doomed()?;
         Ok(())
@@ -671,20 +746,16 @@ impl Committer {
         g.batch.insert(key::COUNTERS, codec::encode(&self.counters));
         let needs_sync = g.needs_sync;
         let batch = std::mem::take(&mut g.batch);
-        let result = self
+        let written = self
             .segments
-            .sync()
+            .write()
             .map_err(StoreError::from)
-            .and_then(|_| Ok(self.shared.tree.apply_batch(batch)?))
-            .and_then(|_| {
-                if needs_sync {
-                    self.flush_and_sync()
-                } else {
-                    Ok(())
-                }
+            .and_then(|segment| {
+                self.shared.tree.apply_batch(batch)?;
+                Ok(segment)
             });
-        match result {
-            Ok(()) => {
+        match written {
+            Ok(segment) => {
                 self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
                 *self.shared.counters.lock().expect("counters lock") = self.counters;
                 let mut hist = self.shared.due_seconds.lock().expect("due lock");
@@ -702,14 +773,20 @@ impl Committer {
                 if let Err(e) = self.segments.maybe_rotate() {
                     tracing::error!(error = %e, "cannot start a new segment file");
                 }
-                for r in replies {
-                    match r {
-                        Reply::Append(tx, results) => {
-                            let _ = tx.send(Ok(results));
+                if needs_sync {
+                    // Outcomes in this group are answered with it, after the
+                    // fsync; they never wait for more than that.
+                    let job = SyncJob { replies, segment };
+                    if let Some(Err(mpsc::SendError(job))) =
+                        self.sync_tx.as_ref().map(|tx| tx.send(job))
+                    {
+                        for r in job.replies {
+                            r.send(Err("the spool is closing".into()));
                         }
-                        Reply::Complete(tx) => {
-                            let _ = tx.send(Ok(()));
-                        }
+                    }
+                } else {
+                    for r in replies {
+                        r.send(Ok(()));
                     }
                 }
             }
@@ -719,14 +796,7 @@ impl Committer {
                 self.segments.abandon_pending();
                 let msg = e.to_string();
                 for r in replies {
-                    match r {
-                        Reply::Append(tx, _) => {
-                            let _ = tx.send(Err(msg.clone()));
-                        }
-                        Reply::Complete(tx) => {
-                            let _ = tx.send(Err(msg.clone()));
-                        }
-                    }
+                    r.send(Err(msg.clone()));
                 }
             }
         }
