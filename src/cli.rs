@@ -34,6 +34,8 @@ pub enum Command {
     Status(StatusArgs),
     /// The surge benchmark (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
+    /// Give back the disk space the index keeps after a drain (server stopped).
+    Compact(CompactArgs),
 }
 
 /// Server settings. Each flag also reads `MAILSPOOL_<NAME>`; unset ones fall
@@ -212,6 +214,25 @@ pub struct EnqueueArgs {
     pub lane: String,
     #[arg(long, default_value = "")]
     pub idempotency_key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// The server's data directory.
+    #[arg(long, env = "MAILSPOOL_DATA_DIR", default_value = "./mailspool-data")]
+    pub data_dir: PathBuf,
+}
+
+pub fn compact(a: CompactArgs) -> ClientResult {
+    eprintln!("compacting {} ...", a.data_dir.display());
+    let c = crate::compact::compact(&a.data_dir).map_err(|e| e.to_string())?;
+    println!(
+        "index: {:.1} MiB → {:.1} MiB in {:.1} s",
+        c.before as f64 / 1048576.0,
+        c.after as f64 / 1048576.0,
+        c.seconds
+    );
+    Ok(())
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod codec;
+pub mod compact;
 pub mod config;
 pub mod delivery;
 pub mod message;

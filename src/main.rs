@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Some(Command::Enqueue(a)) => runtime.block_on(cli::enqueue(a)),
         Some(Command::Stats(a)) => runtime.block_on(cli::stats(a)),
         Some(Command::Status(a)) => runtime.block_on(cli::status(a)),
+        Some(Command::Compact(a)) => cli::compact(a),
         Some(Command::Bench(a)) => runtime
             .block_on(mailspool::bench::run(a))
             .map_err(|e| e as Box<dyn std::error::Error>),

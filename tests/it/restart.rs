@@ -215,3 +215,69 @@ fn nix_term(child: &Child) {
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_keeps_every_message_and_status() {
+    let peer = SmtpPeer::start(Mode::Accept).await;
+    let dir = tempdir();
+    let mut cfg = config(dir.path(), Some(peer.url()));
+    cfg.retry_base_ms = 600_000;
+    cfg.retry_cap_ms = 600_000;
+    let s = TestServer::start(cfg).await;
+    let requests = (0..1000).map(|i| request(&format!("churn {i}"))).collect();
+    let done = s
+        .queue
+        .clone()
+        .enqueue_batch(pb::EnqueueBatchRequest { requests })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            s.stats().await.delivered_total == 1000
+        })
+        .await
+    );
+    peer.set_mode(Mode::Defer);
+    let mut waiting = Vec::new();
+    for i in 0..10 {
+        waiting.push(
+            s.enqueue(request(&format!("waiting {i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            s.stats().await.retried_total >= 10
+        })
+        .await
+    );
+    let config = s.config.clone();
+    s.shutdown().await;
+
+    let c = mailspool::compact::compact(dir.path()).unwrap();
+    assert!(c.after <= c.before, "{c:?}");
+    // Compacting twice is harmless.
+    mailspool::compact::compact(dir.path()).unwrap();
+
+    let s = TestServer::start(config).await;
+    let st = s.stats().await;
+    assert_eq!(
+        (st.queued, st.delivered_total, st.enqueued_total),
+        (10, 1000, 1010)
+    );
+    assert_eq!(
+        s.get(&done[0].id).await.unwrap().state(),
+        pb::MessageState::Delivered
+    );
+    let m = s.get(&waiting[0]).await.unwrap();
+    assert_eq!(m.state(), pb::MessageState::Queued);
+    assert!(m.attempts >= 1);
+    // A running server's spool cannot be compacted.
+    let err = mailspool::compact::compact(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("stop the server"), "{err}");
+    s.shutdown().await;
+}
