@@ -260,6 +260,10 @@ impl ServerProcess {
         self.child.id().unwrap_or(0)
     }
 
+    fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
     /// (peak RSS bytes, bytes written to storage) from /proc.
     fn resources(&self) -> (u64, u64) {
         let pid = self.pid();
@@ -288,6 +292,19 @@ impl ServerProcess {
         }
         Ok(())
     }
+}
+
+/// User + system CPU seconds of a process, all threads (/proc/pid/stat).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15: 12 and 13 after the comm.
+    (ticks(11) + ticks(12)) / hz
 }
 
 /// Postfix's smtp-sink on a free loopback port, if installed.
@@ -423,7 +440,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     )
     .await?;
     let probe_empty = unary(&s1.url, args.probe, args.concurrency, &body, "probe").await?;
+    let cpu0 = (s1.cpu_seconds(), cpu_seconds(std::process::id()));
     let u = unary(&s1.url, args.messages, args.concurrency, &body, "unary").await?;
+    let cpu1 = (s1.cpu_seconds(), cpu_seconds(std::process::id()));
     let b = batches(
         &s1.url,
         args.messages,
@@ -433,7 +452,30 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         "batch",
     )
     .await?;
+    let cpu2 = (s1.cpu_seconds(), cpu_seconds(std::process::id()));
     enqueue_rows(&mut rows, &u, &b, &args);
+    let per = |a: (f64, f64), b: (f64, f64), run: &Run| {
+        let (server, client) = (
+            (b.0 - a.0) / run.count as f64 * 1e6,
+            (b.1 - a.1) / run.count as f64 * 1e6,
+        );
+        format!(
+            "server {server:.0} µs + load generator {client:.0} µs = {:.0} µs; 2 cores ÷ that = {:.0} msg/s ceiling; CPU busy {:.0}%",
+            server + client,
+            2e6 / (server + client),
+            ((b.0 - a.0) + (b.1 - a.1)) / run.secs / 2.0 * 100.0
+        )
+    };
+    row(
+        &mut rows,
+        "CPU per message, unary phase".into(),
+        per(cpu0, cpu1, &u),
+    );
+    row(
+        &mut rows,
+        "CPU per message, batch phase".into(),
+        per(cpu1, cpu2, &b),
+    );
 
     let queued = stats(&s1.url).await?.queued as usize;
     let fill = args.backlog.saturating_sub(queued + args.probe);
