@@ -2,10 +2,14 @@
 //! out. Handlers are validate → convert → delegate; every error becomes a
 //! gRPC status here and nowhere else.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::admission::{admit, Refusal, SpoolLimits, Usage};
+use crate::store::INDEX_BYTES_PER_MESSAGE;
 
 use crate::message::{self, EmailInput, InvalidField, Limits};
 use crate::model::{now_ms, Lane, MessageId, NewMessage};
@@ -24,6 +28,19 @@ pub struct Api {
     pub max_batch_items: usize,
     /// Set at the start of shutdown: new calls get UNAVAILABLE.
     pub closing: Arc<AtomicBool>,
+    pub spool_limits: SpoolLimits,
+    /// Free bytes on the spool's filesystem, sampled by the server.
+    pub disk_free: Arc<AtomicU64>,
+    /// Enqueue requests refused for space.
+    pub refused: Arc<AtomicU64>,
+}
+
+fn exhausted(r: &Refusal) -> Status {
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        r.to_string(),
+        ErrorDetails::with_retry_info(Some(r.retry_after)),
+    )
 }
 
 fn invalid(e: InvalidField) -> Status {
@@ -99,6 +116,35 @@ impl Api {
         )
     }
 
+    /// What admission sees now.
+    fn usage(&self) -> Usage {
+        let c = self.store.counters();
+        Usage {
+            spool_bytes: c.spool_bytes(),
+            disk_free_bytes: self.disk_free.load(Ordering::Relaxed),
+            delivery_rate_per_second: self.rates.per_second().1,
+            bytes_per_message: c.queued_bytes as f64 / c.queued_total().max(1) as f64,
+        }
+    }
+
+    /// Admits one message into `usage`, counting its bytes if admitted.
+    fn admit(&self, m: &NewMessage, usage: &mut Usage) -> Result<(), Refusal> {
+        let bytes = m.raw.len() as u64 + INDEX_BYTES_PER_MESSAGE;
+        let mut after = *usage;
+        after.spool_bytes += bytes;
+        after.disk_free_bytes = after.disk_free_bytes.saturating_sub(bytes);
+        match admit(m.lane, &after, &self.spool_limits) {
+            Ok(()) => {
+                *usage = after;
+                Ok(())
+            }
+            Err(r) => {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                Err(r)
+            }
+        }
+    }
+
     fn accepted(&self, appended: &[crate::store::Appended]) {
         let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
         if new > 0 {
@@ -116,6 +162,8 @@ impl pb::mail_queue_server::MailQueue for Api {
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         self.check_open()?;
         let message = self.prepare(request.into_inner()).map_err(invalid)?;
+        self.admit(&message, &mut self.usage())
+            .map_err(|r| exhausted(&r))?;
         let appended = self
             .store
             .append(vec![message])
@@ -152,14 +200,21 @@ impl pb::mail_queue_server::MailQueue for Api {
         let mut results = vec![pb::EnqueueResult::default(); requests.len()];
         let mut valid = Vec::with_capacity(requests.len());
         let mut slots = Vec::with_capacity(requests.len());
+        let mut usage = self.usage();
         for (i, req) in requests.into_iter().enumerate() {
             match self.prepare(req) {
-                Ok(m) => {
-                    valid.push(m);
-                    slots.push(i);
-                }
+                Ok(m) => match self.admit(&m, &mut usage) {
+                    Ok(()) => {
+                        valid.push(m);
+                        slots.push(i);
+                    }
+                    Err(r) => {
+                        results[i].code = Code::ResourceExhausted as i32;
+                        results[i].message = format!("requests[{i}]: {r}");
+                    }
+                },
                 Err(e) => {
-                    results[i].code = tonic::Code::InvalidArgument as i32;
+                    results[i].code = Code::InvalidArgument as i32;
                     results[i].message = format!("requests[{i}].{e}");
                 }
             }
@@ -270,6 +325,10 @@ impl pb::queue_admin_server::QueueAdmin for Api {
             uptime_seconds: s.uptime_seconds,
             fsyncs_total: s.fsyncs_total,
             quarantined: s.quarantined,
+            spool_bytes: s.spool_bytes,
+            max_spool_bytes: self.spool_limits.max_spool_bytes,
+            disk_free_bytes: self.disk_free.load(Ordering::Relaxed),
+            refused_total: self.refused.load(Ordering::Relaxed),
         }))
     }
 }

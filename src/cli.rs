@@ -110,6 +110,12 @@ pub struct ServeArgs {
     /// [default: 67108864]
     #[arg(long, env = "MAILSPOOL_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
+    /// [default: 0 = no limit]
+    #[arg(long, env = "MAILSPOOL_MAX_SPOOL_BYTES")]
+    pub max_spool_bytes: Option<u64>,
+    /// [default: 104857600]
+    #[arg(long, env = "MAILSPOOL_MIN_FREE_BYTES")]
+    pub min_free_bytes: Option<u64>,
     /// [default: 10000]
     #[arg(long, env = "MAILSPOOL_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -154,6 +160,8 @@ impl ServeArgs {
             delivered_retention_secs,
             cache_capacity_bytes,
             segment_bytes,
+            max_spool_bytes,
+            min_free_bytes,
             shutdown_grace_ms,
             log_format,
             log_level

@@ -73,6 +73,12 @@ pub struct Config {
     pub cache_capacity_bytes: u64,
     /// Size at which a body segment file is closed and a new one started.
     pub segment_bytes: u64,
+    /// Refuse Enqueue (RESOURCE_EXHAUSTED) as the spool nears this size;
+    /// 0 = no limit. Bulk from 80%, normal from 90%, transactional at 100%.
+    pub max_spool_bytes: u64,
+    /// Refuse Enqueue as free disk space nears this: bulk below 3×, normal
+    /// below 2×, transactional below 1×.
+    pub min_free_bytes: u64,
     /// How long shutdown waits for in-flight deliveries.
     pub shutdown_grace_ms: u64,
     pub log_format: LogFormat,
@@ -106,6 +112,8 @@ impl Default for Config {
             delivered_retention_secs: 3_600,
             cache_capacity_bytes: 64 * 1024 * 1024,
             segment_bytes: 64 * 1024 * 1024,
+            max_spool_bytes: 0,
+            min_free_bytes: 100 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
             log_level: "warn,mailspool=info".into(),

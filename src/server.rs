@@ -7,7 +7,7 @@
 //! not finished stays due for the next start), flush, return.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admission::SpoolLimits;
 use crate::api::Api;
 use crate::config::Config;
 use crate::message::Limits;
@@ -92,6 +93,7 @@ impl Server {
         ));
         let rates = Arc::new(Rates::default());
         let closing = Arc::new(AtomicBool::new(false));
+        let disk_free = Arc::new(AtomicU64::new(disk_free_bytes(&config.data_dir)));
         let api = Api {
             store: store.clone(),
             scheduler: scheduler.clone(),
@@ -102,6 +104,12 @@ impl Server {
             },
             max_batch_items: config.max_batch_items,
             closing: closing.clone(),
+            spool_limits: SpoolLimits {
+                max_spool_bytes: config.max_spool_bytes,
+                min_free_bytes: config.min_free_bytes,
+            },
+            disk_free: disk_free.clone(),
+            refused: Arc::new(AtomicU64::new(0)),
         };
         // A request may hold a whole batch; single messages above
         // max_message_bytes still decode and get a precise INVALID_ARGUMENT.
@@ -123,6 +131,20 @@ impl Server {
                 rates.clone(),
                 stop_rx.clone(),
             )));
+        }
+        // Free space is sampled, not asked per request.
+        {
+            let (dir, mut stop) = (config.data_dir.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                            disk_free.store(disk_free_bytes(&dir), Ordering::Relaxed);
+                        }
+                        _ = stop.changed() => return,
+                    }
+                }
+            });
         }
         let reaper = {
             let s = scheduler.clone();
@@ -179,6 +201,24 @@ impl Server {
             stop: stop_tx,
             task,
         })
+    }
+}
+
+/// Bytes available to unprivileged writers on `dir`'s filesystem
+/// (u64::MAX if it cannot be read).
+pub fn disk_free_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return u64::MAX;
+    };
+    // SAFETY: statvfs writes into the zeroed struct we own.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut st) == 0 {
+            (st.f_bavail as u64).saturating_mul(st.f_frsize as u64)
+        } else {
+            u64::MAX
+        }
     }
 }
 

@@ -115,6 +115,7 @@ pub struct QueueStats {
     pub group_commits_total: u64,
     pub fsyncs_total: u64,
     pub quarantined: u64,
+    pub spool_bytes: u64,
     pub uptime_seconds: u64,
 }
 
@@ -154,6 +155,7 @@ pub fn queue_stats(
         group_commits_total: snap.group_commits,
         fsyncs_total: snap.fsyncs,
         quarantined: c.quarantined,
+        spool_bytes: c.spool_bytes(),
         uptime_seconds: uptime,
     }
 }

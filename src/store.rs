@@ -59,6 +59,9 @@ const MAX_GROUP_OPS: usize = 4096;
 /// A retried message whose segment has at most this many live bodies left
 /// is moved to the active segment.
 const RELOCATE_BELOW: u64 = 256;
+/// Index bytes per message counted against `max_spool_bytes` (sled's
+/// footprint for an entry and its due key, measured about 400).
+pub const INDEX_BYTES_PER_MESSAGE: u64 = 512;
 /// Most expired entries removed per housekeeping round.
 const HOUSEKEEPING_BATCH: usize = 10_000;
 
@@ -117,11 +120,23 @@ pub struct Counters {
     /// Dead letters on disk.
     pub dead: u64,
     pub quarantined: u64,
+    /// Body bytes of queued messages.
+    pub queued_bytes: u64,
+    /// Bytes of dead letters (kept in sled).
+    pub dead_bytes: u64,
 }
 
 impl Counters {
     pub fn queued_total(&self) -> u64 {
         self.queued.iter().sum()
+    }
+
+    /// What the spool holds on disk, for admission: bodies, dead letters,
+    /// and an estimate of the index per message.
+    pub fn spool_bytes(&self) -> u64 {
+        self.queued_bytes
+            + self.dead_bytes
+            + (self.queued_total() + self.dead) * INDEX_BYTES_PER_MESSAGE
     }
 }
 
@@ -444,6 +459,11 @@ impl Store {
         Ok(None)
     }
 
+    /// The counters as of the last committed group. Cheap.
+    pub fn counters(&self) -> Counters {
+        *self.shared.counters.lock().expect("counters lock")
+    }
+
     pub fn snapshot(&self, now_ms: u64) -> StoreSnapshot {
         let counters = *self.shared.counters.lock().expect("counters lock");
         let scheduled = self
@@ -493,10 +513,15 @@ fn recount(tree: &sled::Tree) -> Result<(Counters, BTreeMap<u32, u64>), StoreErr
         let (_, v) = item?;
         if let Ok(r) = codec::decode::<Record>(&v) {
             c.queued[r.lane.index()] += 1;
+            c.queued_bytes += u64::from(r.body.len);
             *live.entry(r.body.segment).or_insert(0) += 1;
         }
     }
-    c.dead = tree.scan_prefix(b"z").keys().count() as u64;
+    for item in tree.scan_prefix(b"z") {
+        let (_, v) = item?;
+        c.dead += 1;
+        c.dead_bytes += v.len() as u64;
+    }
     c.quarantined = tree.scan_prefix(b"q").keys().count() as u64;
     Ok((c, live))
 }
@@ -876,6 +901,7 @@ impl Committer {
         g.batch.insert(&key::message(id), codec::encode(&record));
         self.counters.enqueued_total += 1;
         self.counters.queued[record.lane.index()] += 1;
+        self.counters.queued_bytes += u64::from(record.body.len);
         appended
     }
 
@@ -915,6 +941,10 @@ impl Committer {
                     &[],
                 );
                 self.counters.queued[lane] -= 1;
+                self.counters.queued_bytes = self
+                    .counters
+                    .queued_bytes
+                    .saturating_sub(u64::from(record.body.len));
                 self.counters.delivered_total += 1;
                 g.overlay.insert(id, None);
             }
@@ -952,6 +982,11 @@ impl Committer {
                 };
                 g.batch.remove(&key::message(id));
                 g.segment(record.body.segment, -1);
+                self.counters.queued_bytes = self
+                    .counters
+                    .queued_bytes
+                    .saturating_sub(u64::from(record.body.len));
+                self.counters.dead_bytes += raw.len() as u64;
                 record.last_error = reason.clone();
                 let dead = DeadRecord {
                     record,
@@ -990,6 +1025,10 @@ impl Committer {
         }
         if let Ok(r) = codec::decode::<Record>(&bytes) {
             g.segment(r.body.segment, -1);
+            self.counters.queued_bytes = self
+                .counters
+                .queued_bytes
+                .saturating_sub(u64::from(r.body.len));
         }
         g.batch.insert(key::quarantine(&mkey), bytes);
         g.batch.remove(mkey);

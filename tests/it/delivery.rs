@@ -153,6 +153,13 @@ async fn transactional_overtakes_a_bulk_backlog() {
         })
         .await
     );
+    // The relay's 250 comes before the ack is recorded.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            s.stats().await.queued == 0
+        })
+        .await
+    );
     let st = s.stats().await;
     assert_eq!((st.queued, st.delivered_total), (0, 5001));
     s.shutdown().await;

@@ -5,5 +5,6 @@ mod support;
 
 mod api;
 mod delivery;
+mod limits;
 mod restart;
 mod smtp_sink;
