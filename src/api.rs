@@ -33,6 +33,7 @@ pub struct Api {
     pub disk_free: Arc<AtomicU64>,
     /// Enqueue requests refused for space.
     pub refused: Arc<AtomicU64>,
+    pub relay: Arc<crate::relay::Relay>,
 }
 
 fn exhausted(r: &Refusal) -> Status {
@@ -296,6 +297,7 @@ impl pb::queue_admin_server::QueueAdmin for Api {
         _request: Request<pb::QueueStatsRequest>,
     ) -> Result<Response<pb::QueueStatsResponse>, Status> {
         let now = now_ms();
+        let relay = self.relay.state();
         let s = queue_stats(
             &self.store.snapshot(now),
             self.scheduler.in_flight(),
@@ -329,6 +331,9 @@ impl pb::queue_admin_server::QueueAdmin for Api {
             max_spool_bytes: self.spool_limits.max_spool_bytes,
             disk_free_bytes: self.disk_free.load(Ordering::Relaxed),
             refused_total: self.refused.load(Ordering::Relaxed),
+            relay_state: relay.state.to_string(),
+            relay_consecutive_failures: relay.consecutive_failures,
+            relay_backoff_remaining_ms: relay.backoff_remaining_ms,
         }))
     }
 }

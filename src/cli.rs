@@ -331,7 +331,11 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "drain_eta_seconds": s.drain_eta_seconds,
             "queued_transactional": s.queued_transactional, "queued_normal": s.queued_normal,
             "queued_bulk": s.queued_bulk, "group_commits_total": s.group_commits_total,
-            "uptime_seconds": s.uptime_seconds,
+            "uptime_seconds": s.uptime_seconds, "fsyncs_total": s.fsyncs_total,
+            "quarantined": s.quarantined, "spool_bytes": s.spool_bytes,
+            "max_spool_bytes": s.max_spool_bytes, "disk_free_bytes": s.disk_free_bytes,
+            "refused_total": s.refused_total, "relay_state": s.relay_state,
+            "relay_consecutive_failures": s.relay_consecutive_failures,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -363,6 +367,15 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             format!("{:.1} /s", s.delivery_rate_per_second),
         ),
         ("drain ETA", eta),
+        (
+            "relay",
+            format!(
+                "{} ({} failures)",
+                s.relay_state, s.relay_consecutive_failures
+            ),
+        ),
+        ("spool bytes", s.spool_bytes.to_string()),
+        ("refused total", s.refused_total.to_string()),
         ("enqueued total", s.enqueued_total.to_string()),
         ("delivered total", s.delivered_total.to_string()),
         ("retried total", s.retried_total.to_string()),

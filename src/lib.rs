@@ -28,6 +28,7 @@ pub mod config;
 pub mod delivery;
 pub mod message;
 pub mod model;
+pub mod peer;
 pub mod relay;
 pub mod retry;
 pub mod scheduler;

@@ -47,6 +47,17 @@ impl Relay {
         }
     }
 
+    pub fn state(&self) -> RelayState {
+        match self {
+            Relay::Smtp(s) => s.breaker.lock().expect("breaker").state(Instant::now()),
+            Relay::Outbox(_) => RelayState {
+                state: "ok",
+                consecutive_failures: 0,
+                backoff_remaining_ms: 0,
+            },
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Relay::Smtp(s) => format!("smtp relay {}:{}", s.url.host, s.url.port),
@@ -123,6 +134,18 @@ pub struct SmtpRelay {
 pub struct Breaker {
     failures: u32,
     until: Option<Instant>,
+    /// Why it opened last: "unreachable" or "throttled".
+    reason: &'static str,
+}
+
+/// The relay as QueueStats shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayState {
+    /// "ok", "unreachable" (connection or TLS failures) or "throttled"
+    /// (421/451/454 replies), while the pool is backing off.
+    pub state: &'static str,
+    pub consecutive_failures: u32,
+    pub backoff_remaining_ms: u64,
 }
 
 impl Breaker {
@@ -136,7 +159,8 @@ impl Breaker {
             .filter(|d| !d.is_zero())
     }
 
-    pub fn failed(&mut self, now: Instant) {
+    pub fn failed(&mut self, now: Instant, reason: &'static str) {
+        self.reason = reason;
         self.failures = self.failures.saturating_add(1);
         let backoff = Self::BASE
             .saturating_mul(1 << self.failures.min(20).saturating_sub(1))
@@ -156,6 +180,19 @@ impl Breaker {
 
     pub fn is_open(&self, now: Instant) -> bool {
         self.wait(now).is_some()
+    }
+
+    pub fn state(&self, now: Instant) -> RelayState {
+        let wait = self.wait(now);
+        RelayState {
+            state: if self.failures == 0 {
+                "ok"
+            } else {
+                self.reason
+            },
+            consecutive_failures: self.failures,
+            backoff_remaining_ms: wait.map(|d| d.as_millis() as u64).unwrap_or(0),
+        }
     }
 }
 
@@ -202,7 +239,10 @@ impl SmtpRelay {
                     Err(e) => {
                         // The relay is unreachable: the rest of the batch fails
                         // alike, and the pool backs off.
-                        self.breaker.lock().expect("breaker").failed(Instant::now());
+                        self.breaker
+                            .lock()
+                            .expect("breaker")
+                            .failed(Instant::now(), "unreachable");
                         out.resize(messages.len(), SendResult::Transient(e));
                         return out;
                     }
@@ -217,16 +257,18 @@ impl SmtpRelay {
             };
             match &result {
                 SendResult::Accepted => self.breaker.lock().expect("breaker").succeeded(),
-                SendResult::Throttled(_) => {
-                    self.breaker.lock().expect("breaker").failed(Instant::now())
-                }
+                SendResult::Throttled(_) => self
+                    .breaker
+                    .lock()
+                    .expect("breaker")
+                    .failed(Instant::now(), "throttled"),
                 _ => {}
             }
             let throttled = matches!(result, SendResult::Throttled(_));
             if !c.has_broken() && result == SendResult::Accepted {
                 conn = Some(c);
             } else {
-                c.abort().await;
+                close(c).await;
             }
             out.push(result);
             if throttled {
@@ -260,7 +302,7 @@ impl SmtpRelay {
             {
                 return Some(c);
             }
-            c.abort().await;
+            close(c).await;
         }
     }
 
@@ -297,7 +339,7 @@ impl SmtpRelay {
                 };
                 if want_tls {
                     if !conn.can_starttls() {
-                        conn.abort().await;
+                        close(conn).await;
                         return Err(format!(
                             "relay {} does not offer STARTTLS and relay_tls = required",
                             self.url.host
@@ -330,6 +372,13 @@ impl SmtpRelay {
     }
 }
 
+/// Ends a connection we will not reuse: a polite QUIT if the peer answers
+/// within a second, else just drop it (a stalled relay must not hold the
+/// worker).
+async fn close(mut c: AsyncSmtpConnection) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), c.abort()).await;
+}
+
 /// Maps a lettre error to a result: reply codes by class, anything else
 /// (I/O, TLS, a reply we could not parse) is transient.
 fn smtp_error(e: &lettre::transport::smtp::Error) -> SendResult {
@@ -354,7 +403,7 @@ mod tests {
         assert!(!b.is_open(t));
         let waits: Vec<u128> = (0..10)
             .map(|_| {
-                b.failed(t);
+                b.failed(t, "unreachable");
                 b.wait(t).unwrap().as_millis()
             })
             .collect();
@@ -363,7 +412,10 @@ mod tests {
             vec![100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000]
         );
         assert!(!b.is_open(t + Duration::from_secs(31)));
+        assert_eq!(b.state(t).state, "unreachable");
+        assert_eq!(b.state(t).consecutive_failures, 10);
         b.succeeded();
+        assert_eq!(b.state(t).state, "ok");
         assert!(!b.is_open(t));
     }
 }

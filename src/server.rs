@@ -110,6 +110,7 @@ impl Server {
             },
             disk_free: disk_free.clone(),
             refused: Arc::new(AtomicU64::new(0)),
+            relay: relay.clone(),
         };
         // A request may hold a whole batch; single messages above
         // max_message_bytes still decode and get a precise INVALID_ARGUMENT.

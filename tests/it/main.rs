@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod delivery;
+mod faults;
 mod limits;
 mod restart;
 mod smtp_sink;

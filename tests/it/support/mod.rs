@@ -1,7 +1,7 @@
 //! Shared helpers: a real server on 127.0.0.1:0 with a temporary spool,
 //! gRPC clients, request builders, and waiting on a condition with a deadline.
 
-pub mod smtp;
+pub use mailspool::peer as smtp;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,8 @@
-//! A scripted SMTP peer over real TCP: it accepts, defers (451), rejects
-//! (550), stalls or drops the connection after DATA, as the test says, and
-//! records every message it accepted.
+//! A scripted SMTP peer over real TCP, for the tests and `mailspool
+//! torture`: it accepts, defers (451), throttles (421), rejects (550),
+//! stalls or drops the connection after DATA, or fails the TLS handshake
+//! after offering STARTTLS, as it is told, and records every message it
+//! accepted. Real sockets, real protocol; nothing is mocked in mailspool.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ pub enum Mode {
     AcceptAfter(Duration),
     /// 451 4.3.0
     Defer,
+    /// 421 4.7.0: the relay asks everyone to slow down.
+    Throttle,
     /// 550 5.1.1
     Reject,
     /// Never answer; keep the connection open.
@@ -35,6 +39,8 @@ pub struct Received {
 
 #[derive(Default)]
 struct State {
+    /// Offer STARTTLS and then fail the handshake.
+    broken_tls: bool,
     default: Option<Mode>,
     /// Modes used for the next messages, before the default.
     script: VecDeque<Mode>,
@@ -73,6 +79,11 @@ impl SmtpPeer {
 
     pub fn url(&self) -> String {
         format!("smtp://{}", self.addr)
+    }
+
+    /// Offer STARTTLS, then answer the handshake with garbage.
+    pub fn set_broken_tls(&self, on: bool) {
+        self.state.lock().unwrap().broken_tls = on;
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -146,6 +157,12 @@ async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io
                 Mode::Defer => {
                     peer.state.lock().unwrap().refused += 1;
                     w.write_all(b"451 4.3.0 try again later\r\n").await?
+                }
+                Mode::Throttle => {
+                    peer.state.lock().unwrap().refused += 1;
+                    w.write_all(b"421 4.7.0 too many messages, slow down\r\n")
+                        .await?;
+                    return Ok(());
                 }
                 Mode::Reject => {
                     peer.state.lock().unwrap().refused += 1;
