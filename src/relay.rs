@@ -264,18 +264,23 @@ impl SmtpRelay {
                     .failed(Instant::now(), "throttled"),
                 _ => {}
             }
-            let throttled = matches!(result, SendResult::Throttled(_));
+            let throttled = match &result {
+                SendResult::Throttled(reply) => Some(reply.clone()),
+                _ => None,
+            };
             if !c.has_broken() && result == SendResult::Accepted {
                 conn = Some(c);
             } else {
                 close(c).await;
             }
             out.push(result);
-            if throttled {
+            if let Some(reply) = throttled {
                 // Slow down: the rest of this lease waits for the next one.
                 let rest = messages.len() - out.len();
                 out.extend(std::iter::repeat_n(
-                    SendResult::Transient("not attempted: relay is throttling".into()),
+                    SendResult::Transient(format!(
+                        "not attempted: the relay is throttling ({reply})"
+                    )),
                     rest,
                 ));
                 break;
