@@ -276,6 +276,11 @@ impl pb::mail_queue_server::MailQueue for Api {
                 resp.finished_unix_ms = d.delivered_ms as i64;
                 resp.message_id = d.message_id;
             }
+            SpoolStatus::Quarantined => {
+                resp.set_state(pb::MessageState::Quarantined);
+                resp.last_error =
+                    "its bytes on disk could not be read back; moved to the quarantine".into();
+            }
             SpoolStatus::Dead(d) => {
                 resp.set_state(pb::MessageState::Dead);
                 resp.attempts = d.record.attempts;

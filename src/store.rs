@@ -104,6 +104,7 @@ pub enum Status {
     Queued(Record),
     Delivered(DeliveredRecord),
     Dead(DeadRecord),
+    Quarantined,
 }
 
 /// Counters that survive restarts.
@@ -447,6 +448,9 @@ impl Store {
         }
         if let Some(v) = t.get(key::dead(id))? {
             return Ok(codec::decode(&v).ok().map(Status::Dead));
+        }
+        if t.contains_key(key::quarantine(&key::message(id)))? {
+            return Ok(Some(Status::Quarantined));
         }
         if let Some(v) = t.get(key::delivered(id))? {
             let retention = self.shared.delivered_retention.as_millis() as u64;

@@ -4,6 +4,7 @@
 mod support;
 
 mod api;
+mod corruption;
 mod delivery;
 mod faults;
 mod limits;
