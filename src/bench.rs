@@ -21,9 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
+use crate::child::{cpu_seconds, ServerProcess};
 use crate::pb;
 use crate::pb::mail_queue_client::MailQueueClient;
 use crate::pb::queue_admin_client::QueueAdminClient;
@@ -208,105 +207,6 @@ async fn stats(url: &str) -> Result<pb::QueueStatsResponse, Error> {
         .into_inner())
 }
 
-/// A server child process.
-struct ServerProcess {
-    child: Child,
-    url: String,
-}
-
-impl ServerProcess {
-    async fn start(data_dir: &Path, relay: &str) -> Result<ServerProcess, Error> {
-        let exe = std::env::current_exe()?;
-        let mut child = Command::new(exe)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--relay",
-                relay,
-                "--relay-tls",
-                "none",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("MAILSPOOL_LOG_LEVEL", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
-        let addr = loop {
-            match lines.next_line().await? {
-                Some(line) => {
-                    if let Some(rest) = line.strip_prefix("mailspool listening on ") {
-                        break rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
-                    }
-                }
-                None => return Err("the server exited before listening".into()),
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(ServerProcess {
-            child,
-            url: format!("http://{addr}"),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
-
-    fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(self.pid())
-    }
-
-    /// (peak RSS bytes, bytes written to storage) from /proc.
-    fn resources(&self) -> (u64, u64) {
-        let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024;
-        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-        let written = io
-            .lines()
-            .find_map(|l| l.strip_prefix("write_bytes:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        (hwm, written)
-    }
-
-    async fn stop(mut self) -> Result<(), Error> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??;
-        if !status.success() {
-            return Err(format!("server exited with {status}").into());
-        }
-        Ok(())
-    }
-}
-
-/// User + system CPU seconds of a process, all threads (/proc/pid/stat).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`, which may contain spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15: 12 and 13 after the comm.
-    (ticks(11) + ticks(12)) / hz
-}
-
 /// Postfix's smtp-sink on a free loopback port, if installed.
 fn start_sink() -> Option<(std::process::Child, u16)> {
     let bin = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
@@ -423,7 +323,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         format!("smtp://{}", l.local_addr()?)
     };
-    let s1 = ServerProcess::start(&data, &down).await?;
+    let s1 = ServerProcess::start(&std::env::current_exe()?, &data, &down, &[]).await?;
     eprintln!(
         "server 1 (relay down) at {}, spool {}",
         s1.url,
@@ -530,7 +430,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     };
     let relay = format!("smtp://127.0.0.1:{port}");
     let started = Instant::now();
-    let s2 = ServerProcess::start(&data, &relay).await?;
+    let s2 = ServerProcess::start(&std::env::current_exe()?, &data, &relay, &[]).await?;
     let mut client = MailQueueClient::connect(s2.url.clone()).await?;
     client.enqueue(request(0, &body)).await?;
     let served = started.elapsed();

@@ -36,6 +36,9 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Give back the disk space the index keeps after a drain (server stopped).
     Compact(CompactArgs),
+    /// SIGKILL the server at random moments under load and a flapping relay;
+    /// check that nothing acknowledged was lost.
+    Torture(crate::torture::TortureArgs),
 }
 
 /// Server settings. Each flag also reads `MAILSPOOL_<NAME>`; unset ones fall

@@ -21,6 +21,7 @@
 pub mod admission;
 pub mod api;
 pub mod bench;
+pub mod child;
 pub mod cli;
 pub mod codec;
 pub mod compact;
@@ -36,6 +37,7 @@ pub mod segments;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod torture;
 
 /// Generated protobuf and gRPC types for `mailspool.v1`.
 pub mod pb {

@@ -26,6 +26,16 @@ fn main() -> ExitCode {
         Some(Command::Stats(a)) => runtime.block_on(cli::stats(a)),
         Some(Command::Status(a)) => runtime.block_on(cli::status(a)),
         Some(Command::Compact(a)) => cli::compact(a),
+        Some(Command::Torture(a)) => runtime
+            .block_on(mailspool::torture::run(a))
+            .map_err(|e| e as Box<dyn std::error::Error>)
+            .and_then(|r| {
+                if r.ok() {
+                    Ok(())
+                } else {
+                    Err(format!("torture failed: {r:?}").into())
+                }
+            }),
         Some(Command::Bench(a)) => runtime
             .block_on(mailspool::bench::run(a))
             .map_err(|e| e as Box<dyn std::error::Error>),

@@ -281,3 +281,28 @@ async fn compact_keeps_every_message_and_status() {
     assert!(err.to_string().contains("stop the server"), "{err}");
     s.shutdown().await;
 }
+
+/// The short form of `mailspool torture` (the long form: `--cycles 50`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torture_short_form_loses_nothing() {
+    let report = mailspool::torture::run(mailspool::torture::TortureArgs {
+        cycles: 4,
+        max_run_ms: 700,
+        clients: 4,
+        server_bin: Some(binary().into()),
+        drain_timeout_secs: 60,
+    })
+    .await
+    .unwrap();
+    println!("{report:?}");
+    assert!(
+        report.acknowledged > 100,
+        "the clients made progress: {report:?}"
+    );
+    assert_eq!(report.missing, 0, "{report:?}");
+    assert_eq!(report.delivered_never_sent, 0, "{report:?}");
+    assert!(
+        report.delivered + report.dead_5xx >= report.acknowledged,
+        "{report:?}"
+    );
+}

@@ -1,0 +1,123 @@
+//! Server child processes for `bench` and `torture`: start this binary's
+//! `serve` on a free port, read its address, measure it, stop or kill it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A server child process.
+pub struct ServerProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts `exe serve` on 127.0.0.1:0 and waits until it listens.
+    pub async fn start(
+        exe: &Path,
+        data_dir: &Path,
+        relay: &str,
+        extra: &[&str],
+    ) -> Result<ServerProcess, Error> {
+        let mut child = Command::new(exe)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--relay",
+                relay,
+                "--relay-tls",
+                "none",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("MAILSPOOL_LOG_LEVEL", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+        let addr = loop {
+            match lines.next_line().await? {
+                Some(line) => {
+                    if let Some(rest) = line.strip_prefix("mailspool listening on ") {
+                        break rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                    }
+                }
+                None => return Err("the server exited before listening".into()),
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(ServerProcess {
+            child,
+            url: format!("http://{addr}"),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds(self.pid())
+    }
+
+    /// (peak RSS bytes, bytes written to storage) from /proc.
+    pub fn resources(&self) -> (u64, u64) {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024;
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        let written = io
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        (hwm, written)
+    }
+
+    pub async fn stop(mut self) -> Result<(), Error> {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await??;
+        if !status.success() {
+            return Err(format!("server exited with {status}").into());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: a crash at an arbitrary instant.
+    pub async fn kill(mut self) -> Result<(), Error> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+/// User + system CPU seconds of a process, all threads (/proc/pid/stat).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15: 12 and 13 after the comm.
+    (ticks(11) + ticks(12)) / hz
+}

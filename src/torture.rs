@@ -1,0 +1,316 @@
+//! `mailspool torture`: kill -9 the real server at random moments while
+//! clients stream acknowledged enqueues and the relay flaps, then prove that
+//! every acknowledged message was delivered or dead-lettered with a 5xx.
+//!
+//! The server runs as a child process (this binary's `serve`, or
+//! `--server-bin`); the relay is the scripted SMTP peer (`peer`), flapping
+//! between accepting, deferring (451), throttling (421), rejecting (550),
+//! stalling and disconnecting after DATA. Clients send unary and batch
+//! enqueues, each with an idempotency key carried in an `X-Torture-Key`
+//! header; a request that fails (the server died) is sent again with the
+//! same key until it is acknowledged. At the end the relay accepts
+//! everything and the accounting is checked:
+//! - every acknowledged message delivered, or DEAD with a 5xx reason;
+//! - every delivered message acknowledged, or in flight at a kill (its ack
+//!   lost with the process: counted, not an error);
+//! - duplicates (delivered more than once) counted and reported.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use crate::child::ServerProcess;
+use crate::pb;
+use crate::pb::mail_queue_client::MailQueueClient;
+use crate::peer::{Mode, SmtpPeer};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TortureArgs {
+    /// Kill and restart cycles (the long form: 50 or more).
+    #[arg(long, default_value_t = 10)]
+    pub cycles: usize,
+    /// Longest run between kills, in milliseconds (each is random up to it).
+    #[arg(long, default_value_t = 2000)]
+    pub max_run_ms: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// The mailspool binary to torture [default: this one].
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Seconds to wait for the final drain.
+    #[arg(long, default_value_t = 120)]
+    pub drain_timeout_secs: u64,
+}
+
+/// The accounting at the end.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub cycles: usize,
+    pub acknowledged: usize,
+    pub delivered: usize,
+    pub dead_5xx: usize,
+    pub missing: usize,
+    pub duplicates: usize,
+    pub delivered_ack_lost: usize,
+    pub delivered_never_sent: usize,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.missing == 0 && self.delivered_never_sent == 0
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    /// key → message id (Message-ID header) of acknowledged requests.
+    acked: HashMap<String, (String, String)>,
+    /// Keys sent at least once.
+    sent: HashSet<String>,
+}
+
+fn request(key: &str) -> pb::EnqueueRequest {
+    pb::EnqueueRequest {
+        email: Some(pb::Email {
+            from: "torture@example.com".into(),
+            to: vec!["victim@example.org".into()],
+            subject: key.to_string(),
+            text_body: format!("torture message {key}\r\n"),
+            headers: [("X-Torture-Key".to_string(), key.to_string())].into(),
+            ..Default::default()
+        }),
+        lane: [pb::Lane::Transactional, pb::Lane::Normal, pb::Lane::Bulk][key.len() % 3] as i32,
+        idempotency_key: key.to_string(),
+        not_before_unix_ms: 0,
+    }
+}
+
+/// One client: streams requests to whatever server is up, retrying each
+/// with its key until acknowledged.
+async fn client(
+    n: usize,
+    url: Arc<Mutex<String>>,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut seq = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let batch = seq % 5 == 0;
+        let keys: Vec<String> = if batch {
+            (0..10).map(|i| format!("c{n}-{seq}-{i}")).collect()
+        } else {
+            vec![format!("c{n}-{seq}")]
+        };
+        ledger
+            .lock()
+            .expect("ledger")
+            .sent
+            .extend(keys.iter().cloned());
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let target = url.lock().expect("url").clone();
+            let Ok(mut c) = MailQueueClient::connect(target).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let result: Result<Vec<(String, String, String)>, tonic::Status> = if batch {
+                let requests = keys.iter().map(|k| request(k)).collect();
+                c.enqueue_batch(pb::EnqueueBatchRequest { requests })
+                    .await
+                    .map(|r| {
+                        r.into_inner()
+                            .results
+                            .into_iter()
+                            .zip(&keys)
+                            .filter(|(r, _)| r.code == 0)
+                            .map(|(r, k)| (k.clone(), r.id, r.message_id))
+                            .collect()
+                    })
+            } else {
+                c.enqueue(request(&keys[0]))
+                    .await
+                    .map(|r| r.into_inner())
+                    .map(|r| vec![(keys[0].clone(), r.id, r.message_id)])
+            };
+            match result {
+                Ok(done) if done.len() == keys.len() => {
+                    let mut l = ledger.lock().expect("ledger");
+                    for (k, id, mid) in done {
+                        l.acked.insert(k, (id, mid));
+                    }
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+}
+
+/// The relay flaps until `stop`.
+async fn flap(peer: SmtpPeer, stop: Arc<AtomicBool>) {
+    let modes = [
+        (Mode::Accept, 10),
+        (Mode::Defer, 2),
+        (Mode::Throttle, 1),
+        (Mode::Reject, 1),
+        (Mode::Stall, 1),
+        (Mode::Disconnect, 2),
+    ];
+    let total: u32 = modes.iter().map(|(_, w)| w).sum();
+    while !stop.load(Ordering::Relaxed) {
+        let (mode, wait) = {
+            let mut rng = rand::rng();
+            let mut pick = rng.random_range(0..total);
+            let mode = modes
+                .iter()
+                .find(|(_, w)| {
+                    if pick < *w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .map(|(m, _)| *m)
+                .unwrap_or(Mode::Accept);
+            (mode, rng.random_range(100..400))
+        };
+        peer.set_mode(mode);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    peer.set_mode(Mode::Accept);
+}
+
+pub async fn run(args: TortureArgs) -> Result<Report, Error> {
+    let exe = match &args.server_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("mailspool-torture")
+        .tempdir()?;
+    let peer = SmtpPeer::start(Mode::Accept).await;
+    let server_args = [
+        "--retry-base-ms",
+        "20",
+        "--retry-cap-ms",
+        "300",
+        "--max-attempts",
+        "1000000",
+        "--smtp-timeout-ms",
+        "500",
+        "--lease-timeout-ms",
+        "2000",
+        "--shutdown-grace-ms",
+        "200",
+    ];
+    let mut server = ServerProcess::start(&exe, dir.path(), &peer.url(), &server_args).await?;
+    let url = Arc::new(Mutex::new(server.url.clone()));
+    let ledger: Arc<Mutex<Ledger>> = Arc::default();
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let stop_flap = Arc::new(AtomicBool::new(false));
+    let flapper = tokio::spawn(flap(peer.clone(), stop_flap.clone()));
+    let clients: Vec<_> = (0..args.clients)
+        .map(|n| tokio::spawn(client(n, url.clone(), ledger.clone(), stop_clients.clone())))
+        .collect();
+    let started = Instant::now();
+    for cycle in 1..=args.cycles {
+        let run = Duration::from_millis(rand::rng().random_range(50..=args.max_run_ms.max(50)));
+        tokio::time::sleep(run).await;
+        server.kill().await?;
+        let acked = ledger.lock().expect("ledger").acked.len();
+        eprintln!(
+            "cycle {cycle}/{}: SIGKILL after {} ms; {acked} acknowledged so far",
+            args.cycles,
+            run.as_millis()
+        );
+        server = ServerProcess::start(&exe, dir.path(), &peer.url(), &server_args).await?;
+        *url.lock().expect("url") = server.url.clone();
+    }
+    stop_clients.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    stop_flap.store(true, Ordering::Relaxed);
+    let _ = flapper.await;
+    peer.set_mode(Mode::Accept);
+
+    // Everything acknowledged must now end delivered or dead (5xx).
+    let (acked, sent) = {
+        let l = ledger.lock().expect("ledger");
+        (l.acked.clone(), l.sent.clone())
+    };
+    let mut client = MailQueueClient::connect(server.url.clone()).await?;
+    let deadline = Instant::now() + Duration::from_secs(args.drain_timeout_secs);
+    let report = loop {
+        let received = peer.received();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for m in &received {
+            *counts.entry(m.message_id.clone()).or_default() += 1;
+        }
+        let mut report = Report {
+            cycles: args.cycles,
+            acknowledged: acked.len(),
+            delivered: counts.len(),
+            duplicates: counts.values().filter(|&&n| n > 1).count(),
+            ..Report::default()
+        };
+        let acked_mids: HashSet<&str> = acked.values().map(|(_, m)| m.as_str()).collect();
+        for m in &received {
+            if !acked_mids.contains(m.message_id.as_str()) {
+                let key = m
+                    .raw
+                    .lines()
+                    .find_map(|l| l.strip_prefix("X-Torture-Key: "))
+                    .unwrap_or("");
+                if sent.contains(key.trim()) {
+                    report.delivered_ack_lost += 1;
+                } else {
+                    report.delivered_never_sent += 1;
+                }
+            }
+        }
+        for (id, mid) in acked.values() {
+            if counts.contains_key(mid) {
+                continue;
+            }
+            let m = client
+                .get_message(pb::GetMessageRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            if m.state() == pb::MessageState::Dead && m.last_error.starts_with('5') {
+                report.dead_5xx += 1;
+            } else {
+                report.missing += 1;
+            }
+        }
+        if report.missing == 0 || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    server.stop().await?;
+    eprintln!(
+        "torture: {} cycles in {:.1} s; {} acknowledged: {} delivered, {} dead with a 5xx, {} MISSING; {} delivered twice; {} delivered whose ack was lost in a kill; {} delivered that were never sent",
+        report.cycles,
+        started.elapsed().as_secs_f64(),
+        report.acknowledged,
+        report.acknowledged - report.dead_5xx - report.missing,
+        report.dead_5xx,
+        report.missing,
+        report.duplicates,
+        report.delivered_ack_lost,
+        report.delivered_never_sent
+    );
+    Ok(report)
+}
