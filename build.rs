@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::grpc_codec::StrictCodec")
         .compile_protos(&["proto/mailspool/v1/mailspool.proto"], &["proto"])?;
     Ok(())
 }

@@ -27,6 +27,7 @@ pub mod codec;
 pub mod compact;
 pub mod config;
 pub mod delivery;
+pub mod grpc_codec;
 pub mod message;
 pub mod model;
 pub mod peer;

@@ -328,3 +328,120 @@ async fn outbox_is_the_default_relay() {
     assert!(eml.contains("Subject: to the outbox"));
     s.shutdown().await;
 }
+
+/// Sends raw bytes as a gRPC request body.
+#[derive(Debug, Default, Clone)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes_like::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes_like::Buf;
+        let mut out = vec![0; buf.remaining()];
+        buf.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+mod bytes_like {
+    pub use prost::bytes::{Buf, BufMut};
+}
+
+async fn raw_call(s: &TestServer, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(format!(
+        "http://{}",
+        s.handle.as_ref().unwrap().addr
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/mailspool.v1.MailQueue/Enqueue");
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_and_oversized_requests_get_a_clear_status_and_write_nothing() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    // EnqueueRequest { email: Email { from: <0xff 0xfe> } }: invalid UTF-8 in a string.
+    let bad_utf8 = vec![0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe];
+    // A length prefix that runs past the end.
+    let truncated = vec![0x0a, 0x10, 0x0a];
+    for (name, body) in [("invalid UTF-8", bad_utf8), ("truncated", truncated)] {
+        let err = raw_call(&s, body).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(
+            err.message().starts_with("request:"),
+            "{name}: {}",
+            err.message()
+        );
+    }
+    // Over the decode limit (32 MiB by default): tonic's own clear error.
+    let mut big = request("big");
+    big.email.as_mut().unwrap().text_body = "x".repeat(40 << 20);
+    let err = s
+        .queue
+        .clone()
+        .max_encoding_message_size(64 << 20)
+        .enqueue(big)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("too large"), "{}", err.message());
+    assert_eq!(s.stats().await.enqueued_total, 0);
+    // A 10,000-item batch is refused whole.
+    let huge = pb::EnqueueBatchRequest {
+        requests: vec![request("x"); 10_000],
+    };
+    assert_eq!(
+        s.queue
+            .clone()
+            .enqueue_batch(huge)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(s.stats().await.enqueued_total, 0);
+    s.shutdown().await;
+}
