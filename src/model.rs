@@ -136,17 +136,57 @@ pub struct DeliveredRecord {
     pub message_id: String,
 }
 
-/// Current wall-clock time in Unix milliseconds.
-pub fn now_ms() -> u64 {
+/// The wall clock in Unix milliseconds, as the system says it.
+pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
+/// mailspool's clock: Unix milliseconds that never go backwards.
+///
+/// Due times, ids and expiries are persisted in Unix ms, so a wall clock
+/// that jumps back would leave every queued message "in the future" (a
+/// stall as long as the jump) and one that jumps forward would make them
+/// all due at once. So the clock is anchored once, at
+/// `max(wall clock, the highest time the spool has seen)`, and then advances
+/// with the monotonic clock; a jump of the wall clock while running changes
+/// nothing, and after a restart the spool's high-water mark keeps time from
+/// going backwards.
+pub fn now_ms() -> u64 {
+    let (anchor_ms, anchor) = *CLOCK.get_or_init(|| (wall_ms(), std::time::Instant::now()));
+    anchor_ms + anchor.elapsed().as_millis() as u64
+}
+
+static CLOCK: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+
+/// Anchors the clock no earlier than `high_water_ms` (the store calls this
+/// at open with the time it last persisted). Returns the anchor in effect:
+/// the first anchor wins for the life of the process.
+pub fn anchor_clock(high_water_ms: u64) -> u64 {
+    let (anchor_ms, _) =
+        *CLOCK.get_or_init(|| (wall_ms().max(high_water_ms), std::time::Instant::now()));
+    anchor_ms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_never_goes_backwards_and_respects_the_high_water_mark() {
+        let a = now_ms();
+        let b = now_ms();
+        assert!(b >= a);
+        // Anchored already (first use wins); a later, higher mark cannot move it back.
+        assert!(anchor_clock(0) <= a);
+        assert!(now_ms() >= b);
+        assert!(
+            wall_ms().abs_diff(now_ms()) < 60_000,
+            "anchored near the wall clock in tests"
+        );
+    }
 
     #[test]
     fn ids_are_monotonic_and_carry_time() {

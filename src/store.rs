@@ -125,6 +125,9 @@ pub struct Counters {
     pub queued_bytes: u64,
     /// Bytes of dead letters (kept in sled).
     pub dead_bytes: u64,
+    /// The clock's value at the last commit: the next start anchors its
+    /// clock no earlier (see `model::now_ms`).
+    pub clock_ms: u64,
 }
 
 impl Counters {
@@ -309,6 +312,18 @@ impl Store {
             }
         };
         let segments = Segments::open(&dir.join("segments"), live, options.segment_bytes)?;
+        let anchored = crate::model::anchor_clock(counters.clock_ms);
+        if anchored < counters.clock_ms {
+            tracing::warn!(
+                behind_ms = counters.clock_ms - anchored,
+                "the clock was anchored before the spool opened, behind the spool's last time"
+            );
+        } else if counters.clock_ms > crate::model::wall_ms() {
+            tracing::warn!(
+                ahead_ms = counters.clock_ms - crate::model::wall_ms(),
+                "the wall clock is behind the spool's last time; mailspool keeps its own time until it catches up"
+            );
+        }
         // Only messages due in the future matter to the `scheduled` figure;
         // those already due are counted as they are leased and acked.
         let now = now_ms();
@@ -772,6 +787,7 @@ impl Committer {
                 g.batch.insert(&key::segment(segment), &n.to_be_bytes());
             }
         }
+        self.counters.clock_ms = self.counters.clock_ms.max(now);
         g.batch.insert(key::COUNTERS, codec::encode(&self.counters));
         let needs_sync = g.needs_sync;
         let batch = std::mem::take(&mut g.batch);
