@@ -39,6 +39,9 @@ pub enum Command {
     /// SIGKILL the server at random moments under load and a flapping relay;
     /// check that nothing acknowledged was lost.
     Torture(crate::torture::TortureArgs),
+    /// A bounded run under steady load and a flapping relay; RSS, open files
+    /// and data-dir size must stay flat.
+    Soak(crate::soak::SoakArgs),
 }
 
 /// Server settings. Each flag also reads `MAILSPOOL_<NAME>`; unset ones fall

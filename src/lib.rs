@@ -36,6 +36,7 @@ pub mod retry;
 pub mod scheduler;
 pub mod segments;
 pub mod server;
+pub mod soak;
 pub mod stats;
 pub mod store;
 pub mod torture;

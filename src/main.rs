@@ -26,6 +26,16 @@ fn main() -> ExitCode {
         Some(Command::Stats(a)) => runtime.block_on(cli::stats(a)),
         Some(Command::Status(a)) => runtime.block_on(cli::status(a)),
         Some(Command::Compact(a)) => cli::compact(a),
+        Some(Command::Soak(a)) => {
+            let interval = a.interval_secs;
+            runtime
+                .block_on(mailspool::soak::run(a))
+                .map_err(|e| e as Box<dyn std::error::Error>)
+                .and_then(|samples| {
+                    mailspool::soak::check(&samples, interval)
+                        .map_err(|e| format!("soak failed: {e}").into())
+                })
+        }
         Some(Command::Torture(a)) => runtime
             .block_on(mailspool::torture::run(a))
             .map_err(|e| e as Box<dyn std::error::Error>)

@@ -161,6 +161,11 @@ impl Breaker {
 
     pub fn failed(&mut self, now: Instant, reason: &'static str) {
         self.reason = reason;
+        if self.is_open(now) {
+            // Other workers' attempts that began before the pool backed off:
+            // one outage, not many.
+            return;
+        }
         self.failures = self.failures.saturating_add(1);
         let backoff = Self::BASE
             .saturating_mul(1 << self.failures.min(20).saturating_sub(1))
@@ -404,12 +409,16 @@ mod tests {
     #[test]
     fn breaker_backs_off_doubling_and_resets() {
         let mut b = Breaker::default();
-        let t = Instant::now();
+        let mut t = Instant::now();
         assert!(!b.is_open(t));
         let waits: Vec<u128> = (0..10)
             .map(|_| {
                 b.failed(t, "unreachable");
-                b.wait(t).unwrap().as_millis()
+                // Failures while open do not escalate.
+                b.failed(t, "unreachable");
+                let w = b.wait(t).unwrap();
+                t += w;
+                w.as_millis()
             })
             .collect();
         assert_eq!(
@@ -419,6 +428,7 @@ mod tests {
         assert!(!b.is_open(t + Duration::from_secs(31)));
         assert_eq!(b.state(t).state, "unreachable");
         assert_eq!(b.state(t).consecutive_failures, 10);
+        let t = Instant::now();
         b.succeeded();
         assert_eq!(b.state(t).state, "ok");
         assert!(!b.is_open(t));

@@ -69,7 +69,7 @@ impl Report {
 }
 
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     /// key → message id (Message-ID header) of acknowledged requests.
     acked: HashMap<String, (String, String)>,
     /// Keys sent at least once.
@@ -94,14 +94,18 @@ fn request(key: &str) -> pb::EnqueueRequest {
 
 /// One client: streams requests to whatever server is up, retrying each
 /// with its key until acknowledged.
-async fn client(
+pub(crate) async fn client(
     n: usize,
     url: Arc<Mutex<String>>,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
+    pace: Option<Duration>,
 ) {
     let mut seq = 0usize;
     while !stop.load(Ordering::Relaxed) {
+        if let Some(p) = pace {
+            tokio::time::sleep(p).await;
+        }
         seq += 1;
         let batch = seq % 5 == 0;
         let keys: Vec<String> = if batch {
@@ -157,7 +161,7 @@ async fn client(
 }
 
 /// The relay flaps until `stop`.
-async fn flap(peer: SmtpPeer, stop: Arc<AtomicBool>) {
+pub(crate) async fn flap(peer: SmtpPeer, stop: Arc<AtomicBool>) {
     let modes = [
         (Mode::Accept, 10),
         (Mode::Defer, 2),
@@ -221,7 +225,15 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
     let stop_flap = Arc::new(AtomicBool::new(false));
     let flapper = tokio::spawn(flap(peer.clone(), stop_flap.clone()));
     let clients: Vec<_> = (0..args.clients)
-        .map(|n| tokio::spawn(client(n, url.clone(), ledger.clone(), stop_clients.clone())))
+        .map(|n| {
+            tokio::spawn(client(
+                n,
+                url.clone(),
+                ledger.clone(),
+                stop_clients.clone(),
+                None,
+            ))
+        })
         .collect();
     let started = Instant::now();
     for cycle in 1..=args.cycles {
