@@ -24,7 +24,18 @@ impl ServerProcess {
         relay: &str,
         extra: &[&str],
     ) -> Result<ServerProcess, Error> {
-        let mut child = Command::new(exe)
+        Self::start_with(Command::new(exe), data_dir, relay, extra).await
+    }
+
+    /// As `start`, with a prepared command (a wrapper such as faketime, with
+    /// the mailspool binary as its last argument).
+    pub async fn start_with(
+        mut command: Command,
+        data_dir: &Path,
+        relay: &str,
+        extra: &[&str],
+    ) -> Result<ServerProcess, Error> {
+        let mut child = command
             .args([
                 "serve",
                 "--listen",

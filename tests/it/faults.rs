@@ -53,12 +53,7 @@ async fn throttling_slows_the_whole_relay_and_shows_in_stats() {
     let during = peer.refused() - before;
     assert!(during <= 8, "{during} attempts in 1 s while throttled");
     peer.set_mode(Mode::Accept);
-    assert!(
-        wait_until(Duration::from_secs(60), || async {
-            s.stats().await.delivered_total == 20
-        })
-        .await
-    );
+    s.wait_delivered(20).await;
     assert_eq!(s.stats().await.relay_state, "ok");
     s.shutdown().await;
 }

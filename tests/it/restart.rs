@@ -2,16 +2,14 @@
 //! clients stream acknowledged enqueues.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mailspool::child::ServerProcess;
 use mailspool::pb;
 use mailspool::pb::mail_queue_client::MailQueueClient;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::support::smtp::{Mode, SmtpPeer};
 use crate::support::*;
@@ -22,14 +20,7 @@ async fn graceful_restart_keeps_the_backlog_which_then_drains() {
     let dir = tempdir();
     let s = TestServer::start(config(dir.path(), Some(peer.url()))).await;
     let requests: Vec<_> = (0..300).map(|i| request(&format!("backlog {i}"))).collect();
-    let results = s
-        .queue
-        .clone()
-        .enqueue_batch(pb::EnqueueBatchRequest { requests })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = s.enqueue_batch(requests).await;
     let ids: HashSet<String> = results.iter().map(|r| r.message_id.clone()).collect();
     assert_eq!(ids.len(), 300);
     assert!(
@@ -66,70 +57,42 @@ async fn graceful_restart_keeps_the_backlog_which_then_drains() {
     s.shutdown().await;
 }
 
-/// Starts the real binary and returns it with the address it listens on.
-async fn spawn_server(dir: &std::path::Path, relay: &str) -> (Child, SocketAddr) {
+/// Starts the real binary, as a child process, on 127.0.0.1:0.
+async fn spawn_server(dir: &std::path::Path, relay: &str) -> ServerProcess {
     spawn_server_with(Command::new(binary()), dir, relay).await
 }
 
-async fn spawn_server_with(
-    mut command: Command,
-    dir: &std::path::Path,
-    relay: &str,
-) -> (Child, SocketAddr) {
-    let mut child = command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--relay",
-            relay,
-            "--relay-tls",
-            "none",
-        ])
-        .args([
-            "--retry-base-ms",
-            "50",
-            "--retry-cap-ms",
-            "200",
-            "--relay-max-connections",
-            "4",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn mailspool");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.strip_prefix("mailspool listening on ") {
-                return rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-        panic!("mailspool exited before listening");
-    })
+async fn spawn_server_with(command: Command, dir: &std::path::Path, relay: &str) -> ServerProcess {
+    let extra = [
+        "--retry-base-ms",
+        "50",
+        "--retry-cap-ms",
+        "200",
+        "--relay-max-connections",
+        "4",
+    ];
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        ServerProcess::start_with(command, dir, relay, &extra),
+    )
     .await
-    .expect("mailspool starts within 30 s");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    .expect("mailspool starts within 30 s")
+    .expect("mailspool starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_enqueueing_loses_no_acknowledged_message() {
     let peer = SmtpPeer::start(Mode::AcceptAfter(Duration::from_millis(2))).await;
     let dir = tempdir();
-    let (mut child, addr) = spawn_server(dir.path(), &peer.url()).await;
+    let server = spawn_server(dir.path(), &peer.url()).await;
+    let url = server.url.clone();
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for c in 0..8 {
-        let (acked, stop) = (acked.clone(), stop.clone());
+        let (acked, stop, url) = (acked.clone(), stop.clone(), url.clone());
         clients.push(tokio::spawn(async move {
-            let mut client = MailQueueClient::connect(format!("http://{addr}"))
-                .await
-                .unwrap();
+            let mut client = MailQueueClient::connect(url).await.unwrap();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
@@ -174,17 +137,15 @@ async fn sigkill_while_enqueueing_loses_no_acknowledged_message() {
         })
         .await
     );
-    child.start_kill().unwrap();
-    let status = child.wait().await.unwrap();
+    server.kill().await.expect("SIGKILL");
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
     }
-    assert!(!status.success(), "SIGKILL");
     let acked = acked.lock().unwrap().clone();
     let delivered_before_restart = peer.received_count();
 
-    let (mut child, _addr) = spawn_server(dir.path(), &peer.url()).await;
+    let server = spawn_server(dir.path(), &peer.url()).await;
     let all_delivered = wait_until(Duration::from_secs(60), || async {
         let got: HashSet<String> = peer.received().into_iter().map(|m| m.message_id).collect();
         acked.is_subset(&got)
@@ -210,18 +171,10 @@ async fn sigkill_while_enqueueing_loses_no_acknowledged_message() {
         "{missing} acknowledged messages were not delivered after the restart"
     );
     // SIGTERM: graceful stop, exit code 0.
-    nix_term(&child);
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    server
+        .stop()
         .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "SIGTERM should exit 0, got {status:?}");
-}
-
-fn nix_term(child: &Child) {
-    let pid = child.id().expect("running") as i32;
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        .expect("SIGTERM should stop the server with exit code 0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,20 +186,8 @@ async fn compact_keeps_every_message_and_status() {
     cfg.retry_cap_ms = 600_000;
     let s = TestServer::start(cfg).await;
     let requests = (0..1000).map(|i| request(&format!("churn {i}"))).collect();
-    let done = s
-        .queue
-        .clone()
-        .enqueue_batch(pb::EnqueueBatchRequest { requests })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            s.stats().await.delivered_total == 1000
-        })
-        .await
-    );
+    let done = s.enqueue_batch(requests).await;
+    s.wait_delivered(1000).await;
     peer.set_mode(Mode::Defer);
     let mut waiting = Vec::new();
     for i in 0..10 {
@@ -334,10 +275,9 @@ async fn a_clock_an_hour_behind_after_a_restart_does_not_stall_the_backlog() {
     // Messages in flight (the relay stalls) when the process dies...
     let peer = SmtpPeer::start(Mode::Stall).await;
     let dir = tempdir();
-    let (mut child, addr) = spawn_server(dir.path(), &peer.url()).await;
-    let mut client = MailQueueClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let server = spawn_server(dir.path(), &peer.url()).await;
+    let url = server.url.clone();
+    let mut client = MailQueueClient::connect(url.clone()).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
@@ -349,20 +289,19 @@ async fn a_clock_an_hour_behind_after_a_restart_does_not_stall_the_backlog() {
                 .message_id,
         );
     }
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    server.kill().await.unwrap();
     // ...are due at once after a restart whose wall clock is an hour behind.
     peer.set_mode(Mode::Accept);
     let mut cmd = Command::new(faketime);
     cmd.args(["-f", "-1h", binary()])
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    let (mut child, _) = spawn_server_with(cmd, dir.path(), &peer.url()).await;
+    let server = spawn_server_with(cmd, dir.path(), &peer.url()).await;
     let delivered = wait_until(Duration::from_secs(20), || async {
         let got: HashSet<String> = peer.received().into_iter().map(|m| m.message_id).collect();
         ids.iter().all(|id| got.contains(id))
     })
     .await;
-    let _ = child.start_kill();
+    let _ = server.kill().await;
     assert!(
         delivered,
         "the backlog stalled behind a clock that went back an hour"

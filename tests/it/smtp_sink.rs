@@ -92,20 +92,8 @@ async fn delivers_to_smtp_sink() {
     let (_sink, port) = start_sink(&bin, &dump, &[]).await;
     let s = TestServer::start(config(dir.path(), Some(format!("smtp://127.0.0.1:{port}")))).await;
     let requests = (0..200).map(|i| request(&format!("sink {i}"))).collect();
-    let results = s
-        .queue
-        .clone()
-        .enqueue_batch(pb::EnqueueBatchRequest { requests })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            s.stats().await.delivered_total == 200
-        })
-        .await
-    );
+    let results = s.enqueue_batch(requests).await;
+    s.wait_delivered(200).await;
     let mut want: Vec<String> = results.into_iter().map(|r| r.message_id).collect();
     want.sort();
     assert!(

@@ -85,6 +85,30 @@ impl TestServer {
             .map(|r| r.into_inner())
     }
 
+    /// EnqueueBatch that must succeed as a call; the per-item results.
+    pub async fn enqueue_batch(&self, requests: Vec<pb::EnqueueRequest>) -> Vec<pb::EnqueueResult> {
+        self.queue
+            .clone()
+            .enqueue_batch(pb::EnqueueBatchRequest { requests })
+            .await
+            .unwrap()
+            .into_inner()
+            .results
+    }
+
+    /// Waits until `delivered_total` reaches `n`.
+    pub async fn wait_delivered(&self, n: u64) {
+        let ok = wait_until(Duration::from_secs(60), || async {
+            self.stats().await.delivered_total >= n
+        })
+        .await;
+        assert!(
+            ok,
+            "{n} deliveries expected; stats {:?}",
+            self.stats().await
+        );
+    }
+
     pub async fn enqueue(
         &self,
         req: pb::EnqueueRequest,
