@@ -4,7 +4,8 @@
 //!
 //! The server runs with a 60 s delivered-status retention and idempotency
 //! window so that the spool reaches its steady state within the run (with
-//! the 1 h defaults it grows for an hour by design).
+//! the 1 h defaults it grows for an hour by design), and the relay flaps
+//! without 550s (dead letters are kept until purged, by design).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,7 +104,7 @@ pub async fn run(args: SoakArgs) -> Result<Vec<Sample>, Error> {
     let url = Arc::new(Mutex::new(server.url.clone()));
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let flapper = tokio::spawn(flap(peer.clone(), stop.clone()));
+    let flapper = tokio::spawn(flap(peer.clone(), stop.clone(), false));
     let clients: Vec<_> = (0..args.clients)
         .map(|n| {
             tokio::spawn(client(

@@ -160,13 +160,14 @@ pub(crate) async fn client(
     }
 }
 
-/// The relay flaps until `stop`.
-pub(crate) async fn flap(peer: SmtpPeer, stop: Arc<AtomicBool>) {
+/// The relay flaps until `stop`. Without `rejects`, it never answers 550
+/// (dead letters are kept by design, so a soak that makes them grows).
+pub(crate) async fn flap(peer: SmtpPeer, stop: Arc<AtomicBool>, rejects: bool) {
     let modes = [
         (Mode::Accept, 10),
         (Mode::Defer, 2),
         (Mode::Throttle, 1),
-        (Mode::Reject, 1),
+        (Mode::Reject, u32::from(rejects)),
         (Mode::Stall, 1),
         (Mode::Disconnect, 2),
     ];
@@ -223,7 +224,7 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let stop_clients = Arc::new(AtomicBool::new(false));
     let stop_flap = Arc::new(AtomicBool::new(false));
-    let flapper = tokio::spawn(flap(peer.clone(), stop_flap.clone()));
+    let flapper = tokio::spawn(flap(peer.clone(), stop_flap.clone(), true));
     let clients: Vec<_> = (0..args.clients)
         .map(|n| {
             tokio::spawn(client(
