@@ -8,5 +8,6 @@ mod corruption;
 mod delivery;
 mod faults;
 mod limits;
+mod power;
 mod restart;
 mod smtp_sink;
