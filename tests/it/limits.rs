@@ -108,7 +108,7 @@ async fn a_full_spool_refuses_bulk_first_and_accepts_again_once_it_drains() {
     s.shutdown().await;
 }
 
-/// A real small filesystem: a 48 MiB tmpfs. Needs root (mount); under
+/// A real small filesystem: a 32 MiB tmpfs. Needs root (mount); under
 /// CI=true a failed mount fails the test.
 struct Tmpfs(std::path::PathBuf);
 
@@ -143,12 +143,12 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nearly_full_disk_refuses_before_it_is_full_and_loses_nothing() {
     let dir = tempdir();
-    let Some(_fs) = Tmpfs::mount(dir.path(), 48) else {
+    let Some(_fs) = Tmpfs::mount(dir.path(), 32) else {
         return;
     };
     let peer = SmtpPeer::start(Mode::Defer).await;
     let mut cfg = config(dir.path(), Some(peer.url()));
-    cfg.min_free_bytes = 6 << 20;
+    cfg.min_free_bytes = 4 << 20;
     cfg.segment_bytes = 4 << 20;
     cfg.cache_capacity_bytes = 4 << 20;
     cfg.retry_base_ms = 100;
@@ -192,7 +192,7 @@ async fn a_nearly_full_disk_refuses_before_it_is_full_and_loses_nothing() {
     );
     let st = s.stats().await;
     assert!(
-        st.disk_free_bytes > 0 && st.disk_free_bytes < 8 << 20,
+        st.disk_free_bytes > 0 && st.disk_free_bytes < 6 << 20,
         "refused before the disk was full: {}",
         st.disk_free_bytes
     );
@@ -200,7 +200,9 @@ async fn a_nearly_full_disk_refuses_before_it_is_full_and_loses_nothing() {
     // The relay comes back: everything acknowledged is delivered, and the
     // spool accepts again as space frees.
     peer.set_mode(Mode::Accept);
-    let all = wait_until(Duration::from_secs(60), || async {
+    // Generous deadline: 64 KiB messages through the scripted peer in a
+    // debug build, on a busy CI machine.
+    let all = wait_until(Duration::from_secs(180), || async {
         let got: std::collections::HashSet<String> =
             peer.received().into_iter().map(|m| m.message_id).collect();
         acked.iter().all(|id| got.contains(id))
@@ -208,7 +210,7 @@ async fn a_nearly_full_disk_refuses_before_it_is_full_and_loses_nothing() {
     .await;
     assert!(all, "acknowledged messages were lost on a full disk");
     assert!(
-        wait_until(Duration::from_secs(30), || async {
+        wait_until(Duration::from_secs(60), || async {
             s.enqueue(big(pb::Lane::Bulk, 9999)).await.is_ok()
         })
         .await,

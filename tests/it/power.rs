@@ -8,8 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mailspool::child::ServerProcess;
-use mailspool::pb;
-use mailspool::pb::mail_queue_client::MailQueueClient;
 
 use crate::support::lazyfs;
 use crate::support::smtp::{Mode, SmtpPeer};
@@ -51,39 +49,16 @@ async fn power_cuts_during_enqueue_and_delivery_lose_nothing_acknowledged() {
             .await
             .expect("server starts on LazyFs");
         let stop = Arc::new(AtomicBool::new(false));
-        let mut clients = Vec::new();
-        for c in 0..4 {
-            let (url, acked, stop) = (server.url.clone(), acked.clone(), stop.clone());
-            clients.push(tokio::spawn(async move {
-                let mut client = MailQueueClient::connect(url).await.unwrap();
-                let mut n = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let subject = format!("p{cycle}-{c}-{n}");
-                    let done: Vec<String> = if n % 3 == 0 {
-                        let requests = (0..5).map(|i| request(&format!("{subject}-{i}"))).collect();
-                        match client
-                            .enqueue_batch(pb::EnqueueBatchRequest { requests })
-                            .await
-                        {
-                            Ok(r) => r
-                                .into_inner()
-                                .results
-                                .into_iter()
-                                .map(|r| r.message_id)
-                                .collect(),
-                            Err(_) => break,
-                        }
-                    } else {
-                        match client.enqueue(request(&subject)).await {
-                            Ok(r) => vec![r.into_inner().message_id],
-                            Err(_) => break,
-                        }
-                    };
-                    acked.lock().unwrap().extend(done);
-                }
-            }));
-        }
+        let clients: Vec<_> = (0..4)
+            .map(|c| {
+                stream_enqueues(
+                    server.url.clone(),
+                    format!("p{cycle}-{c}"),
+                    acked.clone(),
+                    stop.clone(),
+                )
+            })
+            .collect();
         tokio::time::sleep(Duration::from_millis(400 + 150 * cycle)).await;
         // The power cut: the process dies and every unsynced byte with it.
         server.kill().await.unwrap();

@@ -88,48 +88,9 @@ async fn sigkill_while_enqueueing_loses_no_acknowledged_message() {
     let url = server.url.clone();
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..8 {
-        let (acked, stop, url) = (acked.clone(), stop.clone(), url.clone());
-        clients.push(tokio::spawn(async move {
-            let mut client = MailQueueClient::connect(url).await.unwrap();
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let ok: Vec<String> = if n % 4 == 0 {
-                    let requests = (0..10)
-                        .map(|i| {
-                            with_key(request(&format!("c{c}-{n}-{i}")), &format!("c{c}-{n}-{i}"))
-                        })
-                        .collect();
-                    match client
-                        .enqueue_batch(pb::EnqueueBatchRequest { requests })
-                        .await
-                    {
-                        Ok(r) => r
-                            .into_inner()
-                            .results
-                            .into_iter()
-                            .map(|r| r.message_id)
-                            .collect(),
-                        Err(_) => break,
-                    }
-                } else {
-                    match client
-                        .enqueue(with_key(
-                            request(&format!("c{c}-{n}")),
-                            &format!("c{c}-{n}"),
-                        ))
-                        .await
-                    {
-                        Ok(r) => vec![r.into_inner().message_id],
-                        Err(_) => break,
-                    }
-                };
-                acked.lock().unwrap().extend(ok);
-            }
-        }));
-    }
+    let clients: Vec<_> = (0..8)
+        .map(|c| stream_enqueues(url.clone(), format!("c{c}"), acked.clone(), stop.clone()))
+        .collect();
     // Kill once a good number of enqueues were acknowledged (and some delivered).
     assert!(
         wait_until(Duration::from_secs(30), || async {

@@ -206,3 +206,50 @@ pub fn outbox_files(data_dir: &Path) -> Vec<PathBuf> {
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_mailspool")
 }
+
+/// Acknowledged Message-IDs, shared between streaming clients and the test.
+pub type Acked = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// A client that streams unary enqueues and, every third call, a batch of
+/// five, each with an idempotency key made from `tag`, recording what is
+/// acknowledged, until `stop` or the first error (the server died).
+pub fn stream_enqueues(
+    url: String,
+    tag: String,
+    acked: Acked,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut client) = MailQueueClient::connect(url).await else {
+            return;
+        };
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let key = format!("{tag}-{n}");
+            let done: Vec<String> = if n % 3 == 0 {
+                let requests = (0..5)
+                    .map(|i| with_key(request(&format!("{key}-{i}")), &format!("{key}-{i}")))
+                    .collect();
+                match client
+                    .enqueue_batch(pb::EnqueueBatchRequest { requests })
+                    .await
+                {
+                    Ok(r) => r
+                        .into_inner()
+                        .results
+                        .into_iter()
+                        .map(|r| r.message_id)
+                        .collect(),
+                    Err(_) => return,
+                }
+            } else {
+                match client.enqueue(with_key(request(&key), &key)).await {
+                    Ok(r) => vec![r.into_inner().message_id],
+                    Err(_) => return,
+                }
+            };
+            acked.lock().unwrap().extend(done);
+        }
+    })
+}
