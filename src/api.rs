@@ -31,6 +31,9 @@ pub struct Api {
     pub spool_limits: SpoolLimits,
     /// Free bytes on the spool's filesystem, sampled by the server.
     pub disk_free: Arc<AtomicU64>,
+    /// Bytes admitted since that sample (reset by the sampler), so that a
+    /// burst between two samples cannot run the disk full.
+    pub admitted_since_sample: Arc<AtomicU64>,
     /// Enqueue requests refused for space.
     pub refused: Arc<AtomicU64>,
     pub relay: Arc<crate::relay::Relay>,
@@ -122,7 +125,10 @@ impl Api {
         let c = self.store.counters();
         Usage {
             spool_bytes: c.spool_bytes(),
-            disk_free_bytes: self.disk_free.load(Ordering::Relaxed),
+            disk_free_bytes: self
+                .disk_free
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.admitted_since_sample.load(Ordering::Relaxed)),
             delivery_rate_per_second: self.rates.per_second().1,
             bytes_per_message: c.queued_bytes as f64 / c.queued_total().max(1) as f64,
         }
@@ -137,6 +143,9 @@ impl Api {
         match admit(m.lane, &after, &self.spool_limits) {
             Ok(()) => {
                 *usage = after;
+                // Bytes written for it (body, index, logs): about twice its size.
+                self.admitted_since_sample
+                    .fetch_add(2 * bytes, Ordering::Relaxed);
                 Ok(())
             }
             Err(r) => {

@@ -16,6 +16,9 @@ use crate::retry::{decide, RetryPolicy, SendResult};
 use crate::scheduler::Scheduler;
 use crate::stats::Rates;
 
+/// Messages per recorded group of outcomes within a lease.
+const ACK_CHUNK: usize = 8;
+
 /// One worker's loop; returns when `stop` turns true and no lease is held.
 pub async fn run_worker(
     scheduler: Arc<Scheduler>,
@@ -25,26 +28,39 @@ pub async fn run_worker(
     stop: watch::Receiver<bool>,
 ) {
     while let Some(lease) = scheduler.next_lease(&stop).await {
-        let results = relay.send_all(&lease.messages).await;
-        let now = now_ms();
-        let mut delivered = 0;
-        let outcomes: Vec<_> = lease
-            .messages
-            .iter()
-            .zip(results)
-            .map(|(m, result)| {
-                log_result(m.id, &result);
-                let outcome = decide(result, &m.record, &policy, now, rand::rng().random::<f64>());
-                if outcome == Outcome::Ack {
-                    delivered += 1;
+        let mut stopped: Option<String> = None;
+        // Outcomes are recorded every ACK_CHUNK messages, not at the end of
+        // the lease: a crash then re-sends at most a chunk per worker.
+        for chunk in lease.messages.chunks(ACK_CHUNK) {
+            let results = match &stopped {
+                Some(why) => vec![SendResult::Transient(why.clone()); chunk.len()],
+                None => relay.send_all(chunk, lease.deadline).await,
+            };
+            if let Some(SendResult::Transient(e)) = results.last() {
+                if e.starts_with("not attempted") {
+                    stopped = Some(e.clone());
                 }
-                (m.id, outcome)
-            })
-            .collect();
-        if let Err(e) = scheduler.complete(&lease, outcomes).await {
-            tracing::error!(error = %e, "could not record delivery outcomes; the messages will be sent again");
-        } else {
-            rates.delivered(delivered);
+            }
+            let now = now_ms();
+            let mut delivered = 0;
+            let outcomes: Vec<_> = chunk
+                .iter()
+                .zip(results)
+                .map(|(m, result)| {
+                    log_result(m.id, &result);
+                    let outcome =
+                        decide(result, &m.record, &policy, now, rand::rng().random::<f64>());
+                    if outcome == Outcome::Ack {
+                        delivered += 1;
+                    }
+                    (m.id, outcome)
+                })
+                .collect();
+            if let Err(e) = scheduler.complete(&lease, outcomes).await {
+                tracing::error!(error = %e, "could not record delivery outcomes; the messages will be sent again");
+            } else {
+                rates.delivered(delivered);
+            }
         }
     }
 }

@@ -39,10 +39,12 @@ impl Relay {
         }
     }
 
-    /// Sends each message in turn; one result per message.
-    pub async fn send_all(&self, messages: &[Leased]) -> Vec<SendResult> {
+    /// Sends each message in turn; one result per message. Stops early
+    /// (the rest "not attempted") once `deadline`, the end of the lease,
+    /// has passed: those messages may already be leased to another worker.
+    pub async fn send_all(&self, messages: &[Leased], deadline: Instant) -> Vec<SendResult> {
         match self {
-            Relay::Smtp(s) => s.send_all(messages).await,
+            Relay::Smtp(s) => s.send_all(messages, deadline).await,
             Relay::Outbox(o) => o.send_all(messages).await,
         }
     }
@@ -219,7 +221,7 @@ impl SmtpRelay {
         }
     }
 
-    async fn send_all(&self, messages: &[Leased]) -> Vec<SendResult> {
+    async fn send_all(&self, messages: &[Leased], deadline: Instant) -> Vec<SendResult> {
         let Ok(_permit) = self.permits.acquire().await else {
             return vec![SendResult::Transient("relay pool closed".into()); messages.len()];
         };
@@ -230,6 +232,14 @@ impl SmtpRelay {
         let mut conn: Option<AsyncSmtpConnection> = self.take_idle().await;
         let mut out = Vec::with_capacity(messages.len());
         for r in messages {
+            if Instant::now() >= deadline {
+                let rest = messages.len() - out.len();
+                out.extend(std::iter::repeat_n(
+                    SendResult::Transient("not attempted: the lease ended".into()),
+                    rest,
+                ));
+                break;
+            }
             let env = match envelope(&r.record) {
                 Ok(e) => e,
                 Err(e) => {
@@ -269,8 +279,14 @@ impl SmtpRelay {
                     .failed(Instant::now(), "throttled"),
                 _ => {}
             }
-            let throttled = match &result {
-                SendResult::Throttled(reply) => Some(reply.clone()),
+            // A throttling reply or a timeout: the relay is unwell, so the
+            // rest of this lease waits for the next one instead of each
+            // message waiting out its own timeout.
+            let stop_reason = match &result {
+                SendResult::Throttled(reply) => Some(format!("the relay is throttling ({reply})")),
+                SendResult::Transient(e) if e.starts_with("timed out") => {
+                    Some(format!("the relay {e}"))
+                }
                 _ => None,
             };
             if !c.has_broken() && result == SendResult::Accepted {
@@ -279,13 +295,10 @@ impl SmtpRelay {
                 close(c).await;
             }
             out.push(result);
-            if let Some(reply) = throttled {
-                // Slow down: the rest of this lease waits for the next one.
+            if let Some(why) = stop_reason {
                 let rest = messages.len() - out.len();
                 out.extend(std::iter::repeat_n(
-                    SendResult::Transient(format!(
-                        "not attempted: the relay is throttling ({reply})"
-                    )),
+                    SendResult::Transient(format!("not attempted: {why}")),
                     rest,
                 ));
                 break;

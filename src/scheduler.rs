@@ -141,12 +141,14 @@ impl Scheduler {
         self.work.notify_waiters();
     }
 
-    /// Ends a lease with one outcome per message.
+    /// Ends the lease of the messages given, one outcome each (a lease may
+    /// be completed in several parts).
     pub async fn complete(
         &self,
         lease: &Lease,
         outcomes: Vec<(MessageId, Outcome)>,
     ) -> Result<(), StoreError> {
+        let ids: Vec<MessageId> = outcomes.iter().map(|(id, _)| *id).collect();
         let outcomes: Vec<_> = {
             let table = self.table.lock().expect("lease table");
             outcomes
@@ -161,12 +163,13 @@ impl Scheduler {
                 .collect()
         };
         let result = self.store.complete(outcomes).await;
-        // Whatever happened on disk, this lease is over: its messages are
-        // either gone, rescheduled, or (on error) still due.
+        // Whatever happened on disk, these messages' lease is over: they
+        // are gone, rescheduled, or (on error) still due. A lease may be
+        // completed in parts; the rest stays leased.
         let mut table = self.table.lock().expect("lease table");
-        for m in &lease.messages {
-            if table.leased.get(&m.id).map(|(t, _)| *t) == Some(lease.token) {
-                table.leased.remove(&m.id);
+        for id in &ids {
+            if table.leased.get(id).map(|(t, _)| *t) == Some(lease.token) {
+                table.leased.remove(id);
             }
         }
         drop(table);

@@ -94,6 +94,7 @@ impl Server {
         let rates = Arc::new(Rates::default());
         let closing = Arc::new(AtomicBool::new(false));
         let disk_free = Arc::new(AtomicU64::new(disk_free_bytes(&config.data_dir)));
+        let admitted_since_sample = Arc::new(AtomicU64::new(0));
         let api = Api {
             store: store.clone(),
             scheduler: scheduler.clone(),
@@ -109,6 +110,7 @@ impl Server {
                 min_free_bytes: config.min_free_bytes,
             },
             disk_free: disk_free.clone(),
+            admitted_since_sample: admitted_since_sample.clone(),
             refused: Arc::new(AtomicU64::new(0)),
             relay: relay.clone(),
         };
@@ -140,6 +142,7 @@ impl Server {
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                            admitted_since_sample.store(0, Ordering::Relaxed);
                             disk_free.store(disk_free_bytes(&dir), Ordering::Relaxed);
                         }
                         _ = stop.changed() => return,
