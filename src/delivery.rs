@@ -33,13 +33,11 @@ pub async fn run_worker(
         // the lease: a crash then re-sends at most a chunk per worker.
         for chunk in lease.messages.chunks(ACK_CHUNK) {
             let results = match &stopped {
-                Some(why) => vec![SendResult::Transient(why.clone()); chunk.len()],
+                Some(why) => vec![SendResult::NotAttempted(why.clone()); chunk.len()],
                 None => relay.send_all(chunk, lease.deadline).await,
             };
-            if let Some(SendResult::Transient(e)) = results.last() {
-                if e.starts_with("not attempted") {
-                    stopped = Some(e.clone());
-                }
+            if let Some(SendResult::NotAttempted(why)) = results.last() {
+                stopped = Some(why.clone());
             }
             let now = now_ms();
             let mut delivered = 0;
@@ -71,5 +69,6 @@ fn log_result(id: crate::model::MessageId, result: &SendResult) {
         SendResult::Permanent(reply) => tracing::warn!(%id, %reply, "MessageRejected"),
         SendResult::Transient(error) => tracing::debug!(%id, %error, "MessageDeferred"),
         SendResult::Throttled(reply) => tracing::info!(%id, %reply, "RelayThrottled"),
+        SendResult::NotAttempted(why) => tracing::debug!(%id, %why, "MessagePostponed"),
     }
 }

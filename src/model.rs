@@ -212,4 +212,6 @@ pub enum Outcome {
     Retry { due_ms: u64, error: String },
     /// Permanent failure, too old or too many attempts.
     Dead { reason: String },
+    /// Not attempted: due again at `due_ms`, no attempt counted.
+    Postpone { due_ms: u64, error: String },
 }

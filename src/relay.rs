@@ -138,6 +138,8 @@ pub struct Breaker {
     until: Option<Instant>,
     /// Why it opened last: "unreachable" or "throttled".
     reason: &'static str,
+    /// After a backoff, one worker probes the relay while the others wait.
+    probing: bool,
 }
 
 /// The relay as QueueStats shows it.
@@ -161,9 +163,30 @@ impl Breaker {
             .filter(|d| !d.is_zero())
     }
 
+    /// Whether the caller may use the relay now: None = go (after a backoff
+    /// the first caller becomes the probe), Some(wait) = check back then.
+    pub fn acquire(&mut self, now: Instant) -> Option<Duration> {
+        if let Some(wait) = self.wait(now) {
+            return Some(wait);
+        }
+        if self.failures > 0 {
+            if self.probing {
+                return Some(Self::BASE);
+            }
+            self.probing = true;
+        }
+        None
+    }
+
+    /// A probe that ended without telling us anything (nothing was sent).
+    pub fn end_probe(&mut self) {
+        self.probing = false;
+    }
+
     pub fn failed(&mut self, now: Instant, reason: &'static str) {
         self.reason = reason;
-        if self.is_open(now) {
+        let was_probe = std::mem::take(&mut self.probing);
+        if self.is_open(now) && !was_probe {
             // Other workers' attempts that began before the pool backed off:
             // one outage, not many.
             return;
@@ -183,6 +206,7 @@ impl Breaker {
     pub fn succeeded(&mut self) {
         self.failures = 0;
         self.until = None;
+        self.probing = false;
     }
 
     pub fn is_open(&self, now: Instant) -> bool {
@@ -225,17 +249,28 @@ impl SmtpRelay {
         let Ok(_permit) = self.permits.acquire().await else {
             return vec![SendResult::Transient("relay pool closed".into()); messages.len()];
         };
-        let wait = self.breaker.lock().expect("breaker").wait(Instant::now());
-        if let Some(wait) = wait {
-            tokio::time::sleep(wait).await;
-        }
+        // Back off with the whole pool; after a backoff one worker probes.
+        let probe = loop {
+            let (wait, probe) = {
+                let mut b = self.breaker.lock().expect("breaker");
+                (b.acquire(Instant::now()), b.failures > 0)
+            };
+            match wait {
+                Some(w) if Instant::now() + w < deadline => tokio::time::sleep(w).await,
+                Some(_) => {
+                    let why = "the relay is backing off beyond this lease";
+                    return vec![SendResult::NotAttempted(why.into()); messages.len()];
+                }
+                None => break probe,
+            }
+        };
         let mut conn: Option<AsyncSmtpConnection> = self.take_idle().await;
         let mut out = Vec::with_capacity(messages.len());
         for r in messages {
             if Instant::now() >= deadline {
                 let rest = messages.len() - out.len();
                 out.extend(std::iter::repeat_n(
-                    SendResult::Transient("not attempted: the lease ended".into()),
+                    SendResult::NotAttempted("the lease ended".into()),
                     rest,
                 ));
                 break;
@@ -258,7 +293,10 @@ impl SmtpRelay {
                             .lock()
                             .expect("breaker")
                             .failed(Instant::now(), "unreachable");
-                        out.resize(messages.len(), SendResult::Transient(e));
+                        let rest =
+                            SendResult::NotAttempted(format!("the relay is unreachable ({e})"));
+                        out.push(SendResult::Transient(e));
+                        out.resize(messages.len(), rest);
                         return out;
                     }
                 },
@@ -270,14 +308,16 @@ impl SmtpRelay {
                 Ok(Ok(_)) => SendResult::Accepted,
                 Ok(Err(e)) => smtp_error(&e),
             };
-            match &result {
-                SendResult::Accepted => self.breaker.lock().expect("breaker").succeeded(),
-                SendResult::Throttled(_) => self
-                    .breaker
-                    .lock()
-                    .expect("breaker")
-                    .failed(Instant::now(), "throttled"),
-                _ => {}
+            {
+                let mut breaker = self.breaker.lock().expect("breaker");
+                match &result {
+                    SendResult::Throttled(_) => breaker.failed(Instant::now(), "throttled"),
+                    SendResult::Transient(e) if e.starts_with("timed out") => {
+                        breaker.failed(Instant::now(), "unreachable")
+                    }
+                    // The relay answered: it is up, whatever it thought of this message.
+                    _ => breaker.succeeded(),
+                }
             }
             // A throttling reply or a timeout: the relay is unwell, so the
             // rest of this lease waits for the next one instead of each
@@ -297,12 +337,12 @@ impl SmtpRelay {
             out.push(result);
             if let Some(why) = stop_reason {
                 let rest = messages.len() - out.len();
-                out.extend(std::iter::repeat_n(
-                    SendResult::Transient(format!("not attempted: {why}")),
-                    rest,
-                ));
+                out.extend(std::iter::repeat_n(SendResult::NotAttempted(why), rest));
                 break;
             }
+        }
+        if probe {
+            self.breaker.lock().expect("breaker").end_probe();
         }
         if let Some(c) = conn {
             self.idle
@@ -445,5 +485,33 @@ mod tests {
         b.succeeded();
         assert_eq!(b.state(t).state, "ok");
         assert!(!b.is_open(t));
+    }
+
+    #[test]
+    fn after_a_backoff_one_caller_probes_and_the_others_wait() {
+        let mut b = Breaker::default();
+        let t = Instant::now();
+        assert_eq!(b.acquire(t), None, "healthy: everyone goes");
+        assert_eq!(b.acquire(t), None);
+        b.failed(t, "unreachable");
+        assert!(b.acquire(t).is_some(), "backing off");
+        let later = t + Duration::from_millis(150);
+        assert_eq!(b.acquire(later), None, "the first caller probes");
+        assert_eq!(
+            b.acquire(later),
+            Some(Breaker::BASE),
+            "the others wait for the probe"
+        );
+        b.failed(later, "unreachable");
+        assert_eq!(
+            b.state(later).consecutive_failures,
+            2,
+            "a failed probe escalates"
+        );
+        let much_later = later + Duration::from_secs(1);
+        assert_eq!(b.acquire(much_later), None);
+        b.succeeded();
+        assert_eq!(b.acquire(much_later), None);
+        assert_eq!(b.acquire(much_later), None, "healthy again: no probing");
     }
 }

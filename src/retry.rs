@@ -20,7 +20,13 @@ pub enum SendResult {
     Transient(String),
     /// 421, 451 or 454: the relay asks everyone to slow down.
     Throttled(String),
+    /// Never sent (the relay was unreachable or backing off, or the lease
+    /// ended first): not an attempt; tried again soon.
+    NotAttempted(String),
 }
+
+/// When a message that was not attempted is due again.
+pub const NOT_ATTEMPTED_DELAY: Duration = Duration::from_secs(1);
 
 /// Classifies an SMTP reply code.
 pub fn classify(code: u16, text: &str) -> SendResult {
@@ -70,6 +76,12 @@ pub fn decide(
         SendResult::Accepted => return Outcome::Ack,
         SendResult::Permanent(reply) => return Outcome::Dead { reason: reply },
         SendResult::Transient(e) | SendResult::Throttled(e) => e,
+        SendResult::NotAttempted(why) => {
+            return Outcome::Postpone {
+                due_ms: now_ms + NOT_ATTEMPTED_DELAY.as_millis() as u64,
+                error: format!("not attempted: {why}"),
+            }
+        }
     };
     let attempts = record.attempts + 1;
     if attempts >= policy.max_attempts {
@@ -153,6 +165,7 @@ mod tests {
                 SendResult::Throttled(_) => "throttled",
                 SendResult::Transient(_) => "transient",
                 SendResult::Permanent(_) => "permanent",
+                SendResult::NotAttempted(_) => "not attempted",
             };
             assert_eq!(got, want, "{code}");
         }
@@ -173,6 +186,20 @@ mod tests {
             decide(SendResult::Transient("451".into()), &record(0, now), &P, now, 1.0),
             Outcome::Retry { due_ms, .. } if due_ms == now + 30_000
         ));
+        // not attempted: no attempt counted, due again soon
+        assert_eq!(
+            decide(
+                SendResult::NotAttempted("the lease ended".into()),
+                &record(19, now),
+                &P,
+                now,
+                0.5
+            ),
+            Outcome::Postpone {
+                due_ms: now + 1000,
+                error: "not attempted: the lease ended".into()
+            }
+        );
         // the 20th failed attempt is the last
         assert!(matches!(
             decide(

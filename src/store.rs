@@ -941,8 +941,18 @@ impl Committer {
         let lane = record.lane.index();
         g.batch.remove(&key::due(record.lane, record.due_ms, id));
         g.due_remove(record.due_ms);
-        record.attempts += 1;
+        if !matches!(outcome, Outcome::Postpone { .. }) {
+            record.attempts += 1;
+        }
         match outcome {
+            Outcome::Postpone { due_ms, error } => {
+                record.due_ms = due_ms;
+                record.last_error = error;
+                g.batch.insert(&key::due(record.lane, due_ms, id), &[]);
+                g.due_add(due_ms);
+                g.batch.insert(&key::message(id), codec::encode(&record));
+                g.overlay.insert(id, Some(record));
+            }
             Outcome::Ack => {
                 g.batch.remove(&key::message(id));
                 g.segment(record.body.segment, -1);

@@ -25,7 +25,7 @@ async fn graceful_restart_keeps_the_backlog_which_then_drains() {
     assert_eq!(ids.len(), 300);
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            s.stats().await.retried_total >= 10
+            s.stats().await.retried_total >= 1
         })
         .await
     );
@@ -36,7 +36,7 @@ async fn graceful_restart_keeps_the_backlog_which_then_drains() {
         (300, 300),
         "backlog and counters survive"
     );
-    assert!(st.retried_total >= 10);
+    assert!(st.retried_total >= 1, "the retry count survives the restart");
     peer.set_mode(Mode::Accept);
     assert!(
         wait_until(Duration::from_secs(30), || async {
@@ -159,9 +159,11 @@ async fn compact_keeps_every_message_and_status() {
                 .id,
         );
     }
+    // The first is deferred (an attempt); the relay backs off, so the
+    // others wait without attempts.
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            s.stats().await.retried_total >= 10
+            s.get(&waiting[0]).await.unwrap().attempts >= 1
         })
         .await
     );
