@@ -436,6 +436,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     let served = started.elapsed();
     let total = total + 1;
     let mut first_delivery = None;
+    let mut ninety_nine = None;
     let progress = bar(total as usize, "drain");
     let drain = loop {
         let s = stats(&s2.url).await?;
@@ -443,6 +444,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
             first_delivery = Some(started.elapsed());
         }
         progress.set_position(s.delivered_total + s.dead_total);
+        if ninety_nine.is_none() && s.delivered_total + s.dead_total >= total * 99 / 100 {
+            ninety_nine = Some(started.elapsed());
+        }
         if s.queued == 0 {
             break started.elapsed();
         }
@@ -468,11 +472,12 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     );
     row(
         &mut rows,
-        "drain to smtp-sink after the restart (end to end)".into(),
+        "drain to smtp-sink after the restart (end to end): 99% / all".into(),
         format!(
-            "{total} in {:.1} s = {:.0} msg/s",
-            drain.as_secs_f64(),
-            total as f64 / drain.as_secs_f64()
+            "{:.0} msg/s to 99% ({:.1} s); all {total} in {:.1} s (the last wait out the retries of the few messages tried while the relay was down)",
+            total as f64 * 0.99 / ninety_nine.unwrap_or(drain).as_secs_f64(),
+            ninety_nine.unwrap_or(drain).as_secs_f64(),
+            drain.as_secs_f64()
         ),
     );
     // What the drained spool keeps, then what compaction gives back.

@@ -36,7 +36,10 @@ async fn graceful_restart_keeps_the_backlog_which_then_drains() {
         (300, 300),
         "backlog and counters survive"
     );
-    assert!(st.retried_total >= 1, "the retry count survives the restart");
+    assert!(
+        st.retried_total >= 1,
+        "the retry count survives the restart"
+    );
     peer.set_mode(Mode::Accept);
     assert!(
         wait_until(Duration::from_secs(30), || async {
