@@ -41,6 +41,8 @@ async fn power_cuts_during_enqueue_and_delivery_lose_nothing_acknowledged() {
         "200",
         "--relay-max-connections",
         "4",
+        "--min-free-bytes",
+        "1048576",
     ];
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut lost_files = 0;

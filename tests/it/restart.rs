@@ -73,6 +73,8 @@ async fn spawn_server_with(command: Command, dir: &std::path::Path, relay: &str)
         "200",
         "--relay-max-connections",
         "4",
+        "--min-free-bytes",
+        "1048576",
     ];
     tokio::time::timeout(
         Duration::from_secs(30),
