@@ -34,16 +34,7 @@ async fn power_cuts_during_enqueue_and_delivery_lose_nothing_acknowledged() {
     let mnt = tempdir();
     let fs = lazyfs::mount(mnt.path()).expect("mount LazyFs");
     let peer = SmtpPeer::start(Mode::AcceptAfter(Duration::from_millis(1))).await;
-    let extra = [
-        "--retry-base-ms",
-        "50",
-        "--retry-cap-ms",
-        "200",
-        "--relay-max-connections",
-        "4",
-        "--min-free-bytes",
-        "1048576",
-    ];
+    let extra = SERVER_ARGS;
     let acked: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut lost_files = 0;
     for cycle in 0..5 {

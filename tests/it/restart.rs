@@ -66,16 +66,7 @@ async fn spawn_server(dir: &std::path::Path, relay: &str) -> ServerProcess {
 }
 
 async fn spawn_server_with(command: Command, dir: &std::path::Path, relay: &str) -> ServerProcess {
-    let extra = [
-        "--retry-base-ms",
-        "50",
-        "--retry-cap-ms",
-        "200",
-        "--relay-max-connections",
-        "4",
-        "--min-free-bytes",
-        "1048576",
-    ];
+    let extra = SERVER_ARGS;
     tokio::time::timeout(
         Duration::from_secs(30),
         ServerProcess::start_with(command, dir, relay, &extra),

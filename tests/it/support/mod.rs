@@ -34,6 +34,18 @@ pub fn config(dir: &Path, relay: Option<String>) -> Config {
     }
 }
 
+/// The flags of `config()` for a server started as a child process.
+pub const SERVER_ARGS: [&str; 8] = [
+    "--retry-base-ms",
+    "50",
+    "--retry-cap-ms",
+    "200",
+    "--relay-max-connections",
+    "4",
+    "--min-free-bytes",
+    "1048576",
+];
+
 pub struct TestServer {
     pub handle: Option<ServerHandle>,
     pub queue: MailQueueClient<Channel>,
