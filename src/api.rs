@@ -348,6 +348,70 @@ impl pb::queue_admin_server::QueueAdmin for Api {
             relay_state: relay.state.to_string(),
             relay_consecutive_failures: relay.consecutive_failures,
             relay_backoff_remaining_ms: relay.backoff_remaining_ms,
+            ..Default::default()
         }))
+    }
+    async fn list_messages(
+        &self,
+        _r: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    async fn show_message(
+        &self,
+        _r: Request<pb::ShowMessageRequest>,
+    ) -> Result<Response<pb::ShowMessageResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    async fn retry_now(
+        &self,
+        _r: Request<pb::RetryNowRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    async fn cancel(
+        &self,
+        _r: Request<pb::CancelRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    async fn requeue_dead(
+        &self,
+        _r: Request<pb::RequeueDeadRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    async fn purge_dead(
+        &self,
+        _r: Request<pb::PurgeDeadRequest>,
+    ) -> Result<Response<pb::OperationResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    async fn pause_delivery(
+        &self,
+        _r: Request<pb::PauseDeliveryRequest>,
+    ) -> Result<Response<pb::DeliveryStateResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    async fn resume_delivery(
+        &self,
+        _r: Request<pb::ResumeDeliveryRequest>,
+    ) -> Result<Response<pb::DeliveryStateResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    async fn top_domains(
+        &self,
+        _r: Request<pb::TopDomainsRequest>,
+    ) -> Result<Response<pb::TopDomainsResponse>, Status> {
+        Err(Status::unimplemented("soon"))
+    }
+    type TransferStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::TransferProgress, Status>> + Send>,
+    >;
+    async fn transfer(
+        &self,
+        _r: Request<pb::TransferRequest>,
+    ) -> Result<Response<Self::TransferStream>, Status> {
+        Err(Status::unimplemented("soon"))
     }
 }

@@ -305,6 +305,7 @@ pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
             lane: lane as i32,
             idempotency_key: a.idempotency_key,
             not_before_unix_ms: 0,
+            raw: None,
         })
         .await
         .map_err(status_error)?

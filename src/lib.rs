@@ -44,6 +44,10 @@ pub mod torture;
 /// Generated protobuf and gRPC types for `mailspool.v1`.
 pub mod pb {
     tonic::include_proto!("mailspool.v1");
+
+    /// The encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("mailspool_descriptor");
 }
 
 pub use config::Config;

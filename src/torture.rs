@@ -89,6 +89,7 @@ fn request(key: &str) -> pb::EnqueueRequest {
         lane: [pb::Lane::Transactional, pb::Lane::Normal, pb::Lane::Bulk][key.len() % 3] as i32,
         idempotency_key: key.to_string(),
         not_before_unix_ms: 0,
+        raw: None,
     }
 }
 
