@@ -15,7 +15,7 @@ use crate::message::{self, EmailInput, InvalidField, Limits};
 use crate::model::{now_ms, Lane, MessageId, NewMessage};
 use crate::pb;
 use crate::scheduler::Scheduler;
-use crate::stats::{queue_stats, Rates};
+use crate::stats::Rates;
 use crate::store::{Status as SpoolStatus, Store, StoreError};
 
 /// Everything the handlers need. Cloning is cheap.
@@ -37,6 +37,11 @@ pub struct Api {
     /// Enqueue requests refused for space.
     pub refused: Arc<AtomicU64>,
     pub relay: Arc<crate::relay::Relay>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub congestion: Arc<crate::congestion::Tracker>,
+    pub thresholds: crate::congestion::Thresholds,
+    /// One Transfer at a time.
+    pub transfer_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn exhausted(r: &Refusal) -> Status {
@@ -51,7 +56,7 @@ fn invalid(e: InvalidField) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-fn store_status(e: StoreError) -> Status {
+pub(crate) fn store_status(e: StoreError) -> Status {
     match e {
         StoreError::Closed => {
             Status::unavailable("mailspool is shutting down; retry shortly or on another node")
@@ -62,7 +67,7 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
-fn lane_from_proto(v: i32) -> Result<Lane, InvalidField> {
+pub(crate) fn lane_from_proto(v: i32) -> Result<Lane, InvalidField> {
     match pb::Lane::try_from(v) {
         Ok(pb::Lane::Transactional) => Ok(Lane::Transactional),
         Ok(pb::Lane::Unspecified | pb::Lane::Normal) => Ok(Lane::Normal),
@@ -83,7 +88,7 @@ pub fn lane_to_proto(l: Lane) -> pb::Lane {
 }
 
 impl Api {
-    fn check_open(&self) -> Result<(), Status> {
+    pub(crate) fn check_open(&self) -> Result<(), Status> {
         if self.closing.load(Ordering::Acquire) {
             return Err(store_status(StoreError::Closed));
         }
@@ -93,6 +98,27 @@ impl Api {
     /// Validates one request and builds its message.
     fn prepare(&self, req: pb::EnqueueRequest) -> Result<NewMessage, InvalidField> {
         let lane = lane_from_proto(req.lane)?;
+        if let Some(raw) = req.raw {
+            if req.email.is_some() {
+                return Err(InvalidField {
+                    field: "raw".into(),
+                    reason: "give either email or raw, not both".into(),
+                });
+            }
+            let input = message::RawInput {
+                data: &raw.data,
+                envelope_from: &raw.envelope_from,
+                envelope_to: &raw.envelope_to,
+            };
+            return message::build_raw(
+                &input,
+                lane,
+                &req.idempotency_key,
+                req.not_before_unix_ms,
+                self.limits,
+                now_ms(),
+            );
+        }
         let email = req.email.ok_or_else(|| InvalidField {
             field: "email".into(),
             reason: "required".into(),
@@ -134,6 +160,17 @@ impl Api {
         }
     }
 
+    /// Whether a small transactional message would be admitted now (the
+    /// readiness the health service reports).
+    pub fn accepting_transactional(&self) -> bool {
+        let mut usage = self.usage();
+        // A message of the average queued size, or a small one when empty.
+        let bytes = usage.bytes_per_message.max(1024.0) as u64 + INDEX_BYTES_PER_MESSAGE;
+        usage.spool_bytes += bytes;
+        usage.disk_free_bytes = usage.disk_free_bytes.saturating_sub(bytes);
+        admit(Lane::Transactional, &usage, &self.spool_limits).is_ok()
+    }
+
     /// Admits one message into `usage`, counting its bytes if admitted.
     fn admit(&self, m: &NewMessage, usage: &mut Usage) -> Result<(), Refusal> {
         let bytes = m.raw.len() as u64 + INDEX_BYTES_PER_MESSAGE;
@@ -155,6 +192,19 @@ impl Api {
         }
     }
 
+    /// Observes the call's duration into the enqueue histogram when dropped.
+    fn enqueue_timer(&self) -> impl Drop {
+        struct Timer(Arc<crate::metrics::Metrics>, std::time::Instant);
+        impl Drop for Timer {
+            fn drop(&mut self) {
+                self.0
+                    .enqueue_duration
+                    .observe(self.1.elapsed().as_secs_f64());
+            }
+        }
+        Timer(self.metrics.clone(), std::time::Instant::now())
+    }
+
     fn accepted(&self, appended: &[crate::store::Appended]) {
         let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
         if new > 0 {
@@ -171,6 +221,7 @@ impl pb::mail_queue_server::MailQueue for Api {
         request: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         self.check_open()?;
+        let _timer = self.enqueue_timer();
         let message = self.prepare(request.into_inner()).map_err(invalid)?;
         self.admit(&message, &mut self.usage())
             .map_err(|r| exhausted(&r))?;
@@ -196,6 +247,7 @@ impl pb::mail_queue_server::MailQueue for Api {
         request: Request<pb::EnqueueBatchRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
         self.check_open()?;
+        let _timer = self.enqueue_timer();
         let requests = request.into_inner().requests;
         if requests.is_empty() {
             return Err(Status::invalid_argument("requests: the batch is empty"));
@@ -290,6 +342,14 @@ impl pb::mail_queue_server::MailQueue for Api {
                 resp.last_error =
                     "its bytes on disk could not be read back; moved to the quarantine".into();
             }
+            SpoolStatus::Cancelled(c) => {
+                resp.set_state(pb::MessageState::Cancelled);
+                resp.last_error = c.reason;
+                resp.set_lane(lane_to_proto(c.lane));
+                resp.enqueued_unix_ms = c.enqueued_ms as i64;
+                resp.finished_unix_ms = c.cancelled_ms as i64;
+                resp.message_id = c.message_id;
+            }
             SpoolStatus::Dead(d) => {
                 resp.set_state(pb::MessageState::Dead);
                 resp.attempts = d.record.attempts;
@@ -301,117 +361,5 @@ impl pb::mail_queue_server::MailQueue for Api {
             }
         }
         Ok(Response::new(resp))
-    }
-}
-
-#[tonic::async_trait]
-impl pb::queue_admin_server::QueueAdmin for Api {
-    async fn queue_stats(
-        &self,
-        _request: Request<pb::QueueStatsRequest>,
-    ) -> Result<Response<pb::QueueStatsResponse>, Status> {
-        let now = now_ms();
-        let relay = self.relay.state();
-        let s = queue_stats(
-            &self.store.snapshot(now),
-            self.scheduler.in_flight(),
-            self.rates.per_second(),
-            self.rates.uptime_seconds(),
-            now,
-        );
-        Ok(Response::new(pb::QueueStatsResponse {
-            queued: s.queued,
-            ready: s.ready,
-            scheduled: s.scheduled,
-            in_flight: s.in_flight,
-            dead: s.dead,
-            enqueued_total: s.enqueued_total,
-            delivered_total: s.delivered_total,
-            retried_total: s.retried_total,
-            dead_total: s.dead_total,
-            oldest_queued_age_seconds: s.oldest_queued_age_seconds,
-            enqueue_rate_per_second: s.enqueue_rate_per_second,
-            delivery_rate_per_second: s.delivery_rate_per_second,
-            drain_eta_seconds: s.drain_eta_seconds,
-            queued_transactional: s.queued_by_lane[0],
-            queued_normal: s.queued_by_lane[1],
-            queued_bulk: s.queued_by_lane[2],
-            duplicates_total: s.duplicates_total,
-            group_commits_total: s.group_commits_total,
-            uptime_seconds: s.uptime_seconds,
-            fsyncs_total: s.fsyncs_total,
-            quarantined: s.quarantined,
-            spool_bytes: s.spool_bytes,
-            max_spool_bytes: self.spool_limits.max_spool_bytes,
-            disk_free_bytes: self.disk_free.load(Ordering::Relaxed),
-            refused_total: self.refused.load(Ordering::Relaxed),
-            relay_state: relay.state.to_string(),
-            relay_consecutive_failures: relay.consecutive_failures,
-            relay_backoff_remaining_ms: relay.backoff_remaining_ms,
-            ..Default::default()
-        }))
-    }
-    async fn list_messages(
-        &self,
-        _r: Request<pb::ListMessagesRequest>,
-    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    async fn show_message(
-        &self,
-        _r: Request<pb::ShowMessageRequest>,
-    ) -> Result<Response<pb::ShowMessageResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    async fn retry_now(
-        &self,
-        _r: Request<pb::RetryNowRequest>,
-    ) -> Result<Response<pb::OperationResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    async fn cancel(
-        &self,
-        _r: Request<pb::CancelRequest>,
-    ) -> Result<Response<pb::OperationResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    async fn requeue_dead(
-        &self,
-        _r: Request<pb::RequeueDeadRequest>,
-    ) -> Result<Response<pb::OperationResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    async fn purge_dead(
-        &self,
-        _r: Request<pb::PurgeDeadRequest>,
-    ) -> Result<Response<pb::OperationResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    async fn pause_delivery(
-        &self,
-        _r: Request<pb::PauseDeliveryRequest>,
-    ) -> Result<Response<pb::DeliveryStateResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    async fn resume_delivery(
-        &self,
-        _r: Request<pb::ResumeDeliveryRequest>,
-    ) -> Result<Response<pb::DeliveryStateResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    async fn top_domains(
-        &self,
-        _r: Request<pb::TopDomainsRequest>,
-    ) -> Result<Response<pb::TopDomainsResponse>, Status> {
-        Err(Status::unimplemented("soon"))
-    }
-    type TransferStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<pb::TransferProgress, Status>> + Send>,
-    >;
-    async fn transfer(
-        &self,
-        _r: Request<pb::TransferRequest>,
-    ) -> Result<Response<Self::TransferStream>, Status> {
-        Err(Status::unimplemented("soon"))
     }
 }

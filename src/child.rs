@@ -14,6 +14,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 pub struct ServerProcess {
     child: Child,
     pub url: String,
+    /// `http://addr/metrics`.
+    pub metrics_url: String,
 }
 
 impl ServerProcess {
@@ -44,6 +46,8 @@ impl ServerProcess {
                 relay,
                 "--relay-tls",
                 "none",
+                "--metrics-listen",
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(data_dir)
@@ -54,15 +58,16 @@ impl ServerProcess {
             .kill_on_drop(true)
             .spawn()?;
         let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
-        let addr = loop {
+        let (addr, metrics_url) = loop {
             match lines.next_line().await? {
                 Some(line) => {
                     if let Some(rest) = line.strip_prefix("mailspool listening on ") {
-                        break rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        let metrics = rest
+                            .split_once("metrics on ")
+                            .map(|(_, m)| m.trim_end_matches(')'))
+                            .unwrap_or_default();
+                        break (addr.to_string(), metrics.to_string());
                     }
                 }
                 None => return Err("the server exited before listening".into()),
@@ -72,6 +77,7 @@ impl ServerProcess {
         Ok(ServerProcess {
             child,
             url: format!("http://{addr}"),
+            metrics_url,
         })
     }
 

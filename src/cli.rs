@@ -54,6 +54,27 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:50051]
     #[arg(long, env = "MAILSPOOL_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Prometheus /metrics address, or `off` [default: 127.0.0.1:9090]
+    #[arg(long, env = "MAILSPOOL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Congestion WARNING at this oldest-message age [default: 300]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_WARN_AGE_SECS")]
+    pub congestion_warn_age_secs: Option<u64>,
+    /// [default: 900]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_CRITICAL_AGE_SECS")]
+    pub congestion_critical_age_secs: Option<u64>,
+    /// Congestion WARNING at this drain ETA [default: 600]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_WARN_ETA_SECS")]
+    pub congestion_warn_eta_secs: Option<u64>,
+    /// [default: 1800]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_CRITICAL_ETA_SECS")]
+    pub congestion_critical_eta_secs: Option<u64>,
+    /// [default: 10000]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_GROWTH_MIN_DEPTH")]
+    pub congestion_growth_min_depth: Option<u64>,
+    /// [default: 60]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_STALL_AFTER_SECS")]
+    pub congestion_stall_after_secs: Option<u64>,
     /// Spool directory [default: ./mailspool-data]
     #[arg(long, env = "MAILSPOOL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -150,6 +171,13 @@ impl ServeArgs {
             c,
             self,
             listen,
+            metrics_listen,
+            congestion_warn_age_secs,
+            congestion_critical_age_secs,
+            congestion_warn_eta_secs,
+            congestion_critical_eta_secs,
+            congestion_growth_min_depth,
+            congestion_stall_after_secs,
             data_dir,
             relay_max_connections,
             lease_batch,

@@ -35,6 +35,8 @@ pub enum LogFormat {
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` HTTP address; `off` disables it.
+    pub metrics_listen: String,
     /// Where the spool (sled), and the outbox when no relay is set, live.
     pub data_dir: PathBuf,
     /// `smtp://host[:port]` or `smtps://host[:port]`; none = local outbox.
@@ -84,6 +86,17 @@ pub struct Config {
     pub log_format: LogFormat,
     /// tracing filter, e.g. `warn,mailspool=debug`. `RUST_LOG` overrides.
     pub log_level: String,
+    /// Congestion thresholds: oldest message age (seconds).
+    pub congestion_warn_age_secs: u64,
+    pub congestion_critical_age_secs: u64,
+    /// Congestion thresholds: drain ETA (seconds).
+    pub congestion_warn_eta_secs: u64,
+    pub congestion_critical_eta_secs: u64,
+    /// Sustained growth warns only with at least this many queued.
+    pub congestion_growth_min_depth: u64,
+    /// Nothing delivered for a minute with ready mail is CRITICAL once the
+    /// server has been up this long.
+    pub congestion_stall_after_secs: u64,
 }
 
 impl Default for Config {
@@ -117,6 +130,13 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             log_format: LogFormat::Text,
             log_level: "warn,mailspool=info".into(),
+            metrics_listen: "127.0.0.1:9090".into(),
+            congestion_warn_age_secs: 300,
+            congestion_critical_age_secs: 900,
+            congestion_warn_eta_secs: 600,
+            congestion_critical_eta_secs: 1800,
+            congestion_growth_min_depth: 10_000,
+            congestion_stall_after_secs: 60,
         }
     }
 }
@@ -262,9 +282,46 @@ impl Config {
                 "relay_user is set: give the password in MAILSPOOL_RELAY_PASSWORD or relay_password_file",
             ));
         }
+        if self.metrics_listen != "off" && self.metrics_listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "metrics_listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:9090 (or `off`)",
+                    self.metrics_listen
+                ),
+            ));
+        }
+        if self.congestion_critical_age_secs < self.congestion_warn_age_secs {
+            return Err(bad(
+                "congestion_critical_age_secs",
+                "must be at least congestion_warn_age_secs",
+            ));
+        }
+        if self.congestion_critical_eta_secs < self.congestion_warn_eta_secs {
+            return Err(bad(
+                "congestion_critical_eta_secs",
+                "must be at least congestion_warn_eta_secs",
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| bad("log_level", e.to_string()))?;
         Ok(())
+    }
+
+    /// The metrics address (call after `validate`); None when `off`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen.parse().ok()
+    }
+
+    pub fn thresholds(&self) -> crate::congestion::Thresholds {
+        crate::congestion::Thresholds {
+            warn_age_secs: self.congestion_warn_age_secs as f64,
+            critical_age_secs: self.congestion_critical_age_secs as f64,
+            warn_eta_secs: self.congestion_warn_eta_secs as f64,
+            critical_eta_secs: self.congestion_critical_eta_secs as f64,
+            growth_min_depth: self.congestion_growth_min_depth,
+            stall_after_secs: self.congestion_stall_after_secs,
+        }
     }
 
     /// The relay, parsed (call after `validate`).

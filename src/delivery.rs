@@ -25,6 +25,7 @@ pub async fn run_worker(
     relay: Arc<Relay>,
     policy: RetryPolicy,
     rates: Arc<Rates>,
+    metrics: Arc<crate::metrics::Metrics>,
     stop: watch::Receiver<bool>,
 ) {
     while let Some(lease) = scheduler.next_lease(&stop).await {
@@ -46,10 +47,15 @@ pub async fn run_worker(
                 .zip(results)
                 .map(|(m, result)| {
                     log_result(m.id, &result);
+                    if let Some(class) = result.reply_class() {
+                        metrics.smtp_reply(class);
+                    }
                     let outcome =
                         decide(result, &m.record, &policy, now, rand::rng().random::<f64>());
                     if outcome == Outcome::Ack {
                         delivered += 1;
+                        let latency_ms = now.saturating_sub(m.record.enqueued_ms);
+                        metrics.delivery_latency.observe(latency_ms as f64 / 1000.0);
                     }
                     (m.id, outcome)
                 })

@@ -18,6 +18,7 @@
 //! [`server`] wires these together and handles shutdown; [`config`] holds the
 //! settings; [`cli`] holds the client commands of the binary.
 
+pub mod admin_api;
 pub mod admission;
 pub mod api;
 pub mod bench;
@@ -26,10 +27,13 @@ pub mod cli;
 pub mod codec;
 pub mod compact;
 pub mod config;
+pub mod congestion;
 pub mod delivery;
 pub mod grpc_codec;
 pub mod message;
+pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod peer;
 pub mod relay;
 pub mod retry;
@@ -40,6 +44,7 @@ pub mod soak;
 pub mod stats;
 pub mod store;
 pub mod torture;
+pub mod transfer;
 
 /// Generated protobuf and gRPC types for `mailspool.v1`.
 pub mod pb {

@@ -75,8 +75,12 @@ async fn serve(args: cli::ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = args.into_config()?;
     init_logging(&config);
     let server = Server::start(config).await?;
+    let metrics = server
+        .metrics_addr
+        .map(|a| format!("; metrics on http://{a}/metrics"))
+        .unwrap_or_default();
     eprintln!(
-        "mailspool listening on {} (delivering to {})",
+        "mailspool listening on {} (delivering to {}{metrics})",
         server.addr, server.relay
     );
     shutdown_signal().await;

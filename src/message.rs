@@ -77,19 +77,7 @@ pub fn build(
     limits: Limits,
     now_ms: u64,
 ) -> Result<NewMessage, InvalidField> {
-    if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        return Err(invalid(
-            "idempotency_key",
-            format!("longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
-        ));
-    }
-    if idempotency_key.chars().any(char::is_control) {
-        return Err(invalid("idempotency_key", "contains control characters"));
-    }
-    let not_before_ms = u64::try_from(not_before_ms).unwrap_or(0);
-    if not_before_ms > now_ms + MAX_NOT_BEFORE_AHEAD_MS {
-        return Err(invalid("not_before_unix_ms", "more than 366 days ahead"));
-    }
+    let not_before_ms = key_and_schedule(idempotency_key, not_before_ms, now_ms)?;
 
     let input_bytes = email.from.len()
         + email.reply_to.len()
@@ -201,12 +189,130 @@ pub fn build(
         message_id,
         raw,
         idempotency_key: idempotency_key.to_string(),
-        not_before_ms: if not_before_ms > now_ms {
-            not_before_ms
-        } else {
-            0
-        },
+        not_before_ms,
     })
+}
+
+/// Checks the idempotency key and not_before; returns not_before in ms
+/// (0 = due now).
+fn key_and_schedule(
+    idempotency_key: &str,
+    not_before_ms: i64,
+    now_ms: u64,
+) -> Result<u64, InvalidField> {
+    if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(invalid(
+            "idempotency_key",
+            format!("longer than {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+        ));
+    }
+    if idempotency_key.chars().any(char::is_control) {
+        return Err(invalid("idempotency_key", "contains control characters"));
+    }
+    let not_before_ms = u64::try_from(not_before_ms).unwrap_or(0);
+    if not_before_ms > now_ms + MAX_NOT_BEFORE_AHEAD_MS {
+        return Err(invalid("not_before_unix_ms", "more than 366 days ahead"));
+    }
+    Ok(if not_before_ms > now_ms {
+        not_before_ms
+    } else {
+        0
+    })
+}
+
+/// A message given as RFC 5322 bytes with its envelope (Transfer between
+/// nodes). Stored as given: only the envelope, the size and the presence
+/// of a header section are checked.
+pub struct RawInput<'a> {
+    pub data: &'a [u8],
+    pub envelope_from: &'a str,
+    pub envelope_to: &'a [String],
+}
+
+/// Validates a raw message; the Message-ID is read from its headers.
+pub fn build_raw(
+    raw: &RawInput<'_>,
+    lane: Lane,
+    idempotency_key: &str,
+    not_before_ms: i64,
+    limits: Limits,
+    now_ms: u64,
+) -> Result<NewMessage, InvalidField> {
+    let not_before_ms = key_and_schedule(idempotency_key, not_before_ms, now_ms)?;
+    if raw.data.len() > limits.max_message_bytes {
+        return Err(invalid(
+            "raw.data",
+            format!(
+                "message is {} bytes; at most max_message_bytes = {} allowed",
+                raw.data.len(),
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    let Some(end) = find(raw.data, b"\r\n\r\n") else {
+        return Err(invalid(
+            "raw.data",
+            "no header section (CRLF CRLF) found: not an RFC 5322 message",
+        ));
+    };
+    let from = if raw.envelope_from.is_empty() {
+        String::new() // the null reverse-path
+    } else {
+        mailbox("raw.envelope_from", raw.envelope_from)?
+            .email
+            .to_string()
+    };
+    if raw.envelope_to.is_empty() {
+        return Err(invalid(
+            "raw.envelope_to",
+            "at least one recipient is required",
+        ));
+    }
+    if raw.envelope_to.len() > limits.max_recipients {
+        return Err(invalid(
+            "raw.envelope_to",
+            format!(
+                "{} recipients; at most {} allowed",
+                raw.envelope_to.len(),
+                limits.max_recipients
+            ),
+        ));
+    }
+    let mut envelope_to = Vec::with_capacity(raw.envelope_to.len());
+    for (i, to) in raw.envelope_to.iter().enumerate() {
+        envelope_to.push(
+            mailbox(&format!("raw.envelope_to[{i}]"), to)?
+                .email
+                .to_string(),
+        );
+    }
+    let headers = String::from_utf8_lossy(&raw.data[..end]);
+    let message_id = headers
+        .split("\r\n")
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim().eq_ignore_ascii_case("message-id").then(|| {
+                value
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+        })
+        .unwrap_or_default();
+    Ok(NewMessage {
+        lane,
+        envelope_from: from,
+        envelope_to,
+        message_id,
+        raw: raw.data.to_vec(),
+        idempotency_key: idempotency_key.to_string(),
+        not_before_ms,
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn too_big(bytes: usize, limits: Limits) -> InvalidField {

@@ -27,14 +27,14 @@ use crate::retry::{classify, SendResult};
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
 
 pub enum Relay {
-    Smtp(SmtpRelay),
+    Smtp(Box<SmtpRelay>),
     Outbox(Outbox),
 }
 
 impl Relay {
     pub fn from_config(config: &Config) -> std::io::Result<Relay> {
         match config.relay_url() {
-            Some(url) => Ok(Relay::Smtp(SmtpRelay::new(url, config))),
+            Some(url) => Ok(Relay::Smtp(Box::new(SmtpRelay::new(url, config)))),
             None => Outbox::new(config.data_dir.join("outbox")).map(Relay::Outbox),
         }
     }
@@ -46,6 +46,17 @@ impl Relay {
         match self {
             Relay::Smtp(s) => s.send_all(messages, deadline).await,
             Relay::Outbox(o) => o.send_all(messages).await,
+        }
+    }
+
+    /// SMTP connections in use or idle in the pool (0 for the outbox).
+    pub fn connections(&self) -> u64 {
+        match self {
+            Relay::Smtp(s) => {
+                let busy = s.max_connections - s.permits.available_permits();
+                (busy + s.idle.lock().expect("idle pool").len()) as u64
+            }
+            Relay::Outbox(_) => 0,
         }
     }
 
@@ -124,6 +135,7 @@ pub struct SmtpRelay {
     hello: ClientId,
     /// Bounds concurrent connections.
     permits: Semaphore,
+    max_connections: usize,
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
     /// Relay-wide backoff after connection failures and throttling replies.
     breaker: Mutex<Breaker>,
@@ -240,6 +252,7 @@ impl SmtpRelay {
             timeout: config.smtp_timeout(),
             hello: ClientId::default(),
             permits: Semaphore::new(config.relay_max_connections),
+            max_connections: config.relay_max_connections,
             idle: Mutex::new(Vec::new()),
             breaker: Mutex::new(Breaker::default()),
         }

@@ -25,6 +25,30 @@ pub enum SendResult {
     NotAttempted(String),
 }
 
+impl SendResult {
+    /// The SMTP reply class for metrics: 2xx, 4xx, 5xx, or `error` when
+    /// there was no reply (connection, TLS, timeout). None: not attempted.
+    pub fn reply_class(&self) -> Option<&'static str> {
+        match self {
+            SendResult::Accepted => Some("2xx"),
+            SendResult::Permanent(_) => Some("5xx"),
+            SendResult::Throttled(_) => Some("4xx"),
+            SendResult::Transient(text) => {
+                let has_4xx_code = text
+                    .as_bytes()
+                    .windows(3)
+                    .any(|w| w[0] == b'4' && w[1].is_ascii_digit() && w[2].is_ascii_digit());
+                Some(if has_4xx_code && !text.starts_with("timed out") {
+                    "4xx"
+                } else {
+                    "error"
+                })
+            }
+            SendResult::NotAttempted(_) => None,
+        }
+    }
+}
+
 /// When a message that was not attempted is due again.
 pub const NOT_ATTEMPTED_DELAY: Duration = Duration::from_secs(1);
 

@@ -12,6 +12,8 @@
 //! - Lanes are served by smooth weighted round robin (transactional 8,
 //!   normal 3, bulk 1): a bulk backlog never holds transactional mail for
 //!   more than a lease or two, and bulk still progresses.
+//! - A paused lane (PauseDelivery, persisted by the store) is never leased;
+//!   its messages stay queued and Enqueue keeps accepting.
 //! - Leasing cost is the batch size plus the leases in flight, never the
 //!   backlog: the store scans the due index from its oldest key.
 
@@ -85,7 +87,11 @@ impl Scheduler {
         let now = now_ms();
         let mut credit = table.credit;
         let order = lane_order(&mut credit);
+        let paused = self.store.admin_state().paused;
         for (i, lane) in order.into_iter().enumerate() {
+            if paused & (1 << lane.index()) != 0 {
+                continue;
+            }
             let messages = self
                 .store
                 .due(lane, now, self.batch, |id| table.leased.contains_key(&id));

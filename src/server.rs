@@ -42,6 +42,11 @@ pub enum StartError {
     },
     #[error("cannot prepare the outbox: {0}")]
     Outbox(std::io::Error),
+    #[error("cannot listen for /metrics on {addr}: {source}; choose another --metrics-listen (or `off`)")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub struct Server;
@@ -50,6 +55,8 @@ pub struct Server;
 pub struct ServerHandle {
     /// The address gRPC listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, unless `metrics_listen = "off"`.
+    pub metrics_addr: Option<SocketAddr>,
     pub relay: String,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -60,7 +67,9 @@ impl Server {
     /// is being served.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         let spool_dir = config.data_dir.join("spool");
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let options = StoreOptions {
+            metrics: metrics.clone(),
             cache_capacity_bytes: config.cache_capacity_bytes,
             segment_bytes: config.segment_bytes,
             idempotency_window: Duration::from_secs(config.idempotency_window_secs),
@@ -85,6 +94,15 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let metrics_listener = match config.metrics_addr() {
+            Some(a) => Some(
+                crate::metrics::bind(a)
+                    .await
+                    .map_err(|source| StartError::Metrics { addr: a, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let scheduler = Arc::new(Scheduler::new(
             store.clone(),
@@ -113,6 +131,10 @@ impl Server {
             admitted_since_sample: admitted_since_sample.clone(),
             refused: Arc::new(AtomicU64::new(0)),
             relay: relay.clone(),
+            metrics: metrics.clone(),
+            congestion: Default::default(),
+            thresholds: config.thresholds(),
+            transfer_lock: Default::default(),
         };
         // A request may hold a whole batch; single messages above
         // max_message_bytes still decode and get a precise INVALID_ARGUMENT.
@@ -132,6 +154,7 @@ impl Server {
                 relay.clone(),
                 policy,
                 rates.clone(),
+                metrics.clone(),
                 stop_rx.clone(),
             )));
         }
@@ -156,7 +179,60 @@ impl Server {
             tokio::spawn(async move { s.reap(rx).await })
         };
 
+        if let Some(listener) = metrics_listener {
+            let api = api.clone();
+            let scrape = Arc::new(move || {
+                api.metrics
+                    .refresh(&api.overview(), api.relay.connections());
+                api.metrics.render()
+            });
+            tokio::spawn(crate::metrics::serve(listener, scrape, stop_rx.clone()));
+        }
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
+            .await;
+        // Each second: the congestion state (logged on change) and readiness.
+        {
+            let (api, health, mut stop) = (api.clone(), health.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let mut ready = true;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.changed() => return,
+                    }
+                    api.overview();
+                    let accepting = api.accepting_transactional();
+                    if accepting != ready {
+                        ready = accepting;
+                        if ready {
+                            health
+                                .set_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
+                                .await;
+                        } else {
+                            health
+                                .set_not_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
+                                .await;
+                        }
+                        tracing::warn!(serving = ready, "HealthChanged");
+                    }
+                }
+            });
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("embedded descriptors are valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("embedded descriptors are valid");
+
         let mut grpc_stop = stop_rx.clone();
+        let closing_health = (health.clone(), stop_rx.clone());
         let grpc = tonic::transport::Server::builder()
             .add_service(
                 pb::mail_queue_server::MailQueueServer::new(api.clone())
@@ -164,6 +240,9 @@ impl Server {
                     .max_encoding_message_size(max_request),
             )
             .add_service(pb::queue_admin_server::QueueAdminServer::new(api))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             });
@@ -174,8 +253,20 @@ impl Server {
         let task = tokio::spawn(async move {
             let _ = stopped.wait_for(|s| *s).await;
             closing.store(true, Ordering::Release);
-            if let Ok(Err(e)) = grpc.await {
-                tracing::error!(error = %e, "gRPC server error");
+            let (health, _) = closing_health;
+            health
+                .set_not_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            // Open streams (a health Watch, a Transfer) must not hold the
+            // shutdown: they get the grace period, then are cut.
+            let mut grpc = grpc;
+            match tokio::time::timeout(grace, &mut grpc).await {
+                Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server error"),
+                Ok(_) => {}
+                Err(_) => grpc.abort(),
             }
             let aborts: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
             let all = async {
@@ -201,6 +292,7 @@ impl Server {
         tracing::info!(%addr, relay = %relay.describe(), "ServerStarted");
         Ok(ServerHandle {
             addr,
+            metrics_addr,
             relay: relay.describe(),
             stop: stop_tx,
             task,

@@ -34,7 +34,10 @@
 //! i <idempotency key>           → IdemEntry
 //! x <expires_ms:8> <kind:1> <k> → ()              expiry index for i and s
 //! q <original key>              → raw bytes       quarantined record
+//! k <id:8>                      → CancelledRecord cancelled or transferred, kept for retention
 //! c                             → Counters
+//! a                             → AdminState      paused lanes, cancelled total
+//! n                             → node id         random, made at creation
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -87,6 +90,66 @@ pub struct StoreOptions {
     pub segment_bytes: u64,
     pub idempotency_window: Duration,
     pub delivered_retention: Duration,
+    /// Group-commit sizes and fsync times are observed here.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Operator changes, applied by the committer like everything else and
+/// fsynced before they are answered.
+#[derive(Debug, Clone)]
+pub enum AdminOp {
+    /// Removes queued messages (recorded as cancelled with `reason`).
+    Cancel { ids: Vec<MessageId>, reason: String },
+    /// Makes queued messages due now.
+    RetryNow(Vec<MessageId>),
+    /// Dead letters back to the queue, attempts reset, due now.
+    Requeue(Vec<MessageId>),
+    /// Deletes dead letters.
+    Purge(Vec<MessageId>),
+    /// Which lanes' delivery is paused (bit i = `Lane::index` i).
+    SetPaused(u8),
+}
+
+/// Ids an admin op changed; the rest were not in a state it applies to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AdminResult {
+    pub changed: Vec<MessageId>,
+    pub unchanged: Vec<MessageId>,
+}
+
+/// Operator state that survives restarts (its own key, so the counters'
+/// layout is unchanged).
+#[derive(Debug, Clone, Copy, Default, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct AdminState {
+    /// Bit i set: delivery of lane i is paused.
+    pub paused: u8,
+    pub cancelled_total: u64,
+}
+
+/// What is kept of a cancelled (or transferred) message for the retention window.
+#[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct CancelledRecord {
+    pub lane: Lane,
+    pub enqueued_ms: u64,
+    pub cancelled_ms: u64,
+    pub reason: String,
+    pub message_id: String,
+}
+
+/// One entry of a listing.
+#[derive(Debug, Clone)]
+pub enum Listed {
+    Queued(MessageId, Record),
+    Dead(MessageId, DeadRecord),
+    Quarantined(MessageId),
+}
+
+/// Which index a listing reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Index {
+    Queued,
+    Dead,
+    Quarantined,
 }
 
 /// The result of appending one message.
@@ -105,6 +168,7 @@ pub enum Status {
     Delivered(DeliveredRecord),
     Dead(DeadRecord),
     Quarantined,
+    Cancelled(CancelledRecord),
 }
 
 /// Counters that survive restarts.
@@ -176,6 +240,10 @@ enum Op {
         message_key: Vec<u8>,
         due_key: Vec<u8>,
     },
+    Admin {
+        op: AdminOp,
+        reply: oneshot::Sender<Result<AdminResult, String>>,
+    },
     /// Final flush and fsync, then the committer stops.
     Close,
 }
@@ -190,6 +258,9 @@ struct Shared {
     fsyncs: AtomicU64,
     delivered_retention: Duration,
     bodies: SegmentReader,
+    admin: Mutex<AdminState>,
+    node_id: String,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Handle to the spool. Cloning is cheap.
@@ -205,6 +276,8 @@ mod key {
 
     pub const COUNTERS: &[u8] = b"c";
     pub const FORMAT: &[u8] = b"v";
+    pub const ADMIN: &[u8] = b"a";
+    pub const NODE: &[u8] = b"n";
 
     pub fn message(id: MessageId) -> [u8; 9] {
         prefixed(b'm', id)
@@ -214,6 +287,13 @@ mod key {
     }
     pub fn delivered(id: MessageId) -> [u8; 9] {
         prefixed(b's', id)
+    }
+    pub fn cancelled(id: MessageId) -> [u8; 9] {
+        prefixed(b'k', id)
+    }
+    /// The id in a `<prefix><id:8>` key.
+    pub fn id_of(k: &[u8]) -> Option<MessageId> {
+        Some(MessageId(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?)))
     }
     fn prefixed(p: u8, id: MessageId) -> [u8; 9] {
         let mut k = [p; 9];
@@ -251,6 +331,7 @@ mod key {
     }
     pub const EXPIRY_IDEM: u8 = b'i';
     pub const EXPIRY_DELIVERED: u8 = b's';
+    pub const EXPIRY_CANCELLED: u8 = b'k';
     pub fn expiry(expires_ms: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
         let mut v = Vec::with_capacity(10 + rest.len());
         v.push(b'x');
@@ -291,6 +372,21 @@ impl Store {
                 tree.insert(key::FORMAT, &[codec::FORMAT_VERSION])?;
             }
         }
+        let admin = match tree.get(key::ADMIN)? {
+            Some(v) => codec::decode::<AdminState>(&v).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "spool admin state undecodable; delivery resumes on every lane");
+                AdminState::default()
+            }),
+            None => AdminState::default(),
+        };
+        let node_id = match tree.get(key::NODE)? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => {
+                let id = format!("{:016x}", rand::random::<u64>());
+                tree.insert(key::NODE, id.as_bytes())?;
+                id
+            }
+        };
         let stored = tree
             .get(key::COUNTERS)?
             .map(|v| codec::decode::<Counters>(&v));
@@ -351,6 +447,9 @@ impl Store {
             fsyncs: AtomicU64::new(0),
             delivered_retention: options.delivered_retention,
             bodies: segments.reader(),
+            admin: Mutex::new(admin),
+            node_id,
+            metrics: options.metrics.clone(),
         });
         let syncer = Arc::new(Mutex::new(Syncer::new(dir)?));
         let (tx, rx) = mpsc::channel();
@@ -370,6 +469,7 @@ impl Store {
             segments,
             options,
             counters,
+            admin,
             last_housekeeping: Instant::now(),
         };
         let handle = std::thread::Builder::new()
@@ -467,6 +567,9 @@ impl Store {
         if t.contains_key(key::quarantine(&key::message(id)))? {
             return Ok(Some(Status::Quarantined));
         }
+        if let Some(v) = t.get(key::cancelled(id))? {
+            return Ok(codec::decode(&v).ok().map(Status::Cancelled));
+        }
         if let Some(v) = t.get(key::delivered(id))? {
             let retention = self.shared.delivered_retention.as_millis() as u64;
             // Past retention but not yet purged: gone all the same.
@@ -476,6 +579,70 @@ impl Store {
                 .map(Status::Delivered));
         }
         Ok(None)
+    }
+
+    /// Applies an operator change durably (fsynced before it returns).
+    pub async fn admin(&self, op: AdminOp) -> Result<AdminResult, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Admin { op, reply })
+            .map_err(|_| StoreError::Closed)?;
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    /// Paused lanes and the cancelled total, as last committed. Cheap.
+    pub fn admin_state(&self) -> AdminState {
+        *self.shared.admin.lock().expect("admin lock")
+    }
+
+    /// This spool's random id, made when it was created.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// Up to `max` entries of `index` with ids in `from..to`, in id order
+    /// (= enqueue order). Reads only, at most `max` entries whatever the
+    /// size of the spool; entries that do not decode are left out (they
+    /// are quarantined when leased).
+    pub fn scan(&self, index: Index, from: MessageId, to: MessageId, max: usize) -> ScanPage {
+        let (start, end) = match index {
+            Index::Queued => (key::message(from).to_vec(), key::message(to).to_vec()),
+            Index::Dead => (key::dead(from).to_vec(), key::dead(to).to_vec()),
+            Index::Quarantined => (
+                key::quarantine(&key::message(from)),
+                key::quarantine(&key::message(to)),
+            ),
+        };
+        let mut page = ScanPage::default();
+        for item in self.shared.tree.range(start..end) {
+            let Ok((k, v)) = item else { break };
+            if page.scanned >= max {
+                break;
+            }
+            page.scanned += 1;
+            let k = if index == Index::Quarantined {
+                &k[1..]
+            } else {
+                &k[..]
+            };
+            let Some(id) = key::id_of(k) else { continue };
+            page.last = Some(id);
+            let entry = match index {
+                Index::Queued => codec::decode(&v).ok().map(|r| Listed::Queued(id, r)),
+                Index::Dead => codec::decode(&v).ok().map(|d| Listed::Dead(id, d)),
+                Index::Quarantined => Some(Listed::Quarantined(id)),
+            };
+            page.entries.extend(entry);
+        }
+        page.exhausted = page.scanned < max;
+        page
+    }
+
+    /// The stored RFC 5322 bytes of a queued message.
+    pub fn body(&self, id: MessageId, record: &Record) -> Result<Vec<u8>, StoreError> {
+        Ok(self.shared.bodies.read(id.0, record.body)?)
     }
 
     /// The counters as of the last committed group. Cheap.
@@ -521,6 +688,18 @@ impl Store {
             let _ = h.join();
         }
     }
+}
+
+/// A page of [`Store::scan`].
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    pub entries: Vec<Listed>,
+    /// Index entries read.
+    pub scanned: usize,
+    /// The last id read: the next page starts after it.
+    pub last: Option<MessageId>,
+    /// The range holds nothing after this page.
+    pub exhausted: bool,
 }
 
 /// Rebuilds the gauges and segment counts from the keys when the stored
@@ -606,6 +785,7 @@ struct Committer {
     options: StoreOptions,
     /// The committer's own copy; published to `shared` after each group.
     counters: Counters,
+    admin: AdminState,
     last_housekeeping: Instant,
 }
 
@@ -622,8 +802,12 @@ struct Group {
     overlay: HashMap<MessageId, Option<Record>>,
     /// Idempotency keys first seen in this group.
     new_keys: HashMap<String, Appended>,
+    /// Dead letters removed earlier in this group.
+    gone_dead: HashSet<MessageId>,
     /// Appends in the group: flush and fsync before answering.
     needs_sync: bool,
+    /// Messages appended in the group.
+    appended: usize,
 }
 
 impl Group {
@@ -644,6 +828,7 @@ enum Reply {
         Vec<Appended>,
     ),
     Complete(oneshot::Sender<Result<(), String>>),
+    Admin(oneshot::Sender<Result<AdminResult, String>>, AdminResult),
 }
 
 impl Reply {
@@ -654,6 +839,9 @@ impl Reply {
             }
             Reply::Complete(tx) => {
                 let _ = tx.send(result);
+            }
+            Reply::Admin(tx, changed) => {
+                let _ = tx.send(result.map(|()| changed));
             }
         }
     }
@@ -682,6 +870,7 @@ fn sync_stage(
             jobs.push(j);
         }
         let segment = jobs.iter().rev().find_map(|j| j.segment.clone());
+        let started = Instant::now();
         let result = (|| -> Result<(), StoreError> {
             if let Some(f) = segment {
                 f.sync_data()?;
@@ -691,6 +880,10 @@ fn sync_stage(
             Ok(())
         })();
         shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .fsync_duration
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::error!(error = %e, "spool fsync failed; callers get an error");
         }
@@ -753,6 +946,7 @@ impl Committer {
 
     fn commit_group(&mut self, ops: Vec<Op>) {
         let before = self.counters;
+        let admin_before = self.admin;
         let now = now_ms();
         let mut g = Group::default();
         let mut replies = Vec::with_capacity(ops.len());
@@ -760,6 +954,7 @@ impl Committer {
             match op {
                 Op::Append { messages, reply } => {
                     g.needs_sync = true;
+                    g.appended += messages.len();
                     let results = messages
                         .into_iter()
                         .map(|m| self.append_one(m, now, &mut g))
@@ -776,6 +971,11 @@ impl Committer {
                     message_key,
                     due_key,
                 } => self.quarantine(message_key, due_key, &mut g),
+                Op::Admin { op, reply } => {
+                    g.needs_sync = true;
+                    let result = self.admin_op(op, now, &mut g);
+                    replies.push(Reply::Admin(reply, result));
+                }
                 Op::Close => {}
             }
         }
@@ -789,6 +989,9 @@ impl Committer {
         }
         self.counters.clock_ms = self.counters.clock_ms.max(now);
         g.batch.insert(key::COUNTERS, codec::encode(&self.counters));
+        if self.admin != admin_before {
+            g.batch.insert(key::ADMIN, codec::encode(&self.admin));
+        }
         let needs_sync = g.needs_sync;
         let batch = std::mem::take(&mut g.batch);
         let written = self
@@ -802,7 +1005,11 @@ impl Committer {
         match written {
             Ok(segment) => {
                 self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
+                if g.appended > 0 {
+                    self.shared.metrics.group_commit.observe(g.appended as f64);
+                }
                 *self.shared.counters.lock().expect("counters lock") = self.counters;
+                *self.shared.admin.lock().expect("admin lock") = self.admin;
                 let mut hist = self.shared.due_seconds.lock().expect("due lock");
                 for (sec, d) in g.due {
                     let n = hist.entry(sec).or_insert(0);
@@ -838,6 +1045,7 @@ impl Committer {
             Err(e) => {
                 tracing::error!(error = %e, "spool commit failed; callers get an error");
                 self.counters = before;
+                self.admin = admin_before;
                 self.segments.abandon_pending();
                 let msg = e.to_string();
                 for r in replies {
@@ -1033,6 +1241,140 @@ impl Committer {
         }
     }
 
+    /// Applies one operator change to the group.
+    fn admin_op(&mut self, op: AdminOp, now: u64, g: &mut Group) -> AdminResult {
+        let mut result = AdminResult::default();
+        let mut sort = |changed: bool, id: MessageId| {
+            if changed {
+                result.changed.push(id)
+            } else {
+                result.unchanged.push(id)
+            }
+        };
+        match op {
+            AdminOp::SetPaused(mask) => self.admin.paused = mask & 0b111,
+            AdminOp::Cancel { ids, reason } => {
+                for id in ids {
+                    let done = self.cancel_one(id, &reason, now, g);
+                    sort(done, id);
+                }
+            }
+            AdminOp::RetryNow(ids) => {
+                for id in ids {
+                    let done = match self.current(id, g) {
+                        Some(mut record) if record.due_ms > now => {
+                            g.batch.remove(&key::due(record.lane, record.due_ms, id));
+                            g.due_remove(record.due_ms);
+                            record.due_ms = now;
+                            g.batch.insert(&key::due(record.lane, now, id), &[]);
+                            g.due_add(now);
+                            g.batch.insert(&key::message(id), codec::encode(&record));
+                            g.overlay.insert(id, Some(record));
+                            true
+                        }
+                        _ => false,
+                    };
+                    sort(done, id);
+                }
+            }
+            AdminOp::Requeue(ids) => {
+                for id in ids {
+                    let done = self.requeue_one(id, now, g);
+                    sort(done, id);
+                }
+            }
+            AdminOp::Purge(ids) => {
+                for id in ids {
+                    let done = match self.dead_letter(id, g) {
+                        Some(dead) => {
+                            g.batch.remove(&key::dead(id));
+                            g.gone_dead.insert(id);
+                            self.counters.dead -= 1;
+                            self.counters.dead_bytes = self
+                                .counters
+                                .dead_bytes
+                                .saturating_sub(dead.raw.len() as u64);
+                            true
+                        }
+                        None => false,
+                    };
+                    sort(done, id);
+                }
+            }
+        }
+        result
+    }
+
+    /// A dead letter not yet removed in this group.
+    fn dead_letter(&self, id: MessageId, g: &Group) -> Option<DeadRecord> {
+        if g.gone_dead.contains(&id) {
+            return None;
+        }
+        let v = self.shared.tree.get(key::dead(id)).ok()??;
+        codec::decode(&v).ok()
+    }
+
+    fn cancel_one(&mut self, id: MessageId, reason: &str, now: u64, g: &mut Group) -> bool {
+        let Some(record) = self.current(id, g) else {
+            return false;
+        };
+        g.batch.remove(&key::due(record.lane, record.due_ms, id));
+        g.due_remove(record.due_ms);
+        g.batch.remove(&key::message(id));
+        g.segment(record.body.segment, -1);
+        self.counters.queued[record.lane.index()] -= 1;
+        self.counters.queued_bytes = self
+            .counters
+            .queued_bytes
+            .saturating_sub(u64::from(record.body.len));
+        self.admin.cancelled_total += 1;
+        let cancelled = CancelledRecord {
+            lane: record.lane,
+            enqueued_ms: record.enqueued_ms,
+            cancelled_ms: now,
+            reason: reason.to_string(),
+            message_id: record.message_id,
+        };
+        let expires = now + self.options.delivered_retention.as_millis() as u64;
+        g.batch
+            .insert(&key::cancelled(id), codec::encode(&cancelled));
+        g.batch.insert(
+            key::expiry(expires, key::EXPIRY_CANCELLED, &id.0.to_be_bytes()),
+            &[],
+        );
+        g.overlay.insert(id, None);
+        true
+    }
+
+    /// A dead letter back in the queue under its own id: its bytes go to
+    /// the active segment, attempts and max_age start again.
+    fn requeue_one(&mut self, id: MessageId, now: u64, g: &mut Group) -> bool {
+        let Some(dead) = self.dead_letter(id, g) else {
+            return false;
+        };
+        let mut record = dead.record;
+        record.body = self.segments.append(id.0, &dead.raw);
+        g.segment(record.body.segment, 1);
+        record.attempts = 0;
+        record.last_error = String::new();
+        record.due_ms = now;
+        record.first_due_ms = now;
+        g.batch.remove(&key::dead(id));
+        g.gone_dead.insert(id);
+        g.batch.insert(&key::due(record.lane, now, id), &[]);
+        g.due_add(now);
+        g.batch.insert(&key::message(id), codec::encode(&record));
+        self.counters.dead -= 1;
+        self.counters.dead_bytes = self
+            .counters
+            .dead_bytes
+            .saturating_sub(dead.raw.len() as u64);
+        self.counters.queued[record.lane.index()] += 1;
+        self.counters.queued_bytes += u64::from(record.body.len);
+        g.overlay.insert(id, Some(record));
+        true
+    }
+
     /// Moves an unreadable message aside: its index entry (bytes as they
     /// are) to `q/`, its due key removed, its body reference released.
     fn quarantine(&mut self, mkey: Vec<u8>, due_key: Vec<u8>, g: &mut Group) {
@@ -1089,8 +1431,8 @@ impl Committer {
                             }
                         }
                     }
-                    key::EXPIRY_DELIVERED => {
-                        let mut dk = vec![b's'];
+                    kind @ (key::EXPIRY_DELIVERED | key::EXPIRY_CANCELLED) => {
+                        let mut dk = vec![kind];
                         dk.extend_from_slice(rest);
                         batch.remove(dk);
                     }

@@ -8,6 +8,8 @@ mod corruption;
 mod delivery;
 mod faults;
 mod limits;
+mod ops;
 mod power;
 mod restart;
 mod smtp_sink;
+mod transfer;

@@ -30,6 +30,7 @@ pub fn config(dir: &Path, relay: Option<String>) -> Config {
         cache_capacity_bytes: 16 << 20,
         // Build machines can be short of disk; the limits have their own tests.
         min_free_bytes: 1 << 20,
+        metrics_listen: "127.0.0.1:0".into(),
         ..Config::default()
     }
 }

@@ -1,0 +1,381 @@
+//! Prometheus metrics (`prometheus-client`) on their own HTTP listener.
+//!
+//! Two kinds: events counted where they happen (SMTP replies, latencies,
+//! group-commit sizes, fsync times), and gauges and totals refreshed at
+//! scrape time from the same view QueueStats returns, so `/metrics` and
+//! `QueueStats` never disagree. Names follow Prometheus conventions:
+//! `mailspool_<what>_<unit>`, counters end in `_total`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::pb;
+
+type Labels = Vec<(&'static str, &'static str)>;
+type FGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric mailspool exports. Cloning the handles is cheap; the
+/// registry is shared.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    queue: Family<Labels, Gauge>,
+    lane: Family<Labels, Gauge>,
+    dead: Gauge,
+    quarantined: Gauge,
+    oldest_age: FGauge,
+    drain_eta: FGauge,
+    congestion: Gauge,
+    paused: Family<Labels, Gauge>,
+    spool_bytes: Gauge,
+    disk_free: Gauge,
+    relay_connections: Gauge,
+    relay_state: Family<Labels, Gauge>,
+    enqueued: Counter,
+    delivered: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    duplicates: Counter,
+    refused: Counter,
+    cancelled: Counter,
+    /// SMTP replies by class: 2xx, 4xx, 5xx, error (no reply).
+    pub smtp_replies: Family<Labels, Counter>,
+    /// Per Enqueue / EnqueueBatch call, seconds.
+    pub enqueue_duration: Histogram,
+    /// Enqueue to relay acceptance, seconds.
+    pub delivery_latency: Histogram,
+    /// Messages made durable per group commit.
+    pub group_commit: Histogram,
+    /// One durability round (segment sync, sled flush, fsyncs), seconds.
+    pub fsync_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            queue: Family::default(),
+            lane: Family::default(),
+            dead: Gauge::default(),
+            quarantined: Gauge::default(),
+            oldest_age: FGauge::default(),
+            drain_eta: FGauge::default(),
+            congestion: Gauge::default(),
+            paused: Family::default(),
+            spool_bytes: Gauge::default(),
+            disk_free: Gauge::default(),
+            relay_connections: Gauge::default(),
+            relay_state: Family::default(),
+            enqueued: Counter::default(),
+            delivered: Counter::default(),
+            retried: Counter::default(),
+            dead_lettered: Counter::default(),
+            duplicates: Counter::default(),
+            refused: Counter::default(),
+            cancelled: Counter::default(),
+            smtp_replies: Family::default(),
+            // 100 µs .. ~1.6 s
+            enqueue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
+            // 10 ms .. ~1.5 days
+            delivery_latency: Histogram::new(exponential_buckets(0.01, 3.0, 17)),
+            group_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            fsync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
+        };
+        {
+            let mut r = m.registry.lock().expect("registry");
+            r.register(
+                "mailspool_queue_messages",
+                "Queued messages by state (ready, scheduled, in_flight)",
+                m.queue.clone(),
+            );
+            r.register(
+                "mailspool_queue_lane_messages",
+                "Queued messages by lane",
+                m.lane.clone(),
+            );
+            r.register(
+                "mailspool_dead_letters",
+                "Dead letters on disk",
+                m.dead.clone(),
+            );
+            r.register(
+                "mailspool_quarantined_messages",
+                "Messages moved aside as unreadable",
+                m.quarantined.clone(),
+            );
+            r.register(
+                "mailspool_oldest_message_age_seconds",
+                "Age of the oldest queued message",
+                m.oldest_age.clone(),
+            );
+            r.register(
+                "mailspool_drain_eta_seconds",
+                "Queued / delivery rate; 0 when empty, -1 when not draining",
+                m.drain_eta.clone(),
+            );
+            r.register(
+                "mailspool_congestion_state",
+                "0 OK, 1 WARNING, 2 CRITICAL",
+                m.congestion.clone(),
+            );
+            r.register(
+                "mailspool_delivery_paused",
+                "1 when delivery of the lane is paused",
+                m.paused.clone(),
+            );
+            r.register(
+                "mailspool_spool_bytes",
+                "Bytes the spool holds",
+                m.spool_bytes.clone(),
+            );
+            r.register(
+                "mailspool_disk_free_bytes",
+                "Free bytes on the spool's filesystem",
+                m.disk_free.clone(),
+            );
+            r.register(
+                "mailspool_relay_connections",
+                "SMTP connections open or in use",
+                m.relay_connections.clone(),
+            );
+            r.register(
+                "mailspool_relay_state",
+                "1 for the relay's current state",
+                m.relay_state.clone(),
+            );
+            r.register(
+                "mailspool_enqueued_messages",
+                "Messages accepted",
+                m.enqueued.clone(),
+            );
+            r.register(
+                "mailspool_delivered_messages",
+                "Messages the relay accepted",
+                m.delivered.clone(),
+            );
+            r.register(
+                "mailspool_retried_messages",
+                "Delivery attempts that will be retried",
+                m.retried.clone(),
+            );
+            r.register(
+                "mailspool_dead_lettered_messages",
+                "Messages moved to the dead letters",
+                m.dead_lettered.clone(),
+            );
+            r.register(
+                "mailspool_duplicate_enqueues",
+                "Enqueues answered with an earlier id (idempotency key)",
+                m.duplicates.clone(),
+            );
+            r.register(
+                "mailspool_enqueue_refused",
+                "Enqueues refused with RESOURCE_EXHAUSTED",
+                m.refused.clone(),
+            );
+            r.register(
+                "mailspool_cancelled_messages",
+                "Messages removed by Cancel or Transfer",
+                m.cancelled.clone(),
+            );
+            r.register(
+                "mailspool_smtp_replies",
+                "SMTP replies by class (2xx, 4xx, 5xx, error)",
+                m.smtp_replies.clone(),
+            );
+            r.register(
+                "mailspool_enqueue_duration_seconds",
+                "Enqueue and EnqueueBatch call duration",
+                m.enqueue_duration.clone(),
+            );
+            r.register(
+                "mailspool_delivery_latency_seconds",
+                "Enqueue to relay acceptance",
+                m.delivery_latency.clone(),
+            );
+            r.register(
+                "mailspool_group_commit_messages",
+                "Messages made durable per group commit",
+                m.group_commit.clone(),
+            );
+            r.register(
+                "mailspool_fsync_duration_seconds",
+                "One durability round: segment sync, sled flush, fsyncs",
+                m.fsync_duration.clone(),
+            );
+        }
+        m
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Raises a counter to `value` (the totals come from the spool's own
+/// counters, which persist across restarts).
+fn sync(counter: &Counter, value: u64) {
+    let now = counter.get();
+    if value > now {
+        counter.inc_by(value - now);
+    }
+}
+
+fn lane_label(l: i32) -> &'static str {
+    match pb::Lane::try_from(l) {
+        Ok(pb::Lane::Transactional) => "transactional",
+        Ok(pb::Lane::Bulk) => "bulk",
+        _ => "normal",
+    }
+}
+
+impl Metrics {
+    pub fn smtp_reply(&self, class: &'static str) {
+        self.smtp_replies
+            .get_or_create(&vec![("class", class)])
+            .inc();
+    }
+
+    /// Refreshes the gauges and totals from the QueueStats view.
+    pub fn refresh(&self, s: &pb::QueueStatsResponse, relay_connections: u64) {
+        for (state, v) in [
+            ("ready", s.ready),
+            ("scheduled", s.scheduled),
+            ("in_flight", s.in_flight),
+        ] {
+            self.queue
+                .get_or_create(&vec![("state", state)])
+                .set(v as i64);
+        }
+        for (lane, v) in [
+            ("transactional", s.queued_transactional),
+            ("normal", s.queued_normal),
+            ("bulk", s.queued_bulk),
+        ] {
+            self.lane.get_or_create(&vec![("lane", lane)]).set(v as i64);
+            let paused = s.paused_lanes.iter().any(|&l| lane_label(l) == lane);
+            self.paused
+                .get_or_create(&vec![("lane", lane)])
+                .set(i64::from(paused));
+        }
+        self.dead.set(s.dead as i64);
+        self.quarantined.set(s.quarantined as i64);
+        self.oldest_age.set(s.oldest_queued_age_seconds);
+        self.drain_eta.set(s.drain_eta_seconds);
+        self.congestion.set(i64::from(s.congestion));
+        self.spool_bytes.set(s.spool_bytes as i64);
+        self.disk_free
+            .set(s.disk_free_bytes.min(i64::MAX as u64) as i64);
+        self.relay_connections.set(relay_connections as i64);
+        for state in ["ok", "unreachable", "throttled"] {
+            self.relay_state
+                .get_or_create(&vec![("state", state)])
+                .set(i64::from(s.relay_state == state));
+        }
+        sync(&self.enqueued, s.enqueued_total);
+        sync(&self.delivered, s.delivered_total);
+        sync(&self.retried, s.retried_total);
+        sync(&self.dead_lettered, s.dead_total);
+        sync(&self.duplicates, s.duplicates_total);
+        sync(&self.refused, s.refused_total);
+        sync(&self.cancelled, s.cancelled_total);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let r = self.registry.lock().expect("registry");
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &r);
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`; `refresh` is called
+/// before each scrape and returns the text to serve.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    scrape: Arc<dyn Fn() -> String + Send + Sync>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use axum::http::header::CONTENT_TYPE;
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let scrape = scrape.clone();
+            async move {
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    scrape(),
+                )
+            }
+        }),
+    );
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_documented_names() {
+        let m = Metrics::default();
+        let s = pb::QueueStatsResponse {
+            ready: 3,
+            queued_bulk: 3,
+            enqueued_total: 10,
+            congestion: 1,
+            relay_state: "throttled".into(),
+            paused_lanes: vec![pb::Lane::Bulk as i32],
+            ..Default::default()
+        };
+        m.refresh(&s, 2);
+        m.smtp_reply("4xx");
+        m.enqueue_duration.observe(0.002);
+        let text = m.render();
+        for line in [
+            "mailspool_queue_messages{state=\"ready\"} 3",
+            "mailspool_queue_lane_messages{lane=\"bulk\"} 3",
+            "mailspool_enqueued_messages_total 10",
+            "mailspool_congestion_state 1",
+            "mailspool_delivery_paused{lane=\"bulk\"} 1",
+            "mailspool_delivery_paused{lane=\"normal\"} 0",
+            "mailspool_relay_state{state=\"throttled\"} 1",
+            "mailspool_relay_connections 2",
+            "mailspool_smtp_replies_total{class=\"4xx\"} 1",
+            "mailspool_enqueue_duration_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // Totals only move forward.
+        m.refresh(&pb::QueueStatsResponse::default(), 0);
+        assert!(m.render().contains("mailspool_enqueued_messages_total 10"));
+    }
+}
