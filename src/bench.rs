@@ -410,6 +410,21 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
             probe_empty.ms(0.5)
         ),
     );
+    let held = dir_bytes(&data);
+    row(
+        &mut rows,
+        format!(
+            "data dir with {} queued (sizing: disk per queued message)",
+            s.queued
+        ),
+        format!(
+            "{:.1} MiB = {:.0} B per message ({:.2} GiB per million {} B messages)",
+            held as f64 / 1048576.0,
+            held as f64 / s.queued.max(1) as f64,
+            held as f64 / s.queued.max(1) as f64 * 1e6 / 1073741824.0,
+            body.len()
+        ),
+    );
     let (rss1, written1) = s1.resources();
     let enqueued1 = s.enqueued_total;
     let fsyncs1 = s.fsyncs_total;

@@ -456,6 +456,56 @@ mod tests {
     }
 
     #[test]
+    fn raw_messages_keep_their_bytes_and_message_id() {
+        let to = vec!["b@example.org".to_string()];
+        let data = b"Message-ID: <abc@x.example>\r\nSubject: hi\r\n\r\nbody\r\n";
+        let raw = RawInput {
+            data,
+            envelope_from: "a@x.example",
+            envelope_to: &to,
+        };
+        let m = build_raw(&raw, Lane::Bulk, "k", 0, LIMITS, 1_000).unwrap();
+        assert_eq!(m.raw, data.to_vec());
+        assert_eq!(m.message_id, "abc@x.example");
+        assert_eq!(
+            (m.envelope_from.as_str(), m.lane),
+            ("a@x.example", Lane::Bulk)
+        );
+        let cases: [(&[u8], &str, Vec<String>, &str); 4] = [
+            (b"no header end", "a@x.example", to.clone(), "raw.data"),
+            (data, "not an address", to.clone(), "raw.envelope_from"),
+            (data, "a@x.example", vec![], "raw.envelope_to"),
+            (
+                data,
+                "a@x.example",
+                vec!["bad".into()],
+                "raw.envelope_to[0]",
+            ),
+        ];
+        for (data, from, to, field) in cases {
+            let raw = RawInput {
+                data,
+                envelope_from: from,
+                envelope_to: &to,
+            };
+            let e = build_raw(&raw, Lane::Normal, "", 0, LIMITS, 1_000).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let big = vec![b'x'; 5000];
+        let raw = RawInput {
+            data: &big,
+            envelope_from: "",
+            envelope_to: &to,
+        };
+        assert_eq!(
+            build_raw(&raw, Lane::Normal, "", 0, LIMITS, 1_000)
+                .unwrap_err()
+                .field,
+            "raw.data"
+        );
+    }
+
+    #[test]
     fn builds_rfc5322_with_alternative_and_hidden_bcc() {
         let mut e = ok_email();
         e.html_body = "<p>hi</p>".into();
