@@ -18,6 +18,7 @@
 //! [`server`] wires these together and handles shutdown; [`config`] holds the
 //! settings; [`cli`] holds the client commands of the binary.
 
+pub mod admin_cli;
 pub mod admission;
 pub mod api;
 pub mod bench;
