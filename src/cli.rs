@@ -1,10 +1,13 @@
 //! The binary's command line: `serve` (the default) and client commands
-//! for people (`enqueue`, `stats`, `status`).
+//! for people (`enqueue`, `stats`, `status`, `stats --watch`). This module
+//! owns the flags and the calls; the live view is [`crate::watch`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin_cli as ac;
 use crate::config::{Config, ConfigError, LogFormat, RelayTls};
 use crate::pb;
 
@@ -254,8 +257,17 @@ pub struct StatsArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// A live view, redrawn every --interval until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between refreshes with --watch: 1s, 10s, 2m, or seconds.
+    #[arg(long, default_value = "1s", value_parser = ac::parse_interval, requires = "watch")]
+    pub interval: Duration,
+    /// With --watch: stop after this many refreshes (0: until Ctrl-C).
+    #[arg(long, default_value_t = 0, requires = "watch")]
+    pub count: u64,
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +292,13 @@ async fn channel(server: &str) -> Result<tonic::transport::Channel, Box<dyn std:
 }
 
 fn status_error(s: tonic::Status) -> Box<dyn std::error::Error> {
+    if s.code() == tonic::Code::Unimplemented {
+        return format!(
+            "Unimplemented: {} (the server does not have this operation yet: upgrade it)",
+            s.message()
+        )
+        .into();
+    }
     format!("{:?}: {}", s.code(), s.message()).into()
 }
 
@@ -319,6 +338,9 @@ pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
 }
 
 pub async fn stats(a: StatsArgs) -> ClientResult {
+    if a.watch {
+        return crate::watch::run(&a.client.server, a.interval, a.count).await;
+    }
     let mut client =
         pb::queue_admin_client::QueueAdminClient::new(channel(&a.client.server).await?);
     let s = client
@@ -343,6 +365,12 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "max_spool_bytes": s.max_spool_bytes, "disk_free_bytes": s.disk_free_bytes,
             "refused_total": s.refused_total, "relay_state": s.relay_state,
             "relay_consecutive_failures": s.relay_consecutive_failures,
+            "relay_backoff_remaining_ms": s.relay_backoff_remaining_ms,
+            "congestion": s.congestion().as_str_name(),
+            "congestion_reason": s.congestion_reason,
+            "congestion_since_unix_ms": s.congestion_since_unix_ms,
+            "paused_lanes": s.paused_lanes.iter().map(|&l| ac::lane_name(l)).collect::<Vec<_>>(),
+            "cancelled_total": s.cancelled_total,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -352,7 +380,19 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
     } else {
         format!("{:.0} s", s.drain_eta_seconds)
     };
+    let mut congestion = s.congestion().as_str_name().to_string();
+    if !s.congestion_reason.is_empty() {
+        congestion.push_str(&format!(" ({})", s.congestion_reason));
+    }
+    if s.congestion_since_unix_ms > 0 {
+        congestion.push_str(&format!(
+            " since {}",
+            ac::ago(s.congestion_since_unix_ms, ac::now_ms())
+        ));
+    }
     let rows: Vec<(&str, String)> = vec![
+        ("congestion", congestion),
+        ("paused lanes", ac::lanes_list(&s.paused_lanes)),
         ("queued", s.queued.to_string()),
         ("  ready", s.ready.to_string()),
         ("  scheduled", s.scheduled.to_string()),
@@ -388,6 +428,7 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         ("retried total", s.retried_total.to_string()),
         ("dead total", s.dead_total.to_string()),
         ("duplicates total", s.duplicates_total.to_string()),
+        ("cancelled total", s.cancelled_total.to_string()),
     ];
     for (k, v) in rows {
         println!("{k:<18} {v:>14}");

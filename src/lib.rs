@@ -41,6 +41,7 @@ pub mod soak;
 pub mod stats;
 pub mod store;
 pub mod torture;
+pub mod watch;
 
 /// Generated protobuf and gRPC types for `mailspool.v1`.
 pub mod pb {
