@@ -19,6 +19,7 @@
 //! settings; [`cli`] holds the client commands of the binary.
 
 pub mod admin_api;
+pub mod admin_cli;
 pub mod admission;
 pub mod api;
 pub mod bench;
@@ -45,6 +46,7 @@ pub mod stats;
 pub mod store;
 pub mod torture;
 pub mod transfer;
+pub mod watch;
 
 /// Generated protobuf and gRPC types for `mailspool.v1`.
 pub mod pb {
