@@ -13,10 +13,15 @@
 //! 4. [`delivery`] sends each leased message through a [`relay`] (an SMTP
 //!    pool over lettre, or the local outbox) and turns the reply into an
 //!    outcome with [`retry`]: ack, retry with backoff, or dead letter.
-//! 5. [`stats`] keeps the rates that `QueueStats` reports.
+//! 5. [`stats`] keeps the rates that `QueueStats` reports; [`congestion`]
+//!    turns them into OK/WARNING/CRITICAL; [`metrics`] exports them on
+//!    `/metrics`.
 //!
-//! [`server`] wires these together and handles shutdown; [`config`] holds the
-//! settings; [`cli`] holds the client commands of the binary.
+//! Operators act on the queue through [`admin_api`] (`QueueAdmin`), which
+//! uses [`ops`] (filters, pages, bulk operations) and [`transfer`] (node
+//! drain). [`server`] wires everything together, serves health and
+//! reflection, and handles shutdown; [`config`] holds the settings; [`cli`],
+//! [`admin_cli`] and [`watch`] are the client commands of the binary.
 
 pub mod admin_api;
 pub mod admin_cli;

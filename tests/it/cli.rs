@@ -1,0 +1,112 @@
+//! The operator CLI (`mailspool queue ...`, `stats --watch`, `top-domains`)
+//! run as the real binary against the real server.
+
+use mailspool::pb;
+
+use crate::support::*;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn cli(server: &str, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(binary())
+        .args(args)
+        .arg("--server")
+        .arg(server)
+        .output()
+        .await
+        .expect("run mailspool");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_confirms_and_acts_through_the_real_server() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    let url = format!("http://{}", s.handle.as_ref().unwrap().addr);
+
+    let r = cli(&url, &["queue", "pause", "--lane", "bulk"]).await;
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, "delivery paused: bulk"),
+        "{}",
+        r.stderr
+    );
+    for i in 0..3 {
+        let mut req = with_lane(request(&format!("c{i}")), pb::Lane::Bulk);
+        req.email.as_mut().unwrap().to = vec![format!("u{i}@one.example")];
+        s.enqueue(req).await.unwrap();
+    }
+
+    let r = cli(&url, &["queue", "list", "--json"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(
+            (row["lane"].as_str(), row["detail"].as_str()),
+            (Some("bulk"), Some("ready"))
+        );
+    }
+
+    let r = cli(&url, &["top-domains"]).await;
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("one.example"))
+        .unwrap_or_else(|| panic!("no one.example row in\n{}", r.stdout));
+    assert_eq!(line.split_whitespace().nth(1), Some("3"), "{line}");
+
+    // A filter without --yes: prints what it would touch, changes nothing.
+    let r = cli(&url, &["queue", "cancel", "--domain", "one.example"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stdout.contains("would cancel 3"), "{}", r.stdout);
+    assert!(r.stderr.contains("nothing changed"), "{}", r.stderr);
+    // No filter at all needs --all-messages, even with --yes.
+    let r = cli(&url, &["queue", "cancel", "--yes"]).await;
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--all-messages"), "{}", r.stderr);
+    let r = cli(&url, &["queue", "transfer", "--to", "http://127.0.0.1:1"]).await;
+    assert_eq!(r.code, 2, "transfer without --yes changes nothing");
+    let st = s.stats().await;
+    assert_eq!(
+        (st.queued, st.cancelled_total, st.paused_lanes.len()),
+        (3, 0, 1)
+    );
+
+    let r = cli(
+        &url,
+        &["stats", "--watch", "--count", "2", "--interval", "1s"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.matches("congestion").count(), 2, "{}", r.stdout);
+    assert!(r.stdout.contains("PAUSED"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains('▁') || r.stdout.contains('█'),
+        "sparkline: {}",
+        r.stdout
+    );
+
+    let r = cli(
+        &url,
+        &["queue", "cancel", "--domain", "one.example", "--yes"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("cancelled 3"), "{}", r.stdout);
+    let st = s.stats().await;
+    assert_eq!((st.queued, st.cancelled_total), (0, 3));
+    s.shutdown().await;
+}
