@@ -694,3 +694,43 @@ async fn health_follows_the_spool_and_reflection_lists_every_service() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_when_shutdown_begins() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let dir = tempdir();
+    let mut s = TestServer::start(config(dir.path(), None)).await;
+    let url = format!("http://{}", s.handle.as_ref().unwrap().addr);
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut watches = Vec::new();
+    for service in ["", "mailspool.v1.MailQueue"] {
+        let mut stream = health
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+        watches.push((service, stream));
+    }
+    let handle = s.handle.take().unwrap();
+    let stopping = tokio::spawn(handle.shutdown());
+    for (service, mut stream) in watches {
+        let next = stream.message().await.unwrap().unwrap();
+        assert_eq!(next.status(), ServingStatus::NotServing, "{service:?}");
+    }
+    // The open watch streams do not hold the shutdown beyond the grace period.
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown finishes with watch streams open")
+        .unwrap();
+}
