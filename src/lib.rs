@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod peer;
+pub mod queue_cli;
 pub mod relay;
 pub mod retry;
 pub mod scheduler;

@@ -25,8 +25,8 @@ fn main() -> ExitCode {
         Some(Command::Enqueue(a)) => runtime.block_on(cli::enqueue(a)),
         Some(Command::Stats(a)) => runtime.block_on(cli::stats(a)),
         Some(Command::Status(a)) => runtime.block_on(cli::status(a)),
-        Some(Command::Queue(a)) => runtime.block_on(cli::queue(a)),
-        Some(Command::TopDomains(a)) => runtime.block_on(cli::top_domains(a)),
+        Some(Command::Queue(a)) => runtime.block_on(mailspool::queue_cli::queue(a)),
+        Some(Command::TopDomains(a)) => runtime.block_on(mailspool::queue_cli::top_domains(a)),
         Some(Command::Compact(a)) => cli::compact(a),
         Some(Command::Soak(a)) => {
             let interval = a.interval_secs;

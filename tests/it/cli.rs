@@ -110,3 +110,73 @@ async fn the_cli_lists_confirms_and_acts_through_the_real_server() {
     assert_eq!((st.queued, st.cancelled_total), (0, 3));
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_acts_on_ids_follows_cursors_and_transfers_to_another_node() {
+    let (src_dir, dst_dir) = (tempdir(), tempdir());
+    let src = TestServer::start(config(src_dir.path(), None)).await;
+    let dst = TestServer::start(config(dst_dir.path(), None)).await;
+    let src_url = format!("http://{}", src.handle.as_ref().unwrap().addr);
+    let dst_url = format!("http://{}", dst.handle.as_ref().unwrap().addr);
+    let r = cli(&src_url, &["queue", "pause"]).await;
+    assert_eq!(
+        r.stdout.trim(),
+        "delivery paused: transactional, normal, bulk",
+        "{}",
+        r.stderr
+    );
+    let later = mailspool::model::now_ms() as i64 + 3_600_000;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let req = pb::EnqueueRequest {
+            not_before_unix_ms: if i == 0 { later } else { 0 },
+            ..request(&format!("x{i}"))
+        };
+        ids.push(src.enqueue(req).await.unwrap().id);
+    }
+    assert_eq!(src.stats().await.scheduled, 1);
+
+    // Ids act at once, no --yes needed.
+    let r = cli(&src_url, &["queue", "retry", &ids[0]]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("retried 1"), "{}", r.stdout);
+    assert_eq!(src.stats().await.scheduled, 0);
+    // An unknown id is a warning, not a change.
+    let r = cli(&src_url, &["queue", "cancel", "00000000000000aa"]).await;
+    assert!(r.stderr.contains("00000000000000aa"), "{}", r.stderr);
+    assert_eq!(src.stats().await.queued, 5);
+
+    // --all follows the cursors, one message per page here.
+    let r = cli(
+        &src_url,
+        &["queue", "list", "--all", "--page-size", "1", "--json"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let listed: Vec<String> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(listed, ids);
+
+    // Nothing dead: purge matches nothing and changes nothing, even with --yes.
+    let r = cli(&src_url, &["queue", "purge", "--older-than", "0", "--yes"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(src.stats().await.dead_total, 0);
+
+    // Node drain through the CLI, with its progress and final line.
+    let r = cli(&src_url, &["queue", "transfer", "--to", &dst_url, "--yes"]).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("transferred 5 to"), "{}", r.stdout);
+    let (s, d) = (src.stats().await, dst.stats().await);
+    assert_eq!((s.queued, s.cancelled_total, d.enqueued_total), (0, 5, 5));
+    dst.wait_delivered(5).await;
+    src.shutdown().await;
+    dst.shutdown().await;
+}
