@@ -7,8 +7,10 @@
 
 use bincode::{Decode, Encode};
 
-/// The format version written by this binary.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version written by this binary. Version 2 added the
+/// client slot to `Record` (and so to `DeadRecord`); values of version 1
+/// are still read (see [`Versioned`]).
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Upper bound on any decoded allocation (a record is at most the maximum
 /// message size plus its envelope).
@@ -31,11 +33,25 @@ pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
     out
 }
 
-pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, DecodeError> {
-    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::UnknownVersion(version));
+/// A stored type: how to read it in each format version.
+pub trait Versioned: Decode<()> + Sized {
+    /// A value written by format version 1; by default the layout is the same.
+    fn decode_v1(body: &[u8]) -> Result<Self, DecodeError> {
+        decode_body(body)
     }
+}
+
+pub fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    match version {
+        FORMAT_VERSION => decode_body(body),
+        1 => T::decode_v1(body),
+        v => Err(DecodeError::UnknownVersion(v)),
+    }
+}
+
+/// Decodes bincode bytes (no version byte), whole and bounded.
+pub fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, DecodeError> {
     let (value, used) = bincode::decode_from_slice(body, config().with_limit::<DECODE_LIMIT>())
         .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     if used != body.len() {
@@ -73,6 +89,7 @@ mod tests {
                 offset: 2,
                 len: 3,
             },
+            client: 7,
         }
     }
 
@@ -80,6 +97,33 @@ mod tests {
     fn round_trips() {
         let r = record();
         assert_eq!(decode::<Record>(&encode(&r)), Ok(r));
+    }
+
+    #[test]
+    fn reads_format_1_records_as_client_0() {
+        // Format 1 is format 2 without the trailing client (a varint: one
+        // byte for 0), under version byte 1.
+        let r = Record {
+            client: 0,
+            ..record()
+        };
+        let mut v1 = encode(&r);
+        assert_eq!(v1.pop(), Some(0));
+        v1[0] = 1;
+        assert_eq!(decode::<Record>(&v1), Ok(r.clone()));
+        let dead = crate::model::DeadRecord {
+            record: r,
+            raw: b"x".to_vec(),
+            died_ms: 5,
+            reason: "550".into(),
+        };
+        let bytes = encode(&dead);
+        // record ends right before raw's length prefix (1) and byte.
+        let cut = bytes.len() - (1 + 1 + 1 + 1 + 3) - 1;
+        let mut v1 = bytes.clone();
+        assert_eq!(v1.remove(cut), 0, "the client byte");
+        v1[0] = 1;
+        assert_eq!(decode::<crate::model::DeadRecord>(&v1), Ok(dead));
     }
 
     #[test]

@@ -190,6 +190,7 @@ pub fn build(
         raw,
         idempotency_key: idempotency_key.to_string(),
         not_before_ms,
+        client: String::new(),
     })
 }
 
@@ -308,6 +309,7 @@ pub fn build_raw(
         raw: raw.data.to_vec(),
         idempotency_key: idempotency_key.to_string(),
         not_before_ms,
+        client: String::new(),
     })
 }
 

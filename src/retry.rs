@@ -159,6 +159,7 @@ mod tests {
                 offset: 0,
                 len: 0,
             },
+            client: 0,
         }
     }
 

@@ -12,6 +12,9 @@
 //! - Lanes are served by smooth weighted round robin (transactional 8,
 //!   normal 3, bulk 1): a bulk backlog never holds transactional mail for
 //!   more than a lease or two, and bulk still progresses.
+//! - Within a lane, clients take turns (round robin over the client slots
+//!   with due mail): a flood from one client delays another client's mail
+//!   of the same lane by at most one lease per client with mail due.
 //! - A paused lane (PauseDelivery, persisted by the store) is never leased;
 //!   its messages stay queued and Enqueue keeps accepting.
 //! - Leasing cost is the batch size plus the leases in flight, never the
@@ -45,6 +48,8 @@ struct Table {
     next_token: u64,
     /// Smooth weighted round robin credits per lane.
     credit: [i64; 3],
+    /// Per lane: the position in the client slots whose turn is next.
+    next_client: [usize; 3],
 }
 
 pub struct Scheduler {
@@ -92,9 +97,21 @@ impl Scheduler {
             if paused & (1 << lane.index()) != 0 {
                 continue;
             }
-            let messages = self
-                .store
-                .due(lane, now, self.batch, |id| table.leased.contains_key(&id));
+            // Within the lane, clients take turns: one client's backlog
+            // never holds another's mail for more than a lease per client.
+            let slots = self.store.client_slots();
+            let start = table.next_client[lane.index()];
+            let mut messages = Vec::new();
+            for k in 0..slots.len() {
+                let turn = (start + k) % slots.len();
+                messages = self.store.due(lane, slots[turn], now, self.batch, |id| {
+                    table.leased.contains_key(&id)
+                });
+                if !messages.is_empty() {
+                    table.next_client[lane.index()] = turn + 1;
+                    break;
+                }
+            }
             if messages.is_empty() {
                 continue;
             }

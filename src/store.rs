@@ -27,7 +27,7 @@
 //! Key layout (one sled tree):
 //! ```text
 //! m <id:8>                      → Record          queued message (index entry)
-//! d <lane:1> <due_ms:8> <id:8>  → ()              due index, ordered by time
+//! d <lane:1> <client:2> <due_ms:8> <id:8> → ()   due index, per lane and client, by time
 //! z <id:8>                      → DeadRecord      dead letter, with its bytes
 //! g <segment:4>                 → u64             live bodies in a segment
 //! s <id:8>                      → DeliveredRecord delivered, kept for retention
@@ -38,9 +38,11 @@
 //! c                             → Counters
 //! a                             → AdminState      paused lanes, cancelled total
 //! n                             → node id         random, made at creation
+//! u <client:2>                  → name            client registry (slot 0 = no client)
+//! w <client:2>                  → ClientCounters  per-client queued, bytes, totals
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -208,6 +210,44 @@ impl Counters {
     }
 }
 
+/// Per-client figures, persisted with the changes they count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct ClientCounters {
+    pub queued: u64,
+    pub queued_bytes: u64,
+    pub enqueued_total: u64,
+    pub delivered_total: u64,
+    pub dead_total: u64,
+}
+
+impl codec::Versioned for Counters {}
+impl codec::Versioned for AdminState {}
+impl codec::Versioned for CancelledRecord {}
+impl codec::Versioned for IdemEntry {}
+impl codec::Versioned for ClientCounters {}
+
+/// The client registry: names by slot, and each slot's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Clients {
+    pub names: BTreeMap<u16, String>,
+    pub counters: BTreeMap<u16, ClientCounters>,
+}
+
+impl Clients {
+    pub fn slot(&self, name: &str) -> Option<u16> {
+        if name.is_empty() {
+            return Some(0);
+        }
+        self.names.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+    }
+    /// The counters of `name`'s slot (zero if it never enqueued).
+    pub fn counters_of(&self, name: &str) -> ClientCounters {
+        self.slot(name)
+            .and_then(|s| self.counters.get(&s).copied())
+            .unwrap_or_default()
+    }
+}
+
 /// A point-in-time view for QueueStats.
 #[derive(Debug, Clone, Default)]
 pub struct StoreSnapshot {
@@ -261,6 +301,8 @@ struct Shared {
     admin: Mutex<AdminState>,
     node_id: String,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Published by the committer after each group.
+    clients: Mutex<Clients>,
 }
 
 /// Handle to the spool. Cloning is cheap.
@@ -300,16 +342,35 @@ mod key {
         k[1..].copy_from_slice(&id.0.to_be_bytes());
         k
     }
-    pub fn due(lane: Lane, due_ms: u64, id: MessageId) -> [u8; 18] {
-        let mut k = [0u8; 18];
+    pub fn due(lane: Lane, client: u16, due_ms: u64, id: MessageId) -> [u8; 20] {
+        let mut k = [0u8; 20];
         k[0] = b'd';
         k[1] = lane.index() as u8;
-        k[2..10].copy_from_slice(&due_ms.to_be_bytes());
-        k[10..].copy_from_slice(&id.0.to_be_bytes());
+        k[2..4].copy_from_slice(&client.to_be_bytes());
+        k[4..12].copy_from_slice(&due_ms.to_be_bytes());
+        k[12..].copy_from_slice(&id.0.to_be_bytes());
         k
     }
-    /// Parses a due key into (lane, due_ms, id).
-    pub fn parse_due(k: &[u8]) -> Option<(Lane, u64, MessageId)> {
+    /// Parses a due key into (lane, client, due_ms, id).
+    pub fn parse_due(k: &[u8]) -> Option<(Lane, u16, u64, MessageId)> {
+        if k.len() != 20 || k[0] != b'd' {
+            return None;
+        }
+        let lane = Lane::from_index(k[1])?;
+        let client = u16::from_be_bytes(k[2..4].try_into().ok()?);
+        let due = u64::from_be_bytes(k[4..12].try_into().ok()?);
+        let id = u64::from_be_bytes(k[12..].try_into().ok()?);
+        Some((lane, client, due, MessageId(id)))
+    }
+    /// The first key after every due key of (lane, client).
+    pub fn due_end(lane: Lane, client: u16) -> Vec<u8> {
+        let mut k = vec![b'd', lane.index() as u8];
+        k.extend_from_slice(&client.to_be_bytes());
+        k.push(0xff);
+        k
+    }
+    /// A format-1 due key (no client): `d <lane> <due:8> <id:8>`.
+    pub fn parse_due_v1(k: &[u8]) -> Option<(Lane, u64, MessageId)> {
         if k.len() != 18 || k[0] != b'd' {
             return None;
         }
@@ -318,8 +379,13 @@ mod key {
         let id = u64::from_be_bytes(k[10..].try_into().ok()?);
         Some((lane, due, MessageId(id)))
     }
-    pub fn due_lane_prefix(lane_index: usize) -> [u8; 2] {
-        [b'd', lane_index as u8]
+    pub fn client_name(slot: u16) -> [u8; 3] {
+        let b = slot.to_be_bytes();
+        [b'u', b[0], b[1]]
+    }
+    pub fn client_counters(slot: u16) -> [u8; 3] {
+        let b = slot.to_be_bytes();
+        [b'w', b[0], b[1]]
     }
     pub fn idem(k: &str) -> Vec<u8> {
         idem_bytes(k.as_bytes())
@@ -387,6 +453,26 @@ impl Store {
                 id
             }
         };
+        migrate_due_keys(&tree)?;
+        let mut clients = Clients::default();
+        for item in tree.scan_prefix(b"u") {
+            let (k, v) = item?;
+            if let Ok(slot) = <[u8; 2]>::try_from(&k[1..]) {
+                let slot = u16::from_be_bytes(slot);
+                clients
+                    .names
+                    .insert(slot, String::from_utf8_lossy(&v).into_owned());
+            }
+        }
+        for item in tree.scan_prefix(b"w") {
+            let (k, v) = item?;
+            if let (Ok(slot), Ok(c)) = (
+                <[u8; 2]>::try_from(&k[1..]),
+                codec::decode::<ClientCounters>(&v),
+            ) {
+                clients.counters.insert(u16::from_be_bytes(slot), c);
+            }
+        }
         let stored = tree
             .get(key::COUNTERS)?
             .map(|v| codec::decode::<Counters>(&v));
@@ -424,13 +510,18 @@ impl Store {
         // those already due are counted as they are leased and acked.
         let now = now_ms();
         let mut due_seconds = BTreeMap::new();
+        let slots: Vec<u16> = std::iter::once(0)
+            .chain(clients.names.keys().copied())
+            .collect();
         for lane in Lane::ALL {
-            let from = key::due(lane, now, MessageId(0));
-            let to = key::due_lane_prefix(lane.index() + 1);
-            for item in tree.range(from.as_slice()..to.as_slice()) {
-                let (k, _) = item?;
-                if let Some((_, due, _)) = key::parse_due(&k) {
-                    *due_seconds.entry(due / 1000).or_insert(0) += 1;
+            for &slot in &slots {
+                let from = key::due(lane, slot, now, MessageId(0));
+                let to = key::due_end(lane, slot);
+                for item in tree.range(from.as_slice()..to.as_slice()) {
+                    let (k, _) = item?;
+                    if let Some((_, _, due, _)) = key::parse_due(&k) {
+                        *due_seconds.entry(due / 1000).or_insert(0) += 1;
+                    }
                 }
             }
         }
@@ -450,6 +541,7 @@ impl Store {
             admin: Mutex::new(admin),
             node_id,
             metrics: options.metrics.clone(),
+            clients: Mutex::new(clients.clone()),
         });
         let syncer = Arc::new(Mutex::new(Syncer::new(dir)?));
         let (tx, rx) = mpsc::channel();
@@ -470,6 +562,7 @@ impl Store {
             options,
             counters,
             admin,
+            clients,
             last_housekeeping: Instant::now(),
         };
         let handle = std::thread::Builder::new()
@@ -512,16 +605,17 @@ impl Store {
     pub fn due(
         &self,
         lane: Lane,
+        client: u16,
         now_ms: u64,
         max: usize,
         skip: impl Fn(MessageId) -> bool,
     ) -> Vec<Leased> {
-        let start = key::due_lane_prefix(lane.index());
-        let end = key::due(lane, now_ms.saturating_add(1), MessageId(0));
+        let start = key::due(lane, client, 0, MessageId(0));
+        let end = key::due(lane, client, now_ms.saturating_add(1), MessageId(0));
         let mut out = Vec::new();
         for item in self.shared.tree.range(start.as_slice()..end.as_slice()) {
             let Ok((k, _)) = item else { break };
-            let Some((_, _, id)) = key::parse_due(&k) else {
+            let Some((_, _, _, id)) = key::parse_due(&k) else {
                 continue;
             };
             if skip(id) {
@@ -590,6 +684,17 @@ impl Store {
         rx.await
             .map_err(|_| StoreError::Closed)?
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+    }
+
+    /// The client registry and per-client counters, as last committed.
+    pub fn clients(&self) -> Clients {
+        self.shared.clients.lock().expect("clients lock").clone()
+    }
+
+    /// Client slots in use (0 first), for the scheduler's round robin.
+    pub fn client_slots(&self) -> Vec<u16> {
+        let c = self.shared.clients.lock().expect("clients lock");
+        std::iter::once(0).chain(c.names.keys().copied()).collect()
     }
 
     /// Paused lanes and the cancelled total, as last committed. Cheap.
@@ -690,6 +795,40 @@ impl Store {
     }
 }
 
+/// Rewrites format-1 due keys (`d <lane> <due> <id>`) as format-2 keys of
+/// client slot 0, in chunks; idempotent, so a crash midway is finished at
+/// the next open. Then records the format as 2.
+fn migrate_due_keys(tree: &sled::Tree) -> Result<(), StoreError> {
+    if tree.get(key::FORMAT)?.map(|v| v.first().copied()) == Some(Some(codec::FORMAT_VERSION)) {
+        return Ok(());
+    }
+    let mut moved = 0u64;
+    let mut batch = sled::Batch::default();
+    let mut n = 0;
+    // One pass; the format-2 keys it inserts are skipped if met again.
+    for item in tree.scan_prefix(b"d") {
+        let (k, _) = item?;
+        if let Some((lane, due, id)) = key::parse_due_v1(&k) {
+            batch.remove(k);
+            batch.insert(&key::due(lane, 0, due, id), &[]);
+            n += 1;
+            if n == 10_000 {
+                tree.apply_batch(std::mem::take(&mut batch))?;
+                moved += n;
+                n = 0;
+            }
+        }
+    }
+    tree.apply_batch(batch)?;
+    moved += n;
+    tree.insert(key::FORMAT, &[codec::FORMAT_VERSION])?;
+    tree.flush()?;
+    if moved > 0 {
+        tracing::info!(moved, "SpoolMigrated: due keys now carry the client");
+    }
+    Ok(())
+}
+
 /// A page of [`Store::scan`].
 #[derive(Debug, Default)]
 pub struct ScanPage {
@@ -786,6 +925,7 @@ struct Committer {
     /// The committer's own copy; published to `shared` after each group.
     counters: Counters,
     admin: AdminState,
+    clients: Clients,
     last_housekeeping: Instant,
 }
 
@@ -808,6 +948,8 @@ struct Group {
     needs_sync: bool,
     /// Messages appended in the group.
     appended: usize,
+    /// Client slots whose counters changed.
+    clients_touched: BTreeSet<u16>,
 }
 
 impl Group {
@@ -947,6 +1089,7 @@ impl Committer {
     fn commit_group(&mut self, ops: Vec<Op>) {
         let before = self.counters;
         let admin_before = self.admin;
+        let clients_before = self.clients.clone();
         let now = now_ms();
         let mut g = Group::default();
         let mut replies = Vec::with_capacity(ops.len());
@@ -989,6 +1132,12 @@ impl Committer {
         }
         self.counters.clock_ms = self.counters.clock_ms.max(now);
         g.batch.insert(key::COUNTERS, codec::encode(&self.counters));
+        for slot in std::mem::take(&mut g.clients_touched) {
+            if let Some(c) = self.clients.counters.get(&slot) {
+                g.batch
+                    .insert(&key::client_counters(slot), codec::encode(c));
+            }
+        }
         if self.admin != admin_before {
             g.batch.insert(key::ADMIN, codec::encode(&self.admin));
         }
@@ -1010,6 +1159,9 @@ impl Committer {
                 }
                 *self.shared.counters.lock().expect("counters lock") = self.counters;
                 *self.shared.admin.lock().expect("admin lock") = self.admin;
+                if self.clients != *self.shared.clients.lock().expect("clients lock") {
+                    *self.shared.clients.lock().expect("clients lock") = self.clients.clone();
+                }
                 let mut hist = self.shared.due_seconds.lock().expect("due lock");
                 for (sec, d) in g.due {
                     let n = hist.entry(sec).or_insert(0);
@@ -1046,6 +1198,7 @@ impl Committer {
                 tracing::error!(error = %e, "spool commit failed; callers get an error");
                 self.counters = before;
                 self.admin = admin_before;
+                self.clients = clients_before;
                 self.segments.abandon_pending();
                 let msg = e.to_string();
                 for r in replies {
@@ -1086,6 +1239,7 @@ impl Committer {
         };
         let body = self.segments.append(id.0, &m.raw);
         g.segment(body.segment, 1);
+        let client = self.client_slot(&m.client, g);
         let record = Record {
             lane: m.lane,
             enqueued_ms: now,
@@ -1098,6 +1252,7 @@ impl Committer {
             message_id: m.message_id,
             idempotency_key: m.idempotency_key,
             body,
+            client,
         };
         let appended = Appended {
             id,
@@ -1124,9 +1279,12 @@ impl Committer {
             g.new_keys
                 .insert(record.idempotency_key.clone(), appended.clone());
         }
-        g.batch.insert(&key::due(record.lane, due_ms, id), &[]);
+        g.batch
+            .insert(&key::due(record.lane, client, due_ms, id), &[]);
         g.due_add(due_ms);
         g.batch.insert(&key::message(id), codec::encode(&record));
+        self.client_add(client, 1, i64::from(record.body.len), g)
+            .enqueued_total += 1;
         self.counters.enqueued_total += 1;
         self.counters.queued[record.lane.index()] += 1;
         self.counters.queued_bytes += u64::from(record.body.len);
@@ -1147,7 +1305,8 @@ impl Committer {
             return;
         };
         let lane = record.lane.index();
-        g.batch.remove(&key::due(record.lane, record.due_ms, id));
+        g.batch
+            .remove(&key::due(record.lane, record.client, record.due_ms, id));
         g.due_remove(record.due_ms);
         if !matches!(outcome, Outcome::Postpone { .. }) {
             record.attempts += 1;
@@ -1156,12 +1315,15 @@ impl Committer {
             Outcome::Postpone { due_ms, error } => {
                 record.due_ms = due_ms;
                 record.last_error = error;
-                g.batch.insert(&key::due(record.lane, due_ms, id), &[]);
+                g.batch
+                    .insert(&key::due(record.lane, record.client, due_ms, id), &[]);
                 g.due_add(due_ms);
                 g.batch.insert(&key::message(id), codec::encode(&record));
                 g.overlay.insert(id, Some(record));
             }
             Outcome::Ack => {
+                self.client_add(record.client, -1, -i64::from(record.body.len), g)
+                    .delivered_total += 1;
                 g.batch.remove(&key::message(id));
                 g.segment(record.body.segment, -1);
                 let delivered = DeliveredRecord {
@@ -1203,13 +1365,16 @@ impl Committer {
                         g.segment(record.body.segment, 1);
                     }
                 }
-                g.batch.insert(&key::due(record.lane, due_ms, id), &[]);
+                g.batch
+                    .insert(&key::due(record.lane, record.client, due_ms, id), &[]);
                 g.due_add(due_ms);
                 g.batch.insert(&key::message(id), codec::encode(&record));
                 self.counters.retried_total += 1;
                 g.overlay.insert(id, Some(record));
             }
             Outcome::Dead { reason } => {
+                self.client_add(record.client, -1, -i64::from(record.body.len), g)
+                    .dead_total += 1;
                 // Dead letters keep their bytes in sled, not in a segment.
                 let raw = match self.shared.bodies.read(id.0, record.body) {
                     Ok(raw) => raw,
@@ -1241,6 +1406,37 @@ impl Committer {
         }
     }
 
+    /// The slot of a client name, registering a new name in this group.
+    fn client_slot(&mut self, name: &str, g: &mut Group) -> u16 {
+        if let Some(slot) = self.clients.slot(name) {
+            return slot;
+        }
+        let slot = self
+            .clients
+            .names
+            .keys()
+            .max()
+            .map_or(1, |m| m.saturating_add(1));
+        self.clients.names.insert(slot, name.to_string());
+        g.batch.insert(&key::client_name(slot), name.as_bytes());
+        slot
+    }
+
+    /// Changes a client's queued count and bytes; returns its counters.
+    fn client_add(
+        &mut self,
+        slot: u16,
+        queued: i64,
+        bytes: i64,
+        g: &mut Group,
+    ) -> &mut ClientCounters {
+        g.clients_touched.insert(slot);
+        let c = self.clients.counters.entry(slot).or_default();
+        c.queued = c.queued.saturating_add_signed(queued);
+        c.queued_bytes = c.queued_bytes.saturating_add_signed(bytes);
+        c
+    }
+
     /// Applies one operator change to the group.
     fn admin_op(&mut self, op: AdminOp, now: u64, g: &mut Group) -> AdminResult {
         let mut result = AdminResult::default();
@@ -1263,10 +1459,11 @@ impl Committer {
                 for id in ids {
                     let done = match self.current(id, g) {
                         Some(mut record) if record.due_ms > now => {
-                            g.batch.remove(&key::due(record.lane, record.due_ms, id));
+                            let (lane, client) = (record.lane, record.client);
+                            g.batch.remove(&key::due(lane, client, record.due_ms, id));
                             g.due_remove(record.due_ms);
                             record.due_ms = now;
-                            g.batch.insert(&key::due(record.lane, now, id), &[]);
+                            g.batch.insert(&key::due(lane, client, now, id), &[]);
                             g.due_add(now);
                             g.batch.insert(&key::message(id), codec::encode(&record));
                             g.overlay.insert(id, Some(record));
@@ -1318,10 +1515,12 @@ impl Committer {
         let Some(record) = self.current(id, g) else {
             return false;
         };
-        g.batch.remove(&key::due(record.lane, record.due_ms, id));
+        g.batch
+            .remove(&key::due(record.lane, record.client, record.due_ms, id));
         g.due_remove(record.due_ms);
         g.batch.remove(&key::message(id));
         g.segment(record.body.segment, -1);
+        self.client_add(record.client, -1, -i64::from(record.body.len), g);
         self.counters.queued[record.lane.index()] -= 1;
         self.counters.queued_bytes = self
             .counters
@@ -1361,9 +1560,11 @@ impl Committer {
         record.first_due_ms = now;
         g.batch.remove(&key::dead(id));
         g.gone_dead.insert(id);
-        g.batch.insert(&key::due(record.lane, now, id), &[]);
+        g.batch
+            .insert(&key::due(record.lane, record.client, now, id), &[]);
         g.due_add(now);
         g.batch.insert(&key::message(id), codec::encode(&record));
+        self.client_add(record.client, 1, i64::from(record.body.len), g);
         self.counters.dead -= 1;
         self.counters.dead_bytes = self
             .counters
@@ -1388,7 +1589,7 @@ impl Committer {
         if g.overlay.get(&id).is_some_and(|r| r.is_none()) {
             return;
         }
-        if let Some((lane, due_ms, _)) = key::parse_due(&due_key) {
+        if let Some((lane, _, due_ms, _)) = key::parse_due(&due_key) {
             if matches!(self.shared.tree.contains_key(&due_key), Ok(true)) {
                 g.batch.remove(due_key);
                 g.due_remove(due_ms);
@@ -1396,6 +1597,7 @@ impl Committer {
             }
         }
         if let Ok(r) = codec::decode::<Record>(&bytes) {
+            self.client_add(r.client, -1, -i64::from(r.body.len), g);
             g.segment(r.body.segment, -1);
             self.counters.queued_bytes = self
                 .counters
@@ -1455,5 +1657,95 @@ impl Committer {
                 tracing::warn!(error = %e, "could not flush before deleting segments; will try again");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> StoreOptions {
+        StoreOptions {
+            cache_capacity_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+            idempotency_window: Duration::from_secs(60),
+            delivered_retention: Duration::from_secs(60),
+            metrics: Default::default(),
+        }
+    }
+
+    fn message(client: &str) -> NewMessage {
+        NewMessage {
+            lane: Lane::Bulk,
+            envelope_from: "a@x.example".into(),
+            envelope_to: vec!["b@y.example".into()],
+            message_id: "m@x.example".into(),
+            raw: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+            idempotency_key: String::new(),
+            not_before_ms: 0,
+            client: client.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_format_1_spool_is_migrated_and_its_messages_stay_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let id = store.append(vec![message("")]).await.unwrap()[0].id;
+        // Turn the spool into what format 1 wrote: 18-byte due keys,
+        // records without the client, version byte 1.
+        let t = &store.shared.tree;
+        let (k, _) = t.scan_prefix(b"d").next().unwrap().unwrap();
+        let (lane, _, due, _) = key::parse_due(&k).unwrap();
+        t.remove(&k).unwrap();
+        let mut v1 = vec![b'd', lane.index() as u8];
+        v1.extend_from_slice(&due.to_be_bytes());
+        v1.extend_from_slice(&id.0.to_be_bytes());
+        t.insert(v1, &[]).unwrap();
+        let mut rec = t.get(key::message(id)).unwrap().unwrap().to_vec();
+        assert_eq!(rec.pop(), Some(0), "client slot 0 is one varint byte");
+        rec[0] = 1;
+        t.insert(key::message(id), rec).unwrap();
+        t.insert(key::FORMAT, &[1]).unwrap();
+        store.close();
+        drop(store);
+
+        let store = Store::open(dir.path(), options()).unwrap();
+        let due = store.due(Lane::Bulk, 0, now_ms(), 10, |_| false);
+        assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(due[0].record.client, 0);
+        assert_eq!(
+            store.shared.tree.get(key::FORMAT).unwrap().unwrap()[0],
+            codec::FORMAT_VERSION
+        );
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn clients_get_slots_and_counters_that_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let a = store
+            .append(vec![message("billing"), message("billing"), message("ads")])
+            .await
+            .unwrap();
+        let clients = store.clients();
+        let (billing, ads) = (
+            clients.slot("billing").unwrap(),
+            clients.slot("ads").unwrap(),
+        );
+        assert_ne!(billing, ads);
+        assert_ne!(billing, 0);
+        assert_eq!(clients.counters_of("billing").queued, 2);
+        let ads_due = store.due(Lane::Bulk, ads, now_ms(), 10, |_| false);
+        assert_eq!(ads_due.len(), 1, "each client has its own due range");
+        store.complete(vec![(a[0].id, Outcome::Ack)]).await.unwrap();
+        store.close();
+        drop(store);
+        let store = Store::open(dir.path(), options()).unwrap();
+        let c = store.clients().counters_of("billing");
+        assert_eq!((c.queued, c.enqueued_total, c.delivered_total), (1, 2, 1));
+        assert_eq!(store.client_slots().len(), 3);
+        store.close();
     }
 }
