@@ -27,6 +27,7 @@ pub mod admin_api;
 pub mod admin_cli;
 pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod child;
 pub mod cli;

@@ -1,0 +1,448 @@
+//! Who may call what, and within which limits.
+//!
+//! Callers authenticate with a bearer token (`authorization: Bearer
+//! <token>`) or, with mTLS, a client certificate whose subject is mapped
+//! to a client. The configuration holds only SHA-256 hashes of tokens
+//! (tokens are 256 random bits, so a fast hash is enough). Each client has
+//! roles (`enqueue` for MailQueue, `admin` for QueueAdmin) and a policy:
+//! the senders it may use, its lanes, a rate limit (governor) and a spool
+//! quota.
+//!
+//! Invariants:
+//! - With auth off (loopback and no clients configured, or an explicit
+//!   `insecure_no_auth`), every caller is the anonymous client ("") with
+//!   every role and no limits.
+//! - A token never reaches a log line or an error message; failures log
+//!   the peer and the reason only.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{Quota, RateLimiter};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use crate::model::Lane;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// MailQueue: Enqueue, EnqueueBatch, GetMessage.
+    Enqueue,
+    /// QueueAdmin: stats and every operation; raw enqueues.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Enqueue => "enqueue",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One `[[clients]]` entry of the configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub name: String,
+    /// Lowercase hex SHA-256 of the token (`mailspool token create`).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+    /// mTLS: the client certificate's subject, e.g. "CN=billing.internal".
+    #[serde(default)]
+    pub cert_subject: Option<String>,
+    pub roles: Vec<Role>,
+    /// Addresses (`alerts@example.com`) or domains (`@example.com`) the
+    /// client may send from; empty: any.
+    #[serde(default)]
+    pub allowed_senders: Vec<String>,
+    /// Lanes it may use; empty: every lane.
+    #[serde(default)]
+    pub lanes: Vec<String>,
+    /// Messages per second (0: no limit) and burst.
+    #[serde(default)]
+    pub rate_per_second: u32,
+    #[serde(default)]
+    pub burst: u32,
+    /// Queued at once (0: no limit).
+    #[serde(default)]
+    pub max_queued_messages: u64,
+    #[serde(default)]
+    pub max_queued_bytes: u64,
+}
+
+impl ClientConfig {
+    /// Checks the entry; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok_name = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok_name {
+            return Err("name: 1-64 of A-Z a-z 0-9 . _ -".into());
+        }
+        if let Some(h) = &self.token_sha256 {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err("token_sha256: 64 hex digits (from `mailspool token create`)".into());
+            }
+        }
+        if self.token_sha256.is_none() && self.cert_subject.is_none() {
+            return Err("token_sha256 or cert_subject is required".into());
+        }
+        if self.roles.is_empty() {
+            return Err("roles: at least one of \"enqueue\", \"admin\"".into());
+        }
+        for s in &self.allowed_senders {
+            let domain = s.strip_prefix('@');
+            let valid = match domain {
+                Some(d) => !d.is_empty() && !d.contains('@'),
+                None => s.parse::<lettre::Address>().is_ok(),
+            };
+            if !valid {
+                return Err(format!(
+                    "allowed_senders: `{s}` is neither an address nor @domain"
+                ));
+            }
+        }
+        for l in &self.lanes {
+            if Lane::parse(l).is_none() {
+                return Err(format!("lanes: `{l}` is not transactional, normal or bulk"));
+            }
+        }
+        if self.rate_per_second > 0 && self.burst == 0 {
+            return Err("burst: at least 1 when rate_per_second is set".into());
+        }
+        Ok(())
+    }
+}
+
+/// A client as the server enforces it.
+pub struct Client {
+    pub name: String,
+    roles: Vec<Role>,
+    senders: Vec<String>,
+    /// Bit per `Lane::index`.
+    lanes: u8,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    pub max_queued_messages: u64,
+    pub max_queued_bytes: u64,
+    /// Refused for its rate limit, its quota, or its policy.
+    pub refused_rate: AtomicU64,
+    pub refused_quota: AtomicU64,
+    pub refused_policy: AtomicU64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Client({})", self.name)
+    }
+}
+
+impl Client {
+    fn new(c: &ClientConfig) -> Client {
+        let limiter = NonZeroU32::new(c.rate_per_second).map(|rate| {
+            let burst = NonZeroU32::new(c.burst).unwrap_or(rate);
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        });
+        Client {
+            name: c.name.clone(),
+            roles: c.roles.clone(),
+            senders: c
+                .allowed_senders
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            lanes: if c.lanes.is_empty() {
+                0b111
+            } else {
+                c.lanes
+                    .iter()
+                    .filter_map(|l| Lane::parse(l))
+                    .fold(0, |m, l| m | 1 << l.index())
+            },
+            limiter,
+            max_queued_messages: c.max_queued_messages,
+            max_queued_bytes: c.max_queued_bytes,
+            refused_rate: AtomicU64::new(0),
+            refused_quota: AtomicU64::new(0),
+            refused_policy: AtomicU64::new(0),
+        }
+    }
+
+    fn anonymous() -> Client {
+        Client {
+            name: String::new(),
+            roles: vec![Role::Enqueue, Role::Admin],
+            senders: Vec::new(),
+            lanes: 0b111,
+            limiter: None,
+            max_queued_messages: 0,
+            max_queued_bytes: 0,
+            refused_rate: AtomicU64::new(0),
+            refused_quota: AtomicU64::new(0),
+            refused_policy: AtomicU64::new(0),
+        }
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Whether the client may send from `address`. Pure.
+    pub fn may_send_as(&self, address: &str) -> bool {
+        if self.senders.is_empty() {
+            return true;
+        }
+        let a = address.to_ascii_lowercase();
+        let domain = a.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        self.senders.iter().any(|s| match s.strip_prefix('@') {
+            Some(d) => d == domain,
+            None => *s == a,
+        })
+    }
+
+    pub fn may_use(&self, lane: Lane) -> bool {
+        self.lanes & (1 << lane.index()) != 0
+    }
+
+    /// Takes one message from the rate limit; Err(wait) when over it.
+    pub fn take(&self) -> Result<(), Duration> {
+        let Some(l) = &self.limiter else {
+            return Ok(());
+        };
+        l.check().map_err(|not_until| {
+            not_until
+                .wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
+                .max(Duration::from_millis(1))
+        })
+    }
+
+    pub fn refused_total(&self) -> u64 {
+        self.refused_rate.load(Ordering::Relaxed)
+            + self.refused_quota.load(Ordering::Relaxed)
+            + self.refused_policy.load(Ordering::Relaxed)
+    }
+}
+
+/// A new random token: `mst_` and 64 hex digits (256 bits).
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("mst_{}", hex(&bytes))
+}
+
+/// What the configuration stores for a token.
+pub fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The verified client certificate's subject, put in the request's
+/// extensions by the TLS listener (mTLS).
+#[derive(Debug, Clone)]
+pub struct PeerSubject(pub String);
+
+/// Maps credentials to clients.
+pub struct Authenticator {
+    enabled: bool,
+    by_token: HashMap<String, Arc<Client>>,
+    by_subject: HashMap<String, Arc<Client>>,
+    anonymous: Arc<Client>,
+    /// Every configured client, for stats.
+    pub clients: Vec<Arc<Client>>,
+}
+
+impl Authenticator {
+    pub fn new(enabled: bool, configs: &[ClientConfig]) -> Authenticator {
+        let clients: Vec<Arc<Client>> = configs.iter().map(|c| Arc::new(Client::new(c))).collect();
+        let mut by_token = HashMap::new();
+        let mut by_subject = HashMap::new();
+        for (c, cfg) in clients.iter().zip(configs) {
+            if let Some(h) = &cfg.token_sha256 {
+                by_token.insert(h.to_ascii_lowercase(), c.clone());
+            }
+            if let Some(s) = &cfg.cert_subject {
+                by_subject.insert(s.clone(), c.clone());
+            }
+        }
+        Authenticator {
+            enabled,
+            by_token,
+            by_subject,
+            anonymous: Arc::new(Client::anonymous()),
+            clients,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The caller of `request`, if it may act in `role`.
+    pub fn check<T>(&self, request: &tonic::Request<T>, role: Role) -> Result<Arc<Client>, Status> {
+        if !self.enabled {
+            return Ok(self.anonymous.clone());
+        }
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let client = match request.metadata().get("authorization") {
+            Some(v) => {
+                let token = v
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                match token.and_then(|t| self.by_token.get(&token_hash(t))) {
+                    Some(c) => c.clone(),
+                    None => {
+                        tracing::warn!(%peer, "AuthFailed: invalid bearer token");
+                        return Err(Status::unauthenticated(
+                            "authorization: the bearer token is not valid; ask an operator for a token (`mailspool token create`)",
+                        ));
+                    }
+                }
+            }
+            None => match self.certificate_client(request) {
+                Some(c) => c,
+                None => {
+                    tracing::warn!(%peer, "AuthFailed: no credentials");
+                    return Err(Status::unauthenticated(
+                        "authorization: no credentials; send `authorization: Bearer <token>` or a client certificate",
+                    ));
+                }
+            },
+        };
+        if !client.has(role) {
+            tracing::warn!(%peer, client = %client.name, role = role.name(), "AuthDenied");
+            return Err(Status::permission_denied(format!(
+                "client `{}` lacks the `{}` role",
+                client.name,
+                role.name()
+            )));
+        }
+        Ok(client)
+    }
+
+    fn certificate_client<T>(&self, request: &tonic::Request<T>) -> Option<Arc<Client>> {
+        let subject = request.extensions().get::<PeerSubject>()?.0.clone();
+        match self.by_subject.get(&subject) {
+            Some(c) => Some(c.clone()),
+            None => {
+                tracing::warn!(%subject, "AuthFailed: client certificate not mapped to a client");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(senders: &[&str], lanes: &[&str]) -> Client {
+        Client::new(&ClientConfig {
+            name: "svc".into(),
+            token_sha256: Some(token_hash("t")),
+            cert_subject: None,
+            roles: vec![Role::Enqueue],
+            allowed_senders: senders.iter().map(|s| s.to_string()).collect(),
+            lanes: lanes.iter().map(|s| s.to_string()).collect(),
+            rate_per_second: 2,
+            burst: 2,
+            max_queued_messages: 0,
+            max_queued_bytes: 0,
+        })
+    }
+
+    #[test]
+    fn sender_and_lane_policy_as_a_table() {
+        let c = client(&["alerts@Example.com", "@notify.example.org"], &["transactional"]);
+        for (from, ok) in [
+            ("alerts@example.com", true),
+            ("ALERTS@EXAMPLE.COM", true),
+            ("other@example.com", false),
+            ("x@notify.example.org", true),
+            ("x@evil.notify.example.org", false),
+            ("x@example.org", false),
+        ] {
+            assert_eq!(c.may_send_as(from), ok, "{from}");
+        }
+        assert!(c.may_use(Lane::Transactional));
+        assert!(!c.may_use(Lane::Bulk));
+        assert!(client(&[], &[]).may_send_as("anyone@anywhere.example"));
+        assert!(client(&[], &[]).may_use(Lane::Bulk));
+    }
+
+    #[test]
+    fn the_rate_limit_allows_the_burst_then_says_how_long_to_wait() {
+        let c = client(&[], &[]);
+        assert!(c.take().is_ok());
+        assert!(c.take().is_ok());
+        let wait = c.take().unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(500), "{wait:?}");
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with("mst_") && a.len() == 68);
+        let h = token_hash(&a);
+        assert_eq!(h.len(), 64);
+        assert!(!h.contains(&a[4..]));
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn config_entries_name_the_bad_field() {
+        let good = ClientConfig {
+            name: "svc".into(),
+            token_sha256: Some(token_hash("t")),
+            cert_subject: None,
+            roles: vec![Role::Enqueue],
+            allowed_senders: vec!["@example.com".into()],
+            lanes: vec!["bulk".into()],
+            rate_per_second: 0,
+            burst: 0,
+            max_queued_messages: 0,
+            max_queued_bytes: 0,
+        };
+        assert!(good.validate().is_ok());
+        let cases: Vec<(Box<dyn Fn(&mut ClientConfig)>, &str)> = vec![
+            (Box::new(|c| c.name = "a b".into()), "name"),
+            (Box::new(|c| c.token_sha256 = Some("xyz".into())), "token_sha256"),
+            (
+                Box::new(|c| {
+                    c.token_sha256 = None;
+                    c.cert_subject = None
+                }),
+                "token_sha256 or cert_subject",
+            ),
+            (Box::new(|c| c.roles.clear()), "roles"),
+            (Box::new(|c| c.allowed_senders = vec!["nope".into()]), "allowed_senders"),
+            (Box::new(|c| c.lanes = vec!["urgent".into()]), "lanes"),
+            (Box::new(|c| c.rate_per_second = 5), "burst"),
+        ];
+        for (edit, field) in cases {
+            let mut c = good.clone();
+            edit(&mut c);
+            let e = c.validate().unwrap_err();
+            assert!(e.starts_with(field), "{e} (want {field})");
+        }
+    }
+}
