@@ -51,6 +51,7 @@ pub mod server;
 pub mod soak;
 pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod torture;
 pub mod transfer;
 pub mod watch;

@@ -1,0 +1,996 @@
+//! gRPC over TLS (rustls, ring provider) with a certificate and key read from
+//! files, reloadable at run time (SIGHUP), and optional mutual TLS.
+//!
+//! [`ReloadableTls`] holds the current [`rustls::ServerConfig`]. Each accepted
+//! connection takes the config that is current when it is accepted, so
+//! [`ReloadableTls::reload`] changes what new handshakes use while existing
+//! connections (and the queue behind them) carry on untouched.
+//!
+//! [`ReloadableTls::incoming`] turns a [`TcpListener`] into the stream of
+//! completed TLS connections that
+//! `tonic::transport::Server::serve_with_incoming_shutdown` takes. The streams
+//! are [`tokio_rustls::server::TlsStream`]s, for which tonic (feature
+//! `tls-ring`) records the client certificates, so a handler reads them with
+//! `request.peer_certs()` and names the client with [`peer_subject`].
+//!
+//! Wiring, in outline:
+//!
+//! ```no_run
+//! # async fn demo(listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
+//! use mailspool::tls::{ReloadableTls, TlsFiles};
+//! let tls = ReloadableTls::load(TlsFiles {
+//!     cert_file: "/etc/mailspool/server.crt".into(),
+//!     key_file: "/etc/mailspool/server.key".into(),
+//!     client_ca_file: None,
+//! })?;
+//! let reloader = tls.clone();
+//! tokio::spawn(async move {
+//!     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+//!         .expect("SIGHUP handler");
+//!     while hup.recv().await.is_some() {
+//!         match reloader.reload() {
+//!             Ok(()) => tracing::info!("TlsReloaded"),
+//!             Err(e) => tracing::error!(error = %e, "TLS reload failed, serving the previous certificate"),
+//!         }
+//!     }
+//! });
+//! let incoming = tls.incoming(listener);
+//! // tonic::transport::Server::builder().add_service(..)
+//! //     .serve_with_incoming_shutdown(incoming, signal).await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::Stream;
+
+/// A TLS handshake that has not completed after this long is abandoned and
+/// its connection closed, so a stalled client holds nothing for long.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After `accept` fails (typically out of file descriptors), wait this long
+/// before accepting again instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where the server's TLS material lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM: the server certificate first, then any intermediate CA
+    /// certificates.
+    pub cert_file: PathBuf,
+    /// PEM: the private key of the certificate, PKCS#8 (`BEGIN PRIVATE KEY`),
+    /// PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`).
+    pub key_file: PathBuf,
+    /// PEM: the CA certificates that sign client certificates. When set,
+    /// every client must present a certificate signed by one of them (mTLS);
+    /// when `None`, clients are not asked for a certificate.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Why the TLS files could not be used. Each message names the file and
+/// what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read at all.
+    #[error("cannot read TLS {what} file {}: {source}; check the path and that mailspool may read it", path.display())]
+    Read {
+        /// "certificate", "key" or "client CA".
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not well-formed PEM.
+    #[error("TLS {what} file {} is not valid PEM ({reason}); it must hold PEM blocks such as '-----BEGIN CERTIFICATE-----'", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The certificate or client CA file holds no certificate.
+    #[error("TLS {what} file {} holds no certificate; it must hold at least one PEM '-----BEGIN CERTIFICATE-----' block", path.display())]
+    NoCertificate { what: &'static str, path: PathBuf },
+    /// The key file holds no private key.
+    #[error("TLS key file {} holds no private key; it must hold a PEM '-----BEGIN PRIVATE KEY-----' (PKCS#8), '-----BEGIN RSA PRIVATE KEY-----' (PKCS#1) or '-----BEGIN EC PRIVATE KEY-----' (SEC1) block", path.display())]
+    NoPrivateKey { path: PathBuf },
+    /// The certificate and the key do not make a usable pair.
+    #[error("TLS certificate file {} and key file {} cannot be used together ({source}); check that the key is the private key of the first certificate in the certificate file and that its type is RSA, ECDSA P-256/P-384 or Ed25519", cert_path.display(), key_path.display())]
+    CertKey {
+        cert_path: PathBuf,
+        key_path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// A certificate of the client CA file cannot be a trust anchor.
+    #[error("TLS client CA file {}: certificate #{index} cannot be used as a trust anchor ({reason}); the file must hold the PEM certificates of the CAs that sign client certificates", path.display())]
+    ClientCa {
+        path: PathBuf,
+        /// 1-based position of the certificate in the file.
+        index: usize,
+        reason: String,
+    },
+    /// rustls refused a setting that does not depend on the files.
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+/// Holds the current rustls `ServerConfig`; [`reload`](Self::reload) swaps
+/// it atomically. Clones share the same config.
+#[derive(Clone)]
+pub struct ReloadableTls {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    files: TlsFiles,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+impl std::fmt::Debug for ReloadableTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadableTls")
+            .field("files", &self.inner.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadableTls {
+    /// Reads the files and builds the first config.
+    pub fn load(files: TlsFiles) -> Result<ReloadableTls, TlsError> {
+        let config = build_config(&files)?;
+        Ok(ReloadableTls {
+            inner: Arc::new(Inner {
+                files,
+                current: RwLock::new(config),
+            }),
+        })
+    }
+
+    /// Re-reads the files; on error keeps serving with the old config and
+    /// returns the error. Connections already open are not affected either way.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = build_config(&self.inner.files)?;
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The files this config is read from.
+    pub fn files(&self) -> &TlsFiles {
+        &self.inner.files
+    }
+
+    /// The config that new handshakes use now.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Accepts TCP connections from `listener` and yields completed TLS
+    /// streams, for `tonic::transport::Server::serve_with_incoming_shutdown`.
+    ///
+    /// Handshakes run concurrently, each in its own task, so a slow or
+    /// stalled client does not hold up others; a handshake is abandoned after
+    /// [`HANDSHAKE_TIMEOUT`]. Failed handshakes are logged at debug (peer
+    /// address and reason) and skipped. `TCP_NODELAY` is set on each socket.
+    /// Dropping the stream closes the listener and aborts the handshakes in
+    /// progress. An `accept` error is logged at warn, yielded, and followed by
+    /// a short pause before the next `accept`.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + 'static {
+        self.incoming_with_timeout(listener, HANDSHAKE_TIMEOUT)
+    }
+
+    fn incoming_with_timeout(&self, listener: TcpListener, timeout: Duration) -> TlsIncoming {
+        TlsIncoming {
+            listener,
+            tls: self.clone(),
+            timeout,
+            handshakes: JoinSet::new(),
+            backoff: None,
+        }
+    }
+}
+
+/// The stream behind [`ReloadableTls::incoming`].
+struct TlsIncoming {
+    listener: TcpListener,
+    tls: ReloadableTls,
+    timeout: Duration,
+    handshakes: JoinSet<Option<TlsStream<TcpStream>>>,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl TlsIncoming {
+    fn start_handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        let acceptor = TlsAcceptor::from(self.tls.server_config());
+        let timeout = self.timeout;
+        self.handshakes.spawn(async move {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
+            match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, reason = %e, "TlsHandshakeFailed");
+                    None
+                }
+                Err(_) => {
+                    let reason = format!("no handshake within {timeout:?}");
+                    tracing::debug!(%peer, %reason, "TlsHandshakeFailed");
+                    None
+                }
+            }
+        });
+    }
+}
+
+impl Stream for TlsIncoming {
+    type Item = Result<TlsStream<TcpStream>, io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            // Completed handshakes first. `Ready(None)` means none is in
+            // progress; starting one below re-polls the set, which then
+            // registers the waker.
+            while let Poll::Ready(Some(joined)) = this.handshakes.poll_join_next(cx) {
+                match joined {
+                    Ok(Some(stream)) => return Poll::Ready(Some(Ok(stream))),
+                    Ok(None) => {}
+                    Err(e) if e.is_panic() => {
+                        tracing::error!(error = %e, "TlsHandshakePanicked");
+                    }
+                    Err(_) => {}
+                }
+            }
+            if let Some(sleep) = this.backoff.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.backoff = None;
+            }
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((tcp, peer))) => this.start_handshake(tcp, peer),
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!(error = %e, "TcpAcceptFailed");
+                    this.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+fn build_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = read_certs("certificate", &files.cert_file)?;
+    let key = read_key(&files.key_file)?;
+    warn_if_not_valid_now(&files.cert_file, &certs[0]);
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let builder = match &files.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca_path) => {
+            let mut roots = RootCertStore::empty();
+            for (i, ca) in read_certs("client CA", ca_path)?.into_iter().enumerate() {
+                roots.add(ca).map_err(|e| TlsError::ClientCa {
+                    path: ca_path.clone(),
+                    index: i + 1,
+                    reason: e.to_string(),
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| {
+                    TlsError::Setup(format!(
+                        "client certificate verifier from {}: {e}",
+                        ca_path.display()
+                    ))
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|source| TlsError::CertKey {
+            cert_path: files.cert_file.clone(),
+            key_path: files.key_file.clone(),
+            source,
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn pem_error(what: &'static str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsError {
+    match e {
+        rustls::pki_types::pem::Error::Io(source) => TlsError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+        },
+        e => TlsError::Pem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn read_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(what, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_file("key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+            path: path.to_path_buf(),
+        },
+        e => pem_error("key", path, e),
+    })
+}
+
+/// An expired (or not yet valid) server certificate is still loaded, since
+/// refusing to start helps no one, but it is worth a warning.
+fn warn_if_not_valid_now(path: &Path, cert: &CertificateDer<'_>) {
+    if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) {
+        let validity = parsed.validity();
+        if !validity.is_valid() {
+            tracing::warn!(
+                file = %path.display(),
+                not_before = %validity.not_before,
+                not_after = %validity.not_after,
+                "the TLS server certificate is not valid now; clients will refuse it"
+            );
+        }
+    }
+}
+
+/// The subject DN of the first (leaf) certificate, as an RFC 4514 string:
+/// most specific RDN first, `,` between RDNs, `+` inside a multi-valued RDN,
+/// no spaces, special characters escaped, e.g. `CN=billing.internal,O=Example`
+/// for a certificate made with `openssl req -subj "/O=Example/CN=billing.internal"`.
+///
+/// Attribute types CN, L, ST, O, OU, C, STREET, DC and UID are written by
+/// name with their string value; any other type is written as its dotted OID
+/// with `#` and the hex of the value's DER encoding (as RFC 4514 and Go's
+/// `pkix.Name.String` do), e.g. `1.2.840.113549.1.9.1=#16...` for an
+/// emailAddress.
+///
+/// Use it with tonic's `Request::peer_certs()`:
+/// `request.peer_certs().and_then(|certs| peer_subject(&certs))`.
+/// `None` when there is no certificate or it cannot be parsed.
+pub fn peer_subject(certs: &[CertificateDer<'_>]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+    let rdns: Vec<_> = cert.subject().iter_rdn().collect();
+    let mut out = String::new();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            write_attribute(&mut out, attr)?;
+        }
+    }
+    Some(out)
+}
+
+fn write_attribute(
+    out: &mut String,
+    attr: &x509_parser::x509::AttributeTypeAndValue<'_>,
+) -> Option<()> {
+    use x509_parser::asn1_rs::{Tag, ToDer};
+    let oid = attr.attr_type().to_id_string();
+    let name = match oid.as_str() {
+        "2.5.4.3" => Some("CN"),
+        "2.5.4.7" => Some("L"),
+        "2.5.4.8" => Some("ST"),
+        "2.5.4.10" => Some("O"),
+        "2.5.4.11" => Some("OU"),
+        "2.5.4.6" => Some("C"),
+        "2.5.4.9" => Some("STREET"),
+        "0.9.2342.19200300.100.1.25" => Some("DC"),
+        "0.9.2342.19200300.100.1.1" => Some("UID"),
+        _ => None,
+    };
+    let value = attr.attr_value();
+    let text = match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::NumericString
+        | Tag::VisibleString
+        | Tag::T61String => std::str::from_utf8(value.data).ok().map(str::to_owned),
+        Tag::BmpString => {
+            let units: Vec<u16> = value
+                .data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            String::from_utf16(&units).ok()
+        }
+        _ => None,
+    };
+    match (name, text) {
+        (Some(name), Some(text)) => {
+            out.push_str(name);
+            out.push('=');
+            escape_rfc4514(out, &text);
+        }
+        _ => {
+            out.push_str(name.unwrap_or(&oid));
+            out.push_str("=#");
+            for b in value.to_der_vec().ok()? {
+                out.push_str(&format!("{b:02x}"));
+            }
+        }
+    }
+    Some(())
+}
+
+/// RFC 4514 section 2.4 escaping of an attribute value.
+fn escape_rfc4514(out: &mut String, value: &str) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+        ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    };
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::health_server::{Health, HealthServer};
+    use tonic_health::pb::HealthCheckResponse;
+    use tonic_health::pb::{health_check_response::ServingStatus, HealthCheckRequest};
+
+    /// A CA that signs test certificates.
+    struct Ca {
+        issuer: CertifiedIssuer<'static, KeyPair>,
+    }
+
+    impl Ca {
+        fn new(cn: &str) -> Ca {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name = DistinguishedName::new();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let key = KeyPair::generate().unwrap();
+            Ca {
+                issuer: CertifiedIssuer::self_signed(params, key).unwrap(),
+            }
+        }
+
+        fn pem(&self) -> String {
+            self.issuer.pem()
+        }
+
+        /// (certificate PEM, PKCS#8 key PEM)
+        fn sign(
+            &self,
+            dn: &[(DnType, &str)],
+            sans: &[&str],
+            usage: ExtendedKeyUsagePurpose,
+        ) -> (String, String) {
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name = DistinguishedName::new();
+            for (ty, value) in dn {
+                params.distinguished_name.push(ty.clone(), *value);
+            }
+            params.extended_key_usages = vec![usage];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        }
+
+        fn server(&self) -> (String, String) {
+            self.sign(
+                &[(DnType::CommonName, "localhost")],
+                &["localhost", "127.0.0.1"],
+                ExtendedKeyUsagePurpose::ServerAuth,
+            )
+        }
+
+        fn client(&self, dn: &[(DnType, &str)]) -> (String, String) {
+            self.sign(dn, &[], ExtendedKeyUsagePurpose::ClientAuth)
+        }
+    }
+
+    /// A directory with server.crt, server.key and (optionally) client-ca.crt.
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new(server: &(String, String), client_ca: Option<&Ca>) -> Files {
+            let files = Files {
+                dir: tempfile::tempdir().unwrap(),
+            };
+            files.write_server(server);
+            if let Some(ca) = client_ca {
+                std::fs::write(files.dir.path().join("client-ca.crt"), ca.pem()).unwrap();
+            }
+            files
+        }
+
+        fn write_server(&self, (cert, key): &(String, String)) {
+            std::fs::write(self.cert(), cert).unwrap();
+            std::fs::write(self.key(), key).unwrap();
+        }
+
+        fn cert(&self) -> PathBuf {
+            self.dir.path().join("server.crt")
+        }
+
+        fn key(&self) -> PathBuf {
+            self.dir.path().join("server.key")
+        }
+
+        fn tls_files(&self) -> TlsFiles {
+            let ca = self.dir.path().join("client-ca.crt");
+            TlsFiles {
+                cert_file: self.cert(),
+                key_file: self.key(),
+                client_ca_file: ca.exists().then_some(ca),
+            }
+        }
+    }
+
+    /// A health service whose `Check` answers with the caller's subject in
+    /// the `x-peer-subject` response header, as read by a handler.
+    struct Probe;
+
+    #[tonic::async_trait]
+    impl Health for Probe {
+        async fn check(
+            &self,
+            request: tonic::Request<HealthCheckRequest>,
+        ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+            let subject = request.peer_certs().and_then(|certs| peer_subject(&certs));
+            let mut response = tonic::Response::new(HealthCheckResponse {
+                status: ServingStatus::Serving as i32,
+            });
+            if let Some(subject) = subject {
+                response
+                    .metadata_mut()
+                    .insert("x-peer-subject", subject.parse().unwrap());
+            }
+            Ok(response)
+        }
+
+        type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, tonic::Status>>;
+
+        async fn watch(
+            &self,
+            _request: tonic::Request<HealthCheckRequest>,
+        ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+    }
+
+    struct TestServer {
+        addr: SocketAddr,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    }
+
+    impl TestServer {
+        async fn start(tls: &ReloadableTls) -> TestServer {
+            TestServer::start_with_timeout(tls, HANDSHAKE_TIMEOUT).await
+        }
+
+        async fn start_with_timeout(tls: &ReloadableTls, timeout: Duration) -> TestServer {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let incoming = tls.incoming_with_timeout(listener, timeout);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(HealthServer::new(Probe))
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    }),
+            );
+            TestServer {
+                addr,
+                stop: Some(stop),
+                task,
+            }
+        }
+
+        async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            tokio::time::timeout(Duration::from_secs(10), self.task)
+                .await
+                .expect("server stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Opens a TLS connection trusting only `ca_pem`, presenting `identity`.
+    async fn connect(
+        addr: SocketAddr,
+        ca_pem: &str,
+        identity: Option<&(String, String)>,
+    ) -> Result<Channel, String> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    /// Calls `Check`; the subject the handler saw.
+    async fn check(channel: Channel) -> Result<Option<String>, String> {
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        assert_eq!(response.get_ref().status, ServingStatus::Serving as i32);
+        Ok(response
+            .metadata()
+            .get("x-peer-subject")
+            .map(|v| v.to_str().unwrap().to_owned()))
+    }
+
+    async fn call(
+        addr: SocketAddr,
+        ca_pem: &str,
+        identity: Option<&(String, String)>,
+    ) -> Result<Option<String>, String> {
+        check(connect(addr, ca_pem, identity).await?).await
+    }
+
+    #[tokio::test]
+    async fn tls_serves_grpc_to_a_client_trusting_the_ca() {
+        let ca = Ca::new("Test CA");
+        let files = Files::new(&ca.server(), None);
+        let tls = ReloadableTls::load(files.tls_files()).unwrap();
+        assert_eq!(tls.server_config().alpn_protocols, vec![b"h2".to_vec()]);
+        let server = TestServer::start(&tls).await;
+
+        assert_eq!(call(server.addr, &ca.pem(), None).await, Ok(None));
+        // Twice, on separate connections.
+        assert_eq!(call(server.addr, &ca.pem(), None).await, Ok(None));
+        // A client presenting a certificate is fine without client auth,
+        // and the server does not ask for it.
+        let client = ca.client(&[(DnType::CommonName, "someone")]);
+        assert_eq!(call(server.addr, &ca.pem(), Some(&client)).await, Ok(None));
+        // A client trusting another CA refuses the server.
+        let other = Ca::new("Other CA");
+        assert!(call(server.addr, &other.pem(), None).await.is_err());
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn tls_a_stalled_handshake_blocks_no_one_and_times_out() {
+        use tokio::io::AsyncReadExt;
+        let ca = Ca::new("Test CA");
+        let files = Files::new(&ca.server(), None);
+        let tls = ReloadableTls::load(files.tls_files()).unwrap();
+        let server = TestServer::start_with_timeout(&tls, Duration::from_secs(2)).await;
+
+        // Connects and never says a word.
+        let mut stalled = TcpStream::connect(server.addr).await.unwrap();
+        // Sends half a ClientHello record header and stops.
+        let mut half = TcpStream::connect(server.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut half, &[0x16, 0x03])
+            .await
+            .unwrap();
+
+        let started = std::time::Instant::now();
+        assert_eq!(call(server.addr, &ca.pem(), None).await, Ok(None));
+        assert!(started.elapsed() < Duration::from_millis(1500));
+
+        // The server gives up on both and closes them.
+        for stream in [&mut stalled, &mut half] {
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("closed by the handshake timeout")
+                .unwrap_or(0);
+            assert_eq!(n, 0);
+        }
+        assert_eq!(call(server.addr, &ca.pem(), None).await, Ok(None));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn tls_reload_swaps_the_certificate_and_keeps_open_connections() {
+        let first = Ca::new("First CA");
+        let second = Ca::new("Second CA");
+        let files = Files::new(&first.server(), None);
+        let tls = ReloadableTls::load(files.tls_files()).unwrap();
+        let server = TestServer::start(&tls).await;
+
+        let open = connect(server.addr, &first.pem(), None).await.unwrap();
+        assert_eq!(check(open.clone()).await, Ok(None));
+        assert!(call(server.addr, &second.pem(), None).await.is_err());
+
+        files.write_server(&second.server());
+        tls.reload().unwrap();
+
+        assert_eq!(call(server.addr, &second.pem(), None).await, Ok(None));
+        assert!(call(server.addr, &first.pem(), None).await.is_err());
+        // The connection opened before the reload still works: a new one
+        // trusting only the first CA would be refused, so this is the old one.
+        assert_eq!(check(open.clone()).await, Ok(None));
+
+        // A broken key file: the reload fails, naming the file, and the
+        // server goes on with the second CA's certificate.
+        std::fs::write(files.key(), "not a key\n").unwrap();
+        let err = tls.reload().unwrap_err();
+        assert!(matches!(err, TlsError::NoPrivateKey { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains(&files.key().display().to_string()),
+            "{err}"
+        );
+        // A key of another certificate: refused too.
+        std::fs::write(files.key(), first.server().1).unwrap();
+        let err = tls.reload().unwrap_err();
+        assert!(matches!(err, TlsError::CertKey { .. }), "{err:?}");
+
+        assert_eq!(call(server.addr, &second.pem(), None).await, Ok(None));
+        assert!(call(server.addr, &first.pem(), None).await.is_err());
+        assert_eq!(check(open).await, Ok(None));
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn tls_mutual_auth_verifies_and_exposes_the_client_certificate() {
+        let ca = Ca::new("Test CA");
+        let unknown = Ca::new("Unknown CA");
+        let files = Files::new(&ca.server(), Some(&ca));
+        let tls = ReloadableTls::load(files.tls_files()).unwrap();
+        let server = TestServer::start(&tls).await;
+
+        let billing = ca.client(&[
+            (DnType::OrganizationName, "Example"),
+            (DnType::CommonName, "billing.internal"),
+        ]);
+        assert_eq!(
+            call(server.addr, &ca.pem(), Some(&billing)).await,
+            Ok(Some("CN=billing.internal,O=Example".to_owned()))
+        );
+        let plain = ca.client(&[(DnType::CommonName, "reports")]);
+        assert_eq!(
+            call(server.addr, &ca.pem(), Some(&plain)).await,
+            Ok(Some("CN=reports".to_owned()))
+        );
+        // No certificate, or one from a CA the server does not trust: refused.
+        assert!(call(server.addr, &ca.pem(), None).await.is_err());
+        let stranger = unknown.client(&[(DnType::CommonName, "billing.internal")]);
+        assert!(call(server.addr, &ca.pem(), Some(&stranger)).await.is_err());
+        // Still serving the good ones.
+        assert_eq!(
+            call(server.addr, &ca.pem(), Some(&plain)).await,
+            Ok(Some("CN=reports".to_owned()))
+        );
+        server.stop().await;
+    }
+
+    #[test]
+    fn tls_peer_subject_formats_rfc4514() {
+        let ca = Ca::new("Test CA");
+        let subject = |dn: &[(DnType, &str)]| {
+            let (pem, _) = ca.client(dn);
+            let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            peer_subject(&[der])
+        };
+        assert_eq!(
+            subject(&[
+                (DnType::CountryName, "DE"),
+                (DnType::OrganizationName, "Example"),
+                (DnType::OrganizationalUnitName, "Ops"),
+                (DnType::CommonName, "billing.internal"),
+            ]),
+            Some("CN=billing.internal,OU=Ops,O=Example,C=DE".to_owned())
+        );
+        assert_eq!(
+            subject(&[(DnType::CommonName, "Doe, John+\"x\" <y>; \\")]),
+            Some(r#"CN=Doe\, John\+\"x\" \<y\>\; \\"#.to_owned())
+        );
+        assert_eq!(
+            subject(&[(DnType::CommonName, "#lead and trail ")]),
+            Some(r"CN=\#lead and trail\ ".to_owned())
+        );
+        assert_eq!(
+            subject(&[
+                (DnType::CustomDnType(vec![1, 2, 3, 4]), "x"),
+                (DnType::CommonName, "c"),
+            ]),
+            // UTF8String "x": tag 0c, length 01, 78.
+            Some("CN=c,1.2.3.4=#0c0178".to_owned())
+        );
+        assert_eq!(subject(&[]), Some(String::new()));
+        assert_eq!(peer_subject(&[]), None);
+        assert_eq!(peer_subject(&[CertificateDer::from(vec![1, 2, 3])]), None);
+    }
+
+    #[test]
+    fn tls_load_reports_bad_files_by_name() {
+        let ca = Ca::new("Test CA");
+        let server = ca.server();
+        let files = Files::new(&server, None);
+
+        let missing = TlsFiles {
+            cert_file: files.dir.path().join("nope.crt"),
+            ..files.tls_files()
+        };
+        let err = ReloadableTls::load(missing).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TlsError::Read {
+                    what: "certificate",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("nope.crt"), "{err}");
+
+        // The key where the certificate should be.
+        let swapped = TlsFiles {
+            cert_file: files.key(),
+            key_file: files.cert(),
+            client_ca_file: None,
+        };
+        let err = ReloadableTls::load(swapped).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
+
+        let broken = files.dir.path().join("broken.pem");
+        std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nAAAA\n").unwrap();
+        let err = ReloadableTls::load(TlsFiles {
+            cert_file: broken.clone(),
+            ..files.tls_files()
+        })
+        .unwrap_err();
+        assert!(matches!(err, TlsError::Pem { .. }), "{err:?}");
+
+        let err = ReloadableTls::load(TlsFiles {
+            client_ca_file: Some(files.key()),
+            ..files.tls_files()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TlsError::NoCertificate {
+                    what: "client CA",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = ReloadableTls::load(TlsFiles {
+            client_ca_file: Some(files.dir.path().join("no-ca.crt")),
+            ..files.tls_files()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("no-ca.crt"), "{err}");
+    }
+
+    #[test]
+    fn tls_load_accepts_a_sec1_ec_key() {
+        use x509_parser::der_parser::parse_der;
+        let ca = Ca::new("Test CA");
+        let (cert, pkcs8_pem) = ca.server();
+        // PKCS#8 is SEQUENCE { version, algorithm, OCTET STRING { ECPrivateKey } };
+        // the inner ECPrivateKey is the SEC1 encoding.
+        let pkcs8 =
+            rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pkcs8_pem.as_bytes()).unwrap();
+        let (_, outer) = parse_der(pkcs8.secret_pkcs8_der()).unwrap();
+        let sec1 = outer.as_sequence().unwrap()[2].as_slice().unwrap().to_vec();
+        let sec1_pem = pem_block("EC PRIVATE KEY", &sec1);
+
+        let files = Files::new(&(cert, sec1_pem), None);
+        let tls = ReloadableTls::load(files.tls_files()).unwrap();
+        assert_eq!(tls.server_config().alpn_protocols, vec![b"h2".to_vec()]);
+    }
+
+    fn pem_block(label: &str, der: &[u8]) -> String {
+        const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | ((*b as u32) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
+    }
+}
