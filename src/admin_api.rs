@@ -192,7 +192,51 @@ impl Api {
             congestion_since_unix_ms: since as i64,
             paused_lanes: paused_lanes(admin.paused),
             cancelled_total: admin.cancelled_total,
+            clients: self.client_stats(),
         }
+    }
+
+    /// Every configured client, and any other that has mail in the spool
+    /// (a client removed from the configuration), by name.
+    fn client_stats(&self) -> Vec<pb::ClientStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let registry = self.store.clients();
+        let mut out: std::collections::BTreeMap<String, pb::ClientStats> = registry
+            .names
+            .values()
+            .map(|name| {
+                (
+                    name.clone(),
+                    pb::ClientStats {
+                        name: name.clone(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        for c in &self.auth.clients {
+            let e = out
+                .entry(c.name.clone())
+                .or_insert_with(|| pb::ClientStats {
+                    name: c.name.clone(),
+                    ..Default::default()
+                });
+            e.refused_rate_total = c.refused_rate.load(Relaxed);
+            e.refused_quota_total = c.refused_quota.load(Relaxed);
+            e.refused_policy_total = c.refused_policy.load(Relaxed);
+            e.rate_per_second = c.rate_per_second;
+            e.max_queued_messages = c.max_queued_messages;
+            e.max_queued_bytes = c.max_queued_bytes;
+        }
+        for e in out.values_mut() {
+            let k = registry.counters_of(&e.name);
+            e.queued = k.queued;
+            e.queued_bytes = k.queued_bytes;
+            e.enqueued_total = k.enqueued_total;
+            e.delivered_total = k.delivered_total;
+            e.dead_total = k.dead_total;
+        }
+        out.into_values().collect()
     }
 
     /// Runs index reads off the async threads.

@@ -46,7 +46,7 @@ pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 /// (`600` → `10m`, `90` → `90s`).
 pub fn duration_flag(secs: u64) -> String {
     for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if secs > 0 && secs % n == 0 {
+        if secs > 0 && secs.is_multiple_of(n) {
             return format!("{}{unit}", secs / n);
         }
     }
@@ -169,7 +169,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

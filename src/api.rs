@@ -9,6 +9,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::admission::{admit, Refusal, SpoolLimits, Usage};
+use crate::auth::{caller, Authenticator, Client};
 use crate::store::INDEX_BYTES_PER_MESSAGE;
 
 use crate::message::{self, EmailInput, InvalidField, Limits};
@@ -42,18 +43,49 @@ pub struct Api {
     pub thresholds: crate::congestion::Thresholds,
     /// One Transfer at a time.
     pub transfer_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Who may call what (`auth`).
+    pub auth: Arc<Authenticator>,
 }
 
-fn exhausted(r: &Refusal) -> Status {
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        r.to_string(),
-        ErrorDetails::with_retry_info(Some(r.retry_after)),
-    )
+/// Why one message of a request was refused before anything was written.
+enum Refused {
+    Invalid(InvalidField),
+    /// The client's policy forbids it: (field, reason).
+    Denied(&'static str, String),
+    Exhausted(String, std::time::Duration),
 }
 
-fn invalid(e: InvalidField) -> Status {
-    Status::invalid_argument(e.to_string())
+impl Refused {
+    fn code(&self) -> Code {
+        match self {
+            Refused::Invalid(_) => Code::InvalidArgument,
+            Refused::Denied(..) => Code::PermissionDenied,
+            Refused::Exhausted(..) => Code::ResourceExhausted,
+        }
+    }
+
+    /// The message, with `prefix` (a batch item's `requests[i]`) before
+    /// the field.
+    fn message(&self, prefix: &str) -> String {
+        let dot = if prefix.is_empty() { "" } else { "." };
+        match self {
+            Refused::Invalid(e) => format!("{prefix}{dot}{e}"),
+            Refused::Denied(field, reason) => format!("{prefix}{dot}{field}: {reason}"),
+            Refused::Exhausted(reason, _) if prefix.is_empty() => reason.clone(),
+            Refused::Exhausted(reason, _) => format!("{prefix}: {reason}"),
+        }
+    }
+
+    fn status(self) -> Status {
+        match self {
+            Refused::Exhausted(reason, wait) => Status::with_error_details(
+                Code::ResourceExhausted,
+                reason,
+                ErrorDetails::with_retry_info(Some(wait)),
+            ),
+            other => Status::new(other.code(), other.message("")),
+        }
+    }
 }
 
 pub(crate) fn store_status(e: StoreError) -> Status {
@@ -146,6 +178,108 @@ impl Api {
         )
     }
 
+    /// Applies the client's policy, rate limit and quota to one prepared
+    /// message; `pending` holds what this request already admitted for the
+    /// client (messages, bytes).
+    fn police(
+        &self,
+        client: &Client,
+        m: &NewMessage,
+        raw: bool,
+        pending: &mut (u64, u64),
+    ) -> Result<(), Refused> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if raw && client.restricts_senders() && !client.has(crate::auth::Role::Admin) {
+            client.refused_policy.fetch_add(1, Relaxed);
+            return Err(Refused::Denied(
+                "raw",
+                format!(
+                    "client `{}` may send only as its allowed senders, which a raw message cannot be held to; use `email`",
+                    client.name
+                ),
+            ));
+        }
+        if !client.may_use(m.lane) {
+            client.refused_policy.fetch_add(1, Relaxed);
+            return Err(Refused::Denied(
+                "lane",
+                format!(
+                    "client `{}` may not use the {} lane",
+                    client.name,
+                    m.lane.name()
+                ),
+            ));
+        }
+        if !client.may_send_as(&m.envelope_from) {
+            client.refused_policy.fetch_add(1, Relaxed);
+            return Err(Refused::Denied(
+                "email.from",
+                format!(
+                    "client `{}` may not send as `{}`",
+                    client.name, m.envelope_from
+                ),
+            ));
+        }
+        if client.max_queued_messages > 0 || client.max_queued_bytes > 0 {
+            let (queued, bytes) = self.store.client_usage(&client.name);
+            let size = m.raw.len() as u64;
+            let over_count = client.max_queued_messages > 0
+                && queued + pending.0 + 1 > client.max_queued_messages;
+            let over_bytes =
+                client.max_queued_bytes > 0 && bytes + pending.1 + size > client.max_queued_bytes;
+            if over_count || over_bytes {
+                client.refused_quota.fetch_add(1, Relaxed);
+                return Err(Refused::Exhausted(
+                    format!(
+                        "client `{}` has {} messages ({} bytes) queued, its quota is {} messages / {} bytes; retry when they are delivered",
+                        client.name, queued + pending.0, bytes + pending.1,
+                        client.max_queued_messages, client.max_queued_bytes
+                    ),
+                    self.quota_wait(),
+                ));
+            }
+        }
+        if let Err(wait) = client.take() {
+            client.refused_rate.fetch_add(1, Relaxed);
+            return Err(Refused::Exhausted(
+                format!(
+                    "client `{}` is over its rate limit; retry after {} ms",
+                    client.name,
+                    wait.as_millis()
+                ),
+                wait,
+            ));
+        }
+        pending.0 += 1;
+        pending.1 += m.raw.len() as u64;
+        Ok(())
+    }
+
+    /// How long a client over its quota should wait: about the time the
+    /// queue needs to drain a little, bounded to 1–60 s.
+    fn quota_wait(&self) -> std::time::Duration {
+        let rate = self.rates.per_second().1;
+        let secs = if rate > 0.0 { 100.0 / rate } else { 5.0 };
+        std::time::Duration::from_secs_f64(secs.clamp(1.0, 60.0))
+    }
+
+    /// Validates, polices and admits one request's message.
+    fn accept_one(
+        &self,
+        client: &Client,
+        req: pb::EnqueueRequest,
+        pending: &mut (u64, u64),
+        usage: &mut Usage,
+    ) -> Result<NewMessage, Refused> {
+        let raw = req.raw.is_some();
+        let mut m = self.prepare(req).map_err(Refused::Invalid)?;
+        self.police(client, &m, raw, pending)?;
+        self.admit(&m, usage)
+            .map_err(|r| Refused::Exhausted(r.to_string(), r.retry_after))?;
+        m.client = client.name.clone();
+        Ok(m)
+    }
+
     /// What admission sees now.
     fn usage(&self) -> Usage {
         let c = self.store.counters();
@@ -221,10 +355,16 @@ impl pb::mail_queue_server::MailQueue for Api {
         request: Request<pb::EnqueueRequest>,
     ) -> Result<Response<pb::EnqueueResponse>, Status> {
         self.check_open()?;
+        let client = caller(&request)?;
         let _timer = self.enqueue_timer();
-        let message = self.prepare(request.into_inner()).map_err(invalid)?;
-        self.admit(&message, &mut self.usage())
-            .map_err(|r| exhausted(&r))?;
+        let message = self
+            .accept_one(
+                &client,
+                request.into_inner(),
+                &mut (0, 0),
+                &mut self.usage(),
+            )
+            .map_err(Refused::status)?;
         let appended = self
             .store
             .append(vec![message])
@@ -247,6 +387,7 @@ impl pb::mail_queue_server::MailQueue for Api {
         request: Request<pb::EnqueueBatchRequest>,
     ) -> Result<Response<pb::EnqueueBatchResponse>, Status> {
         self.check_open()?;
+        let client = caller(&request)?;
         let _timer = self.enqueue_timer();
         let requests = request.into_inner().requests;
         if requests.is_empty() {
@@ -263,21 +404,16 @@ impl pb::mail_queue_server::MailQueue for Api {
         let mut valid = Vec::with_capacity(requests.len());
         let mut slots = Vec::with_capacity(requests.len());
         let mut usage = self.usage();
+        let mut pending = (0, 0);
         for (i, req) in requests.into_iter().enumerate() {
-            match self.prepare(req) {
-                Ok(m) => match self.admit(&m, &mut usage) {
-                    Ok(()) => {
-                        valid.push(m);
-                        slots.push(i);
-                    }
-                    Err(r) => {
-                        results[i].code = Code::ResourceExhausted as i32;
-                        results[i].message = format!("requests[{i}]: {r}");
-                    }
-                },
-                Err(e) => {
-                    results[i].code = Code::InvalidArgument as i32;
-                    results[i].message = format!("requests[{i}].{e}");
+            match self.accept_one(&client, req, &mut pending, &mut usage) {
+                Ok(m) => {
+                    valid.push(m);
+                    slots.push(i);
+                }
+                Err(r) => {
+                    results[i].code = r.code() as i32;
+                    results[i].message = r.message(&format!("requests[{i}]"));
                 }
             }
         }

@@ -132,6 +132,7 @@ pub struct Client {
     /// Bit per `Lane::index`.
     lanes: u8,
     limiter: Option<governor::DefaultDirectRateLimiter>,
+    pub rate_per_second: u32,
     pub max_queued_messages: u64,
     pub max_queued_bytes: u64,
     /// Refused for its rate limit, its quota, or its policy.
@@ -169,6 +170,7 @@ impl Client {
                     .fold(0, |m, l| m | 1 << l.index())
             },
             limiter,
+            rate_per_second: c.rate_per_second,
             max_queued_messages: c.max_queued_messages,
             max_queued_bytes: c.max_queued_bytes,
             refused_rate: AtomicU64::new(0),
@@ -184,6 +186,7 @@ impl Client {
             senders: Vec::new(),
             lanes: 0b111,
             limiter: None,
+            rate_per_second: 0,
             max_queued_messages: 0,
             max_queued_bytes: 0,
             refused_rate: AtomicU64::new(0),
@@ -209,6 +212,11 @@ impl Client {
         })
     }
 
+    /// Whether the client is limited to some senders.
+    pub fn restricts_senders(&self) -> bool {
+        !self.senders.is_empty()
+    }
+
     pub fn may_use(&self, lane: Lane) -> bool {
         self.lanes & (1 << lane.index()) != 0
     }
@@ -220,7 +228,9 @@ impl Client {
         };
         l.check().map_err(|not_until| {
             not_until
-                .wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
+                .wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ))
                 .max(Duration::from_millis(1))
         })
     }
@@ -247,10 +257,36 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The verified client certificate's subject, put in the request's
-/// extensions by the TLS listener (mTLS).
+/// The authenticated caller, put in the request's extensions by
+/// [`interceptor`] for the handlers.
 #[derive(Debug, Clone)]
-pub struct PeerSubject(pub String);
+pub struct Caller(pub Arc<Client>);
+
+/// The interceptor in front of a service: every call must act in `role`.
+/// Guarding whole services means no method can forget the check.
+pub fn interceptor(
+    auth: Arc<Authenticator>,
+    role: Role,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, Status> + Clone {
+    move |mut request: tonic::Request<()>| {
+        let client = auth.check(&request, role)?;
+        request.extensions_mut().insert(Caller(client));
+        Ok(request)
+    }
+}
+
+/// The caller the interceptor admitted.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Arc<Client>, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.0.clone())
+        .ok_or_else(|| {
+            Status::internal(
+                "no authenticated caller: the service is not behind the auth interceptor",
+            )
+        })
+}
 
 /// Maps credentials to clients.
 pub struct Authenticator {
@@ -336,7 +372,8 @@ impl Authenticator {
     }
 
     fn certificate_client<T>(&self, request: &tonic::Request<T>) -> Option<Arc<Client>> {
-        let subject = request.extensions().get::<PeerSubject>()?.0.clone();
+        let certs = request.peer_certs()?;
+        let subject = crate::tls::peer_subject(&certs)?;
         match self.by_subject.get(&subject) {
             Some(c) => Some(c.clone()),
             None => {
@@ -368,7 +405,10 @@ mod tests {
 
     #[test]
     fn sender_and_lane_policy_as_a_table() {
-        let c = client(&["alerts@Example.com", "@notify.example.org"], &["transactional"]);
+        let c = client(
+            &["alerts@Example.com", "@notify.example.org"],
+            &["transactional"],
+        );
         for (from, ok) in [
             ("alerts@example.com", true),
             ("ALERTS@EXAMPLE.COM", true),
@@ -391,7 +431,10 @@ mod tests {
         assert!(c.take().is_ok());
         assert!(c.take().is_ok());
         let wait = c.take().unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(500), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
     }
 
     #[test]
@@ -423,9 +466,13 @@ mod tests {
             max_queued_bytes: 0,
         };
         assert!(good.validate().is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut ClientConfig)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut ClientConfig)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|c| c.name = "a b".into()), "name"),
-            (Box::new(|c| c.token_sha256 = Some("xyz".into())), "token_sha256"),
+            (
+                Box::new(|c| c.token_sha256 = Some("xyz".into())),
+                "token_sha256",
+            ),
             (
                 Box::new(|c| {
                     c.token_sha256 = None;
@@ -434,7 +481,10 @@ mod tests {
                 "token_sha256 or cert_subject",
             ),
             (Box::new(|c| c.roles.clear()), "roles"),
-            (Box::new(|c| c.allowed_senders = vec!["nope".into()]), "allowed_senders"),
+            (
+                Box::new(|c| c.allowed_senders = vec!["nope".into()]),
+                "allowed_senders",
+            ),
             (Box::new(|c| c.lanes = vec!["urgent".into()]), "lanes"),
             (Box::new(|c| c.rate_per_second = 5), "burst"),
         ];

@@ -16,6 +16,8 @@ pub struct ServerProcess {
     pub url: String,
     /// `http://addr/metrics`.
     pub metrics_url: String,
+    /// Every line the server wrote to stderr so far (its log).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
@@ -58,9 +60,11 @@ impl ServerProcess {
             .kill_on_drop(true)
             .spawn()?;
         let mut lines = BufReader::new(child.stderr.take().ok_or("no stderr")?).lines();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (addr, metrics_url) = loop {
             match lines.next_line().await? {
                 Some(line) => {
+                    log.lock().expect("log").push(line.clone());
                     if let Some(rest) = line.strip_prefix("mailspool listening on ") {
                         let addr = rest.split_whitespace().next().unwrap_or_default();
                         let metrics = rest
@@ -73,12 +77,23 @@ impl ServerProcess {
                 None => return Err("the server exited before listening".into()),
             }
         };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().expect("log").push(line);
+            }
+        });
         Ok(ServerProcess {
             child,
+            log,
             url: format!("http://{addr}"),
             metrics_url,
         })
+    }
+
+    /// The server's log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
     }
 
     pub fn pid(&self) -> u32 {

@@ -43,6 +43,8 @@ pub enum Command {
     Queue(QueueArgs),
     /// Queued recipients by domain and age (like Postfix qshape).
     TopDomains(TopDomainsArgs),
+    /// Create a client token: `mailspool token create --name svc --role enqueue`.
+    Token(TokenArgs),
     /// The surge benchmark (see BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
     /// Give back the disk space the index keeps after a drain (server stopped).
@@ -163,6 +165,19 @@ pub struct ServeArgs {
     /// tracing filter [default: warn,mailspool=info]; RUST_LOG overrides
     #[arg(long, env = "MAILSPOOL_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Serve a non-loopback --listen without authentication (refused
+    /// otherwise). Only behind something else that authenticates.
+    #[arg(long, env = "MAILSPOOL_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// gRPC over TLS: certificate chain (PEM); reloaded on SIGHUP
+    #[arg(long, env = "MAILSPOOL_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// gRPC over TLS: private key (PEM)
+    #[arg(long, env = "MAILSPOOL_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// mTLS: CA certificates (PEM) client certificates must chain to
+    #[arg(long, env = "MAILSPOOL_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 macro_rules! overlay {
@@ -226,6 +241,18 @@ impl ServeArgs {
         if self.workers.is_some() {
             c.workers = self.workers;
         }
+        if self.insecure_no_auth {
+            c.insecure_no_auth = true;
+        }
+        for (flag, field) in [
+            (self.tls_cert_file, &mut c.tls_cert_file),
+            (self.tls_key_file, &mut c.tls_key_file),
+            (self.tls_client_ca_file, &mut c.tls_client_ca_file),
+        ] {
+            if flag.is_some() {
+                *field = flag;
+            }
+        }
         if let Ok(pw) = std::env::var("MAILSPOOL_RELAY_PASSWORD") {
             c.relay_password = Some(pw);
         }
@@ -235,15 +262,176 @@ impl ServeArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new random token (once) and the [[clients]] entry holding
+    /// its hash for the server's config.
+    Create {
+        /// The client's name (in logs, stats and metrics).
+        #[arg(long)]
+        name: String,
+        /// enqueue (MailQueue) and/or admin (QueueAdmin); repeatable.
+        #[arg(long = "role", required = true, value_parser = ["enqueue", "admin"])]
+        roles: Vec<String>,
+    },
+}
+
+/// `mailspool token create`: the token goes to stdout once; the server
+/// only ever sees its hash.
+pub fn token(a: TokenArgs) -> ClientResult {
+    let TokenCommand::Create { name, roles } = a.command;
+    let token = crate::auth::new_token();
+    let hash = crate::auth::token_hash(&token);
+    let entry = crate::auth::ClientConfig {
+        name: name.clone(),
+        token_sha256: Some(hash.clone()),
+        cert_subject: None,
+        roles: roles
+            .iter()
+            .map(|r| match r.as_str() {
+                "admin" => crate::auth::Role::Admin,
+                _ => crate::auth::Role::Enqueue,
+            })
+            .collect(),
+        allowed_senders: Vec::new(),
+        lanes: Vec::new(),
+        rate_per_second: 0,
+        burst: 0,
+        max_queued_messages: 0,
+        max_queued_bytes: 0,
+    };
+    entry.validate().map_err(|e| format!("--{e}"))?;
+    let roles = roles
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "token for `{name}` (shown only now; give it to the service, e.g. in MAILSPOOL_TOKEN):"
+    );
+    println!("{token}");
+    println!();
+    println!("add to the server's config (the hash only), then restart it:");
+    println!("[[clients]]");
+    println!("name = \"{name}\"");
+    println!("token_sha256 = \"{hash}\"");
+    println!("roles = [{roles}]");
+    Ok(())
+}
+
+#[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
-    /// The mailspool server.
+    /// The mailspool server (https:// for a server with TLS).
     #[arg(
         long,
         env = "MAILSPOOL_SERVER",
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    /// File holding the bearer token (or set MAILSPOOL_TOKEN; never a flag
+    /// value, which `ps` would show).
+    #[arg(long, env = "MAILSPOOL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to verify an https:// server with [default:
+    /// the public web roots]
+    #[arg(long, env = "MAILSPOOL_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// mTLS: this client's certificate (PEM) ...
+    #[arg(
+        long,
+        env = "MAILSPOOL_TLS_CLIENT_CERT_FILE",
+        requires = "tls_client_key_file"
+    )]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// ... and its private key (PEM).
+    #[arg(
+        long,
+        env = "MAILSPOOL_TLS_CLIENT_KEY_FILE",
+        requires = "tls_client_cert_file"
+    )]
+    pub tls_client_key_file: Option<PathBuf>,
 }
+
+impl ClientArgs {
+    /// The bearer token: `--token-file`, else MAILSPOOL_TOKEN.
+    pub fn token(&self) -> Result<Option<String>, Box<dyn std::error::Error>> {
+        if let Some(path) = &self.token_file {
+            let t = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --token-file {}: {e}", path.display()))?;
+            return Ok(Some(t.trim().to_string()));
+        }
+        Ok(std::env::var("MAILSPOOL_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
+    }
+
+    /// The endpoint, with TLS for https:// servers.
+    pub fn endpoint(&self) -> Result<tonic::transport::Endpoint, Box<dyn std::error::Error>> {
+        let server = &self.server;
+        let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+            .map_err(|e| format!("bad --server `{server}`: {e}"))?;
+        if !server.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| format!("cannot read {flag} {}: {e}", p.display()))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &self.tls_ca_file {
+            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "--tls-ca-file",
+                ca,
+            )?)),
+            None => tls.with_webpki_roots(),
+        };
+        if let (Some(c), Some(k)) = (&self.tls_client_cert_file, &self.tls_client_key_file) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read("--tls-client-cert-file", c)?,
+                read("--tls-client-key-file", k)?,
+            ));
+        }
+        Ok(endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("TLS settings for {server}: {e}"))?)
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Bearer, Box<dyn std::error::Error>> {
+        match token {
+            None => Ok(Bearer(None)),
+            Some(t) => Ok(Bearer(Some(format!("Bearer {t}").parse().map_err(
+                |_| "the token holds characters that cannot go in a header; check the token file",
+            )?))),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel to the server that sends the client's credentials.
+pub type AuthChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
 
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {
@@ -317,19 +505,29 @@ pub struct StatusArgs {
 
 pub(crate) type ClientResult = Result<(), Box<dyn std::error::Error>>;
 
-pub(crate) async fn channel(
-    server: &str,
-) -> Result<tonic::transport::Channel, Box<dyn std::error::Error>> {
-    tonic::transport::Endpoint::from_shared(server.to_string())
-        .map_err(|e| format!("bad --server `{server}`: {e}"))?
-        .connect()
-        .await
-        .map_err(|e| {
-            format!("cannot reach mailspool at {server}: {e}; is `mailspool serve` running?").into()
-        })
+pub(crate) async fn channel(a: &ClientArgs) -> Result<AuthChannel, Box<dyn std::error::Error>> {
+    let bearer = Bearer::new(a.token()?.as_deref())?;
+    let server = &a.server;
+    let channel = a.endpoint()?.connect().await.map_err(|e| {
+        format!("cannot reach mailspool at {server}: {e}; is `mailspool serve` running?")
+    })?;
+    Ok(AuthChannel::new(channel, bearer))
 }
 
 pub(crate) fn status_error(s: tonic::Status) -> Box<dyn std::error::Error> {
+    match s.code() {
+        tonic::Code::Unauthenticated => {
+            return format!(
+                "Unauthenticated: {} (give a token with --token-file or MAILSPOOL_TOKEN)",
+                s.message()
+            )
+            .into()
+        }
+        tonic::Code::PermissionDenied => {
+            return format!("PermissionDenied: {}", s.message()).into()
+        }
+        _ => {}
+    }
     if s.code() == tonic::Code::Unimplemented {
         return format!(
             "Unimplemented: {} (the server does not have this operation yet: upgrade it)",
@@ -341,7 +539,7 @@ pub(crate) fn status_error(s: tonic::Status) -> Box<dyn std::error::Error> {
 }
 
 pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
-    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client.server).await?);
+    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client).await?);
     let lane = match a.lane.as_str() {
         "transactional" => pb::Lane::Transactional,
         "bulk" => pb::Lane::Bulk,
@@ -377,10 +575,9 @@ pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
 
 pub async fn stats(a: StatsArgs) -> ClientResult {
     if a.watch {
-        return crate::watch::run(&a.client.server, a.interval, a.count).await;
+        return crate::watch::run(&a.client, a.interval, a.count).await;
     }
-    let mut client =
-        pb::queue_admin_client::QueueAdminClient::new(channel(&a.client.server).await?);
+    let mut client = pb::queue_admin_client::QueueAdminClient::new(channel(&a.client).await?);
     let s = client
         .queue_stats(pb::QueueStatsRequest {})
         .await
@@ -475,7 +672,7 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
 }
 
 pub async fn status(a: StatusArgs) -> ClientResult {
-    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client.server).await?);
+    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client).await?);
     let m = client
         .get_message(pb::GetMessageRequest { id: a.id })
         .await

@@ -97,6 +97,22 @@ pub struct Config {
     /// Nothing delivered for a minute with ready mail is CRITICAL once the
     /// server has been up this long.
     pub congestion_stall_after_secs: u64,
+    /// Serve without authentication on a non-loopback address (refused
+    /// otherwise). Contradicts `[[clients]]`.
+    pub insecure_no_auth: bool,
+    /// The callers and their policies; auth is on when any is set or the
+    /// listen address is not loopback.
+    pub clients: Vec<crate::auth::ClientConfig>,
+    /// gRPC over TLS: certificate chain and key (PEM), reloaded on SIGHUP.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// mTLS: CA bundle (PEM); when set, every connection must present a
+    /// client certificate signed by it.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Per-connection limits (hardening): concurrent HTTP/2 streams,
+    /// requests in progress, and the request timeout.
+    pub grpc_max_concurrent_streams: u32,
+    pub grpc_request_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -137,6 +153,13 @@ impl Default for Config {
             congestion_critical_eta_secs: 1800,
             congestion_growth_min_depth: 10_000,
             congestion_stall_after_secs: 60,
+            insecure_no_auth: false,
+            clients: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            grpc_max_concurrent_streams: 256,
+            grpc_request_timeout_ms: 60_000,
         }
     }
 }
@@ -305,7 +328,78 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| bad("log_level", e.to_string()))?;
+        self.validate_security()
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        if self.insecure_no_auth && !self.clients.is_empty() {
+            return Err(bad(
+                "insecure_no_auth",
+                "contradicts the configured [[clients]]: remove one of them",
+            ));
+        }
+        if !self.listen.ip().is_loopback() && self.clients.is_empty() && !self.insecure_no_auth {
+            return Err(bad(
+                "listen",
+                format!(
+                    "{} is not a loopback address and no [[clients]] are configured: \
+                     add clients (`mailspool token create`) or pass --insecure-no-auth",
+                    self.listen
+                ),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for c in &self.clients {
+            c.validate()
+                .map_err(|e| bad("clients", format!("client `{}`: {e}", c.name)))?;
+            if !names.insert(c.name.as_str()) {
+                return Err(bad(
+                    "clients",
+                    format!("client `{}` is listed twice", c.name),
+                ));
+            }
+            if c.cert_subject.is_some() && self.tls_client_ca_file.is_none() {
+                return Err(bad(
+                    "tls_client_ca_file",
+                    format!(
+                        "client `{}` has a cert_subject: mTLS needs tls_client_ca_file",
+                        c.name
+                    ),
+                ));
+            }
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => return Err(bad("tls_key_file", "tls_cert_file is set without it")),
+            (None, Some(_)) => return Err(bad("tls_cert_file", "tls_key_file is set without it")),
+            _ => {}
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(bad(
+                "tls_client_ca_file",
+                "mTLS needs tls_cert_file and tls_key_file",
+            ));
+        }
+        if self.grpc_max_concurrent_streams == 0 {
+            return Err(bad("grpc_max_concurrent_streams", "must be greater than 0"));
+        }
+        if self.grpc_request_timeout_ms == 0 {
+            return Err(bad("grpc_request_timeout_ms", "must be greater than 0"));
+        }
         Ok(())
+    }
+
+    /// Whether callers must authenticate.
+    pub fn auth_enabled(&self) -> bool {
+        !self.insecure_no_auth && (!self.clients.is_empty() || !self.listen.ip().is_loopback())
+    }
+
+    /// The TLS files, when gRPC is served over TLS.
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert_file: self.tls_cert_file.clone()?,
+            key_file: self.tls_key_file.clone()?,
+            client_ca_file: self.tls_client_ca_file.clone(),
+        })
     }
 
     /// The metrics address (call after `validate`); None when `off`.

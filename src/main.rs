@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Some(Command::Queue(a)) => runtime.block_on(mailspool::queue_cli::queue(a)),
         Some(Command::TopDomains(a)) => runtime.block_on(mailspool::queue_cli::top_domains(a)),
         Some(Command::Compact(a)) => cli::compact(a),
+        Some(Command::Token(a)) => cli::token(a),
         Some(Command::Soak(a)) => {
             let interval = a.interval_secs;
             runtime
@@ -81,21 +82,37 @@ async fn serve(args: cli::ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .metrics_addr
         .map(|a| format!("; metrics on http://{a}/metrics"))
         .unwrap_or_default();
+    let security = match (server.tls_enabled(), server.auth) {
+        (true, true) => "over TLS, callers authenticated",
+        (true, false) => "over TLS, NO AUTHENTICATION",
+        (false, true) => "plaintext, callers authenticated",
+        (false, false) => "plaintext, no authentication",
+    };
     eprintln!(
-        "mailspool listening on {} (delivering to {}{metrics})",
+        "mailspool listening on {} [{security}] (delivering to {}{metrics})",
         server.addr, server.relay
     );
-    shutdown_signal().await;
+    shutdown_signal(&server).await;
     tracing::info!("ShutdownRequested");
     server.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for SIGTERM or Ctrl-C; SIGHUP meanwhile reloads the TLS
+/// certificate and key.
+async fn shutdown_signal(server: &mailspool::ServerHandle) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => match server.reload_tls() {
+                Ok(true) => tracing::info!("TlsReloaded: new connections use the new certificate"),
+                Ok(false) => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+                Err(e) => tracing::error!(error = %e, "TlsReloadFailed: still serving the previous certificate"),
+            },
+        }
     }
 }

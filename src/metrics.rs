@@ -21,6 +21,8 @@ use crate::pb;
 
 type Labels = Vec<(&'static str, &'static str)>;
 type FGauge = Gauge<f64, AtomicU64>;
+/// Labels with a client name.
+type ClientLabels = Vec<(&'static str, String)>;
 
 /// Every metric mailspool exports. Cloning the handles is cheap; the
 /// registry is shared.
@@ -45,6 +47,11 @@ pub struct Metrics {
     duplicates: Counter,
     refused: Counter,
     cancelled: Counter,
+    client_queued: Family<ClientLabels, Gauge>,
+    client_queued_bytes: Family<ClientLabels, Gauge>,
+    client_enqueued: Family<ClientLabels, Counter>,
+    client_delivered: Family<ClientLabels, Counter>,
+    client_refused: Family<ClientLabels, Counter>,
     /// SMTP replies by class: 2xx, 4xx, 5xx, error (no reply).
     pub smtp_replies: Family<Labels, Counter>,
     /// Per Enqueue / EnqueueBatch call, seconds.
@@ -80,6 +87,11 @@ impl Default for Metrics {
             duplicates: Counter::default(),
             refused: Counter::default(),
             cancelled: Counter::default(),
+            client_queued: Family::default(),
+            client_queued_bytes: Family::default(),
+            client_enqueued: Family::default(),
+            client_delivered: Family::default(),
+            client_refused: Family::default(),
             smtp_replies: Family::default(),
             // 100 µs .. ~1.6 s
             enqueue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
@@ -94,6 +106,31 @@ impl Default for Metrics {
                 "mailspool_queue_messages",
                 "Queued messages by state (ready, scheduled, in_flight)",
                 m.queue.clone(),
+            );
+            r.register(
+                "mailspool_client_queued_messages",
+                "Queued messages by client",
+                m.client_queued.clone(),
+            );
+            r.register(
+                "mailspool_client_queued_bytes",
+                "Bytes of queued messages by client",
+                m.client_queued_bytes.clone(),
+            );
+            r.register(
+                "mailspool_client_enqueued",
+                "Messages accepted by client",
+                m.client_enqueued.clone(),
+            );
+            r.register(
+                "mailspool_client_delivered",
+                "Messages delivered by client",
+                m.client_delivered.clone(),
+            );
+            r.register(
+                "mailspool_client_refused",
+                "Messages refused by client and reason (rate, quota, policy)",
+                m.client_refused.clone(),
             );
             r.register(
                 "mailspool_queue_lane_messages",
@@ -288,6 +325,31 @@ impl Metrics {
         sync(&self.duplicates, s.duplicates_total);
         sync(&self.refused, s.refused_total);
         sync(&self.cancelled, s.cancelled_total);
+        for c in &s.clients {
+            let name = || vec![("client", c.name.clone())];
+            self.client_queued
+                .get_or_create(&name())
+                .set(c.queued as i64);
+            self.client_queued_bytes
+                .get_or_create(&name())
+                .set(c.queued_bytes as i64);
+            sync(
+                &self.client_enqueued.get_or_create(&name()),
+                c.enqueued_total,
+            );
+            sync(
+                &self.client_delivered.get_or_create(&name()),
+                c.delivered_total,
+            );
+            for (reason, v) in [
+                ("rate", c.refused_rate_total),
+                ("quota", c.refused_quota_total),
+                ("policy", c.refused_policy_total),
+            ] {
+                let labels = vec![("client", c.name.clone()), ("reason", reason.to_string())];
+                sync(&self.client_refused.get_or_create(&labels), v);
+            }
+        }
     }
 
     /// The text exposition format.

@@ -126,12 +126,17 @@ async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io
     let mut r = BufReader::new(r);
     w.write_all(b"220 test-peer ESMTP\r\n").await?;
     let mut line = String::new();
+    // The last RCPT TO address, quoted in rejections as real relays do.
+    let mut rcpt = String::new();
     loop {
         line.clear();
         if r.read_line(&mut line).await? == 0 {
             return Ok(());
         }
         let cmd = line.trim_end().to_ascii_uppercase();
+        if cmd.starts_with("RCPT TO:") {
+            rcpt = line.trim_end()[8..].trim().to_string();
+        }
         if cmd.starts_with("EHLO") {
             w.write_all(b"250-test-peer\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
                 .await?;
@@ -166,7 +171,8 @@ async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io
                 }
                 Mode::Reject => {
                     peer.state.lock().unwrap().refused += 1;
-                    w.write_all(b"550 5.1.1 no such user\r\n").await?
+                    w.write_all(format!("550 5.1.1 {rcpt}: no such user\r\n").as_bytes())
+                        .await?
                 }
                 Mode::Stall => {
                     peer.state.lock().unwrap().refused += 1;

@@ -12,11 +12,11 @@ use crate::admin_cli::{self as ac, LaneArg, Op, StateArg};
 use crate::cli::{channel, status_error, ClientArgs, ClientResult};
 use crate::pb;
 
-type AdminClient = pb::queue_admin_client::QueueAdminClient<tonic::transport::Channel>;
+type AdminClient = pb::queue_admin_client::QueueAdminClient<crate::cli::AuthChannel>;
 
-async fn admin(server: &str) -> Result<AdminClient, Box<dyn std::error::Error>> {
+async fn admin(client: &ClientArgs) -> Result<AdminClient, Box<dyn std::error::Error>> {
     Ok(pb::queue_admin_client::QueueAdminClient::new(
-        channel(server).await?,
+        channel(client).await?,
     ))
 }
 
@@ -190,6 +190,9 @@ pub struct TransferArgs {
     /// The other node's gRPC address, e.g. http://10.0.0.7:50051.
     #[arg(long)]
     pub to: String,
+    /// File holding a token for the other node (or MAILSPOOL_TO_TOKEN).
+    #[arg(long, env = "MAILSPOOL_TO_TOKEN_FILE")]
+    pub to_token_file: Option<std::path::PathBuf>,
     /// Messages per EnqueueBatch [default: 100]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub batch_size: u32,
@@ -228,7 +231,7 @@ pub async fn queue(a: QueueArgs) -> ClientResult {
                 older_than: 0,
                 all_messages: a.all_messages,
             };
-            operate(&a.client.server, Op::Requeue, target, &a.flags).await
+            operate(&a.client, Op::Requeue, target, &a.flags).await
         }
         QueueCommand::Purge(a) => {
             let target = Target {
@@ -237,7 +240,7 @@ pub async fn queue(a: QueueArgs) -> ClientResult {
                 older_than: a.older_than,
                 all_messages: true,
             };
-            operate(&a.client.server, Op::Purge, target, &a.flags).await
+            operate(&a.client, Op::Purge, target, &a.flags).await
         }
         QueueCommand::Pause(a) => pause_resume(true, a).await,
         QueueCommand::Resume(a) => pause_resume(false, a).await,
@@ -264,7 +267,7 @@ fn terminal_width() -> Option<usize> {
 }
 
 async fn queue_list(a: ListArgs) -> ClientResult {
-    let mut client = admin(&a.client.server).await?;
+    let mut client = admin(&a.client).await?;
     let width = terminal_width().unwrap_or(usize::MAX);
     list_into(&mut client, &a, width, &mut std::io::stdout().lock()).await
 }
@@ -356,7 +359,7 @@ async fn list_into(
 }
 
 async fn queue_show(a: ShowArgs) -> ClientResult {
-    let mut client = admin(&a.client.server).await?;
+    let mut client = admin(&a.client).await?;
     let r = client
         .show_message(pb::ShowMessageRequest { id: a.id })
         .await
@@ -386,12 +389,12 @@ async fn queue_op(op: Op, a: OpArgs) -> ClientResult {
         older_than: 0,
         all_messages: a.all_messages,
     };
-    operate(&a.client.server, op, target, &a.flags).await
+    operate(&a.client, op, target, &a.flags).await
 }
 
-async fn operate(server: &str, op: Op, t: Target, f: &OpFlags) -> ClientResult {
+async fn operate(c: &ClientArgs, op: Op, t: Target, f: &OpFlags) -> ClientResult {
     check_target(op, &t)?;
-    let mut client = admin(server).await?;
+    let mut client = admin(c).await?;
     operate_on(&mut client, op, &t, f, &mut std::io::stdout().lock()).await
 }
 
@@ -526,7 +529,7 @@ async fn operate_on(
 }
 
 async fn pause_resume(pause: bool, a: LanesArgs) -> ClientResult {
-    let mut client = admin(&a.client.server).await?;
+    let mut client = admin(&a.client).await?;
     let lanes: Vec<i32> = a.lanes.iter().map(|l| l.to_pb() as i32).collect();
     let r = if pause {
         client
@@ -548,6 +551,19 @@ async fn pause_resume(pause: bool, a: LanesArgs) -> ClientResult {
     Ok(())
 }
 
+impl TransferArgs {
+    fn to_token(&self) -> Result<Option<String>, Box<dyn std::error::Error>> {
+        if let Some(p) = &self.to_token_file {
+            let t = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read --to-token-file {}: {e}", p.display()))?;
+            return Ok(Some(t.trim().to_string()));
+        }
+        Ok(std::env::var("MAILSPOOL_TO_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string()))
+    }
+}
+
 /// `--to` and `--server` name the same node.
 fn same_node(a: &str, b: &str) -> bool {
     let norm = |s: &str| s.trim().trim_end_matches('/').to_ascii_lowercase();
@@ -563,7 +579,7 @@ async fn queue_transfer(a: TransferArgs) -> ClientResult {
         )
         .into());
     }
-    let mut client = admin(server).await?;
+    let mut client = admin(&a.client).await?;
     transfer_on(&mut client, &a, &mut std::io::stdout().lock()).await
 }
 
@@ -596,6 +612,7 @@ async fn transfer_on(
         .transfer(pb::TransferRequest {
             to: to.to_string(),
             batch_size: a.batch_size,
+            to_token: a.to_token()?.unwrap_or_default(),
         })
         .await
         .map_err(status_error)?
@@ -668,7 +685,7 @@ async fn transfer_on(
 }
 
 pub async fn top_domains(a: TopDomainsArgs) -> ClientResult {
-    let mut client = admin(&a.client.server).await?;
+    let mut client = admin(&a.client).await?;
     let r = client
         .top_domains(pb::TopDomainsRequest {
             limit: a.limit,

@@ -17,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::admission::SpoolLimits;
 use crate::api::Api;
+use crate::auth::{Authenticator, Role};
 use crate::config::Config;
 use crate::message::Limits;
 use crate::pb;
@@ -25,6 +26,7 @@ use crate::retry::RetryPolicy;
 use crate::scheduler::Scheduler;
 use crate::stats::Rates;
 use crate::store::{Store, StoreOptions};
+use tonic::service::interceptor::InterceptedService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -40,6 +42,10 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
+    #[error("cannot create the data directory {dir} with mode 0700: {source}; check --data-dir and its parent's owner")]
+    DataDir { dir: String, source: std::io::Error },
     #[error("cannot prepare the outbox: {0}")]
     Outbox(std::io::Error),
     #[error("cannot listen for /metrics on {addr}: {source}; choose another --metrics-listen (or `off`)")]
@@ -58,6 +64,10 @@ pub struct ServerHandle {
     /// Where `/metrics` is served, unless `metrics_listen = "off"`.
     pub metrics_addr: Option<SocketAddr>,
     pub relay: String,
+    /// The TLS configuration, when gRPC is served over TLS.
+    tls: Option<crate::tls::ReloadableTls>,
+    /// Whether callers must authenticate.
+    pub auth: bool,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -66,6 +76,10 @@ impl Server {
     /// Opens the spool, binds, and starts everything. Returns once Enqueue
     /// is being served.
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        secure_data_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+            dir: config.data_dir.display().to_string(),
+            source,
+        })?;
         let spool_dir = config.data_dir.join("spool");
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let options = StoreOptions {
@@ -84,13 +98,17 @@ impl Server {
                 source,
             })?;
         let relay = Arc::new(Relay::from_config(&config).map_err(StartError::Outbox)?);
-        let incoming = TcpIncoming::bind(config.listen)
+        let tls = match config.tls_files() {
+            Some(files) => Some(crate::tls::ReloadableTls::load(files).map_err(StartError::Tls)?),
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
             .map_err(|source| StartError::Bind {
                 addr: config.listen,
                 source,
-            })?
-            .with_nodelay(Some(true));
-        let addr = incoming.local_addr().map_err(|source| StartError::Bind {
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
@@ -111,6 +129,7 @@ impl Server {
         ));
         let rates = Arc::new(Rates::default());
         let closing = Arc::new(AtomicBool::new(false));
+        let auth = Arc::new(Authenticator::new(config.auth_enabled(), &config.clients));
         let disk_free = Arc::new(AtomicU64::new(disk_free_bytes(&config.data_dir)));
         let admitted_since_sample = Arc::new(AtomicU64::new(0));
         let api = Api {
@@ -135,6 +154,7 @@ impl Server {
             congestion: Default::default(),
             thresholds: config.thresholds(),
             transfer_lock: Default::default(),
+            auth: auth.clone(),
         };
         // A request may hold a whole batch; single messages above
         // max_message_bytes still decode and get a precise INVALID_ARGUMENT.
@@ -233,20 +253,40 @@ impl Server {
 
         let mut grpc_stop = stop_rx.clone();
         let closing_health = (health.clone(), stop_rx.clone());
-        let grpc = tonic::transport::Server::builder()
-            .add_service(
-                pb::mail_queue_server::MailQueueServer::new(api.clone())
-                    .max_decoding_message_size(max_request)
-                    .max_encoding_message_size(max_request),
-            )
-            .add_service(pb::queue_admin_server::QueueAdminServer::new(api))
+        // Health and reflection answer anyone (probes, grpcurl); MailQueue
+        // and QueueAdmin only authenticated callers with the role.
+        let mail_queue = pb::mail_queue_server::MailQueueServer::new(api.clone())
+            .max_decoding_message_size(max_request)
+            .max_encoding_message_size(max_request);
+        let queue_admin = pb::queue_admin_server::QueueAdminServer::new(api)
+            .max_decoding_message_size(ADMIN_MAX_REQUEST)
+            .max_encoding_message_size(max_request);
+        let router = limits(tonic::transport::Server::builder(), &config)
+            .add_service(InterceptedService::new(
+                mail_queue,
+                crate::auth::interceptor(auth.clone(), Role::Enqueue),
+            ))
+            .add_service(InterceptedService::new(
+                queue_admin,
+                crate::auth::interceptor(auth.clone(), Role::Admin),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = grpc_stop.wait_for(|s| *s).await;
-            });
-        let grpc = tokio::spawn(grpc);
+            .add_service(reflection_v1alpha);
+        let shutdown = async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        };
+        let grpc = match &tls {
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown))
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(TCP_KEEPALIVE));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
+            }
+        };
 
         let grace = Duration::from_millis(config.shutdown_grace_ms);
         let mut stopped = stop_rx.clone();
@@ -289,15 +329,40 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
             tracing::info!("ShutdownComplete");
         });
-        tracing::info!(%addr, relay = %relay.describe(), "ServerStarted");
+        tracing::info!(
+            %addr,
+            relay = %relay.describe(),
+            tls = tls.is_some(),
+            auth = auth.enabled(),
+            clients = config.clients.len(),
+            "ServerStarted"
+        );
         Ok(ServerHandle {
             addr,
             metrics_addr,
+            tls,
+            auth: auth.enabled(),
             relay: relay.describe(),
             stop: stop_tx,
             task,
         })
     }
+}
+
+/// Creates the data directory readable by its owner only (mail is
+/// personal data), and tightens an existing one that is not.
+pub fn secure_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::warn!(dir = %dir.display(), old_mode = format!("{mode:o}"), "DataDirPermissionsTightened: now 0700");
+    }
+    Ok(())
 }
 
 /// Bytes available to unprivileged writers on `dir`'s filesystem
@@ -318,7 +383,38 @@ pub fn disk_free_bytes(dir: &std::path::Path) -> u64 {
     }
 }
 
+/// Decoded admin requests are small (ids and filters).
+const ADMIN_MAX_REQUEST: usize = 4 << 20;
+/// Dead peers are noticed by TCP keepalive and HTTP/2 pings.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// The per-connection limits, set deliberately: a slow or abusive client
+/// holds a bounded number of streams, of requests in progress, of header
+/// bytes, and no request runs forever.
+fn limits(b: tonic::transport::Server, config: &Config) -> tonic::transport::Server {
+    b.max_concurrent_streams(config.grpc_max_concurrent_streams)
+        .concurrency_limit_per_connection(config.grpc_max_concurrent_streams as usize)
+        .http2_max_header_list_size(16 * 1024)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .timeout(Duration::from_millis(config.grpc_request_timeout_ms))
+}
+
 impl ServerHandle {
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP). New connections use
+    /// them; open connections and the queue carry on.
+    pub fn reload_tls(&self) -> Result<bool, crate::tls::TlsError> {
+        match &self.tls {
+            Some(t) => t.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
     /// Graceful shutdown; returns when the spool is flushed and closed.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);

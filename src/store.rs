@@ -691,6 +691,13 @@ impl Store {
         self.shared.clients.lock().expect("clients lock").clone()
     }
 
+    /// (queued messages, queued bytes) of one client, as last committed.
+    pub fn client_usage(&self, name: &str) -> (u64, u64) {
+        let c = self.shared.clients.lock().expect("clients lock");
+        let k = c.counters_of(name);
+        (k.queued, k.queued_bytes)
+    }
+
     /// Client slots in use (0 first), for the scheduler's round robin.
     pub fn client_slots(&self) -> Vec<u16> {
         let c = self.shared.clients.lock().expect("clients lock");

@@ -108,7 +108,7 @@ pub(crate) async fn client(
             tokio::time::sleep(p).await;
         }
         seq += 1;
-        let batch = seq % 5 == 0;
+        let batch = seq.is_multiple_of(5);
         let keys: Vec<String> = if batch {
             (0..10).map(|i| format!("c{n}-{seq}-{i}")).collect()
         } else {

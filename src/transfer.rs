@@ -38,7 +38,7 @@ const MAX_PASSES: usize = 50;
 /// How long to wait for in-flight leases to end.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(120);
 
-type Client = pb::mail_queue_client::MailQueueClient<tonic::transport::Channel>;
+type Client = pb::mail_queue_client::MailQueueClient<crate::cli::AuthChannel>;
 
 /// Validates the request, connects, pauses delivery, and starts moving.
 pub async fn start(api: Api, req: pb::TransferRequest) -> Result<Response<ProgressStream>, Status> {
@@ -52,12 +52,20 @@ pub async fn start(api: Api, req: pb::TransferRequest) -> Result<Response<Progre
             )))
         }
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(req.to.clone()).map_err(|e| {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(req.to.clone()).map_err(|e| {
         Status::invalid_argument(format!(
             "to: `{}` is not a gRPC address like http://host:50051 ({e})",
             req.to
         ))
     })?;
+    if req.to.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+            .map_err(|e| Status::invalid_argument(format!("to: TLS settings: {e}")))?;
+    }
+    let token = Some(req.to_token.as_str()).filter(|t| !t.is_empty());
+    let bearer = crate::cli::Bearer::new(token)
+        .map_err(|_| Status::invalid_argument("to_token: not a valid header value"))?;
     let guard = api.transfer_lock.clone().try_lock_owned().map_err(|_| {
         Status::failed_precondition("a transfer is already running on this node; wait for it")
     })?;
@@ -67,7 +75,7 @@ pub async fn start(api: Api, req: pb::TransferRequest) -> Result<Response<Progre
             req.to
         ))
     })?;
-    let client = Client::new(channel)
+    let client = Client::new(crate::cli::AuthChannel::new(channel, bearer))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let paused = api.store.admin_state().paused;

@@ -234,15 +234,20 @@ fn error_line(s: &tonic::Status) -> String {
 /// before each redraw and the congestion state is coloured; otherwise
 /// frames are plain and separated by a blank line.
 pub async fn run(
-    server: &str,
+    args: &crate::cli::ClientArgs,
     interval: Duration,
     count: u64,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
-        .map_err(|e| format!("bad --server `{server}`: {e}"))?
+    let server = args.server.as_str();
+    let endpoint = args
+        .endpoint()?
         .connect_timeout(Duration::from_secs(2))
         .timeout(interval.max(Duration::from_secs(2)));
-    let mut client = pb::queue_admin_client::QueueAdminClient::new(endpoint.connect_lazy());
+    let bearer = crate::cli::Bearer::new(args.token()?.as_deref())?;
+    let mut client = pb::queue_admin_client::QueueAdminClient::new(crate::cli::AuthChannel::new(
+        endpoint.connect_lazy(),
+        bearer,
+    ));
     let tty = std::io::stdout().is_terminal();
     let mut history = History::default();
     let mut last: Option<(pb::QueueStatsResponse, i64)> = None;

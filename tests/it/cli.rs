@@ -180,3 +180,60 @@ async fn the_cli_acts_on_ids_follows_cursors_and_transfers_to_another_node() {
     src.shutdown().await;
     dst.shutdown().await;
 }
+
+/// `token create` → the printed entry in the server's config → the CLI
+/// with `--token-file` gets in, without it gets a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_gives_a_working_token_and_a_config_entry() {
+    let out = std::process::Command::new(binary())
+        .args([
+            "token", "create", "--name", "ops", "--role", "admin", "--role", "enqueue",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find(|l| l.starts_with("mst_"))
+        .expect("the token line")
+        .to_string();
+    let entry = &text[text.find("[[clients]]").expect("the config entry")..];
+    assert!(
+        !entry.contains(&token),
+        "the config entry holds only the hash"
+    );
+
+    let dir = tempdir();
+    let mut cfg = mailspool::Config::from_toml(entry).expect("the entry parses");
+    let base = config(&dir.path().join("data"), None);
+    cfg.listen = base.listen;
+    cfg.data_dir = base.data_dir.clone();
+    cfg.metrics_listen = base.metrics_listen.clone();
+    cfg.min_free_bytes = base.min_free_bytes;
+    let s = TestServer::start(cfg).await;
+    let url = format!("http://{}", s.handle.as_ref().unwrap().addr);
+
+    let r = cli(&url, &["stats", "--json"]).await;
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("Unauthenticated") && r.stderr.contains("--token-file"),
+        "{}",
+        r.stderr
+    );
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let r = cli(
+        &url,
+        &[
+            "stats",
+            "--json",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("\"queued\": 0"), "{}", r.stdout);
+    s.shutdown().await;
+}

@@ -12,5 +12,6 @@ mod limits;
 mod ops;
 mod power;
 mod restart;
+mod security;
 mod smtp_sink;
 mod transfer;

@@ -434,45 +434,6 @@ async fn top_domains_shapes_the_queue_like_qshape() {
     s.shutdown().await;
 }
 
-/// GET over a plain TCP connection; returns the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    c.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
-/// `name{labels} value` lines of the exposition, as (series, value).
-fn samples(text: &str) -> Vec<(String, f64)> {
-    assert!(
-        text.trim_end().ends_with("# EOF"),
-        "OpenMetrics ends with # EOF"
-    );
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (series, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            let v = value
-                .parse::<f64>()
-                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
-            (series.to_string(), v)
-        })
-        .collect()
-}
-
-fn sample(all: &[(String, f64)], series: &str) -> f64 {
-    all.iter()
-        .find(|(s, _)| s == series)
-        .unwrap_or_else(|| panic!("no {series} in {all:?}"))
-        .1
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn congestion_turns_on_at_thresholds_and_metrics_show_it() {
     let peer = SmtpPeer::start(Mode::Accept).await;

@@ -90,7 +90,11 @@ async fn delivers_to_smtp_sink() {
     let dir = tempdir();
     let dump = dir.path().join("dump");
     let (_sink, port) = start_sink(&bin, &dump, &[]).await;
-    let s = TestServer::start(config(dir.path(), Some(format!("smtp://127.0.0.1:{port}")))).await;
+    let s = TestServer::start(config(
+        &dir.path().join("data"),
+        Some(format!("smtp://127.0.0.1:{port}")),
+    ))
+    .await;
     let requests = (0..200).map(|i| request(&format!("sink {i}"))).collect();
     let results = s.enqueue_batch(requests).await;
     s.wait_delivered(200).await;
@@ -119,7 +123,11 @@ async fn smtp_sink_hard_reject_is_dead_soft_reject_and_disconnect_retry() {
     ] {
         let sub = dir.path().join(name.replace(' ', "_"));
         let (mut sink, port) = start_sink(&bin, &sub.join("dump"), flags).await;
-        let s = TestServer::start(config(&sub, Some(format!("smtp://127.0.0.1:{port}")))).await;
+        let s = TestServer::start(config(
+            &sub.join("data"),
+            Some(format!("smtp://127.0.0.1:{port}")),
+        ))
+        .await;
         let r = s.enqueue(request(name)).await.unwrap();
         if want_dead {
             let m = s.wait_state(&r.id, pb::MessageState::Dead).await;

@@ -19,6 +19,7 @@ async fn transfer(source: &str, to: &str) -> Result<pb::TransferProgress, tonic:
         .transfer(pb::TransferRequest {
             to: to.to_string(),
             batch_size: 50,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -81,6 +82,7 @@ async fn transfer_with_a_crash_in_the_middle_loses_and_duplicates_nothing() {
         .transfer(pb::TransferRequest {
             to: "not a url".into(),
             batch_size: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -94,6 +96,7 @@ async fn transfer_with_a_crash_in_the_middle_loses_and_duplicates_nothing() {
         .transfer(pb::TransferRequest {
             to: dest_url.clone(),
             batch_size: 50,
+            ..Default::default()
         })
         .await
         .unwrap()
