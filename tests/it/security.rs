@@ -700,3 +700,78 @@ async fn no_secret_reaches_the_log() {
         }
     }
 }
+
+/// SIGHUP to the real binary re-reads the certificate; the process and
+/// its queue carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_of_the_running_binary() {
+    let (ca, ca2) = (TestCa::new("first CA"), TestCa::new("second CA"));
+    let dir = tempdir();
+    let (cert, key) = ca.server();
+    let (cert_file, key_file) = (dir.path().join("s.crt"), dir.path().join("s.key"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let server = mailspool::child::ServerProcess::start(
+        std::path::Path::new(binary()),
+        &dir.path().join("data"),
+        "smtp://127.0.0.1:9",
+        &[
+            "--tls-cert-file",
+            cert_file.to_str().unwrap(),
+            "--tls-key-file",
+            key_file.to_str().unwrap(),
+            "--log-level",
+            "info",
+        ],
+    )
+    .await
+    .unwrap();
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let url = format!("https://localhost:{port}");
+    let mut q = MailQueueClient::new(tls_channel(&url, &ca.pem(), None).await.unwrap());
+    q.enqueue(request("before")).await.unwrap();
+
+    let (cert2, key2) = ca2.server();
+    std::fs::write(&cert_file, cert2).unwrap();
+    std::fs::write(&key_file, key2).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    let reloaded = wait_until(Duration::from_secs(10), || async {
+        match tls_channel(&url, &ca2.pem(), None).await {
+            Ok(ch) => MailQueueClient::new(ch)
+                .enqueue(request("after"))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(reloaded, "the new certificate was never served");
+    q.enqueue(request("old connection"))
+        .await
+        .expect("the open connection survives SIGHUP");
+    assert!(server.log().iter().any(|l| l.contains("TlsReloaded")));
+    server.stop().await.unwrap();
+}
+
+/// An admin request over its 4 MiB decode limit is refused before it is
+/// buffered whole, and the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_admin_requests_are_refused() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    let mut admin = s.admin.clone().max_encoding_message_size(64 << 20);
+    let e = admin
+        .list_messages(pb::ListMessagesRequest {
+            filter: Some(pb::MessageFilter {
+                recipient_domain: "x".repeat(5 << 20),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert_eq!(s.stats().await.queued, 0, "still answering");
+    s.shutdown().await;
+}
