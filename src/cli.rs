@@ -254,7 +254,7 @@ impl ServeArgs {
             }
         }
         if let Ok(pw) = std::env::var("MAILSPOOL_RELAY_PASSWORD") {
-            c.relay_password = Some(pw);
+            c.relay_password = Some(crate::config::Secret(pw));
         }
         c.validate()?;
         Ok(c)

@@ -46,7 +46,7 @@ pub struct Config {
     pub relay_user: Option<String>,
     /// Read from `MAILSPOOL_RELAY_PASSWORD` or `relay_password_file` only.
     #[serde(skip)]
-    pub relay_password: Option<String>,
+    pub relay_password: Option<Secret>,
     pub relay_password_file: Option<PathBuf>,
     /// Upper bound on concurrent SMTP connections.
     pub relay_max_connections: usize,
@@ -161,6 +161,23 @@ impl Default for Config {
             grpc_max_concurrent_streams: 256,
             grpc_request_timeout_ms: 60_000,
         }
+    }
+}
+
+/// A secret setting: its Debug never shows the value, so a logged or
+/// printed `Config` cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
     }
 }
 
@@ -291,7 +308,7 @@ impl Config {
                     format!("cannot read {}: {e}", file.display()),
                 )
             })?;
-            self.relay_password = Some(pw.trim_end_matches(['\r', '\n']).to_string());
+            self.relay_password = Some(Secret(pw.trim_end_matches(['\r', '\n']).to_string()));
         }
         if self.relay_password.is_some() && self.relay_user.is_none() {
             return Err(bad(
@@ -501,6 +518,11 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().setting, "relay_password");
+        c.relay_password = Some(Secret("hunter2-secret".into()));
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "Debug shows no secret"
+        );
         assert!(Config::from_toml("nonsense_key = 1").is_err());
         let mut c = Config::from_toml("relay = \"smtp://127.0.0.1:25\"\nmax_attempts = 3").unwrap();
         c.validate().unwrap();

@@ -242,7 +242,7 @@ impl Breaker {
 impl SmtpRelay {
     pub fn new(url: RelayUrl, config: &Config) -> SmtpRelay {
         let credentials = match (&config.relay_user, &config.relay_password) {
-            (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.clone())),
+            (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.expose().to_string())),
             _ => None,
         };
         SmtpRelay {

@@ -279,6 +279,50 @@ async fn rate_limits_and_quotas_refuse_only_the_client_over_them() {
     s.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_quota_counts_what_the_client_has_queued() {
+    let dir = tempdir();
+    let mut cfg = config(dir.path(), None);
+    let mut big = client("big", SVC, &[Role::Enqueue, Role::Admin]);
+    big.max_queued_bytes = 4_000;
+    cfg.clients = vec![big];
+    let s = TestServer::start(cfg).await;
+    let (mut q, mut a) = clients(url(s.handle.as_ref().unwrap()), Some(SVC)).await;
+    a.pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    let mut accepted = 0;
+    let refusal = loop {
+        match q.enqueue(request(&format!("m{accepted}"))).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted < 100, "the byte quota never refused");
+    };
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(refusal.message().contains("quota"), "{refusal:?}");
+    let st = a
+        .queue_stats(pb::QueueStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let c = client_stats(&st, "big");
+    assert!(accepted >= 1 && c.queued == accepted, "{c:?}");
+    assert!(c.queued_bytes <= 4_000, "{c:?}");
+    // Delivery frees the quota.
+    a.resume_delivery(pb::ResumeDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let mut q = q.clone();
+            async move { q.enqueue(request("after")).await.is_ok() }
+        })
+        .await
+    );
+    s.shutdown().await;
+}
+
 /// Percentile of sorted milliseconds.
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
