@@ -795,6 +795,16 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
         .await
         .expect("the open connection survives SIGHUP");
     assert!(server.log().iter().any(|l| l.contains("TlsReloaded")));
+    // The CLI over TLS, verifying with the CA it is given.
+    let ca_file = dir.path().join("ca2.pem");
+    std::fs::write(&ca_file, ca2.pem()).unwrap();
+    let out = std::process::Command::new(binary())
+        .args(["stats", "--json", "--server", &url, "--tls-ca-file"])
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"enqueued_total\": 3"));
     server.stop().await.unwrap();
 }
 
