@@ -113,6 +113,11 @@ pub struct Config {
     /// requests in progress, and the request timeout.
     pub grpc_max_concurrent_streams: u32,
     pub grpc_request_timeout_ms: u64,
+    /// Connections at once; beyond, new ones wait in the backlog.
+    pub grpc_max_connections: usize,
+    /// A connection must finish its TLS handshake and send the HTTP/2
+    /// preface within this.
+    pub grpc_handshake_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -160,6 +165,8 @@ impl Default for Config {
             tls_client_ca_file: None,
             grpc_max_concurrent_streams: 256,
             grpc_request_timeout_ms: 60_000,
+            grpc_max_connections: 1024,
+            grpc_handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -399,8 +406,14 @@ impl Config {
         if self.grpc_max_concurrent_streams == 0 {
             return Err(bad("grpc_max_concurrent_streams", "must be greater than 0"));
         }
-        if self.grpc_request_timeout_ms == 0 {
-            return Err(bad("grpc_request_timeout_ms", "must be greater than 0"));
+        for (name, v) in [
+            ("grpc_request_timeout_ms", self.grpc_request_timeout_ms),
+            ("grpc_max_connections", self.grpc_max_connections as u64),
+            ("grpc_handshake_timeout_ms", self.grpc_handshake_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(bad(name, "must be greater than 0"));
+            }
         }
         Ok(())
     }

@@ -35,6 +35,7 @@ pub mod codec;
 pub mod compact;
 pub mod config;
 pub mod congestion;
+pub mod conn_limit;
 pub mod delivery;
 pub mod grpc_codec;
 pub mod message;

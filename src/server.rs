@@ -276,14 +276,21 @@ impl Server {
         let shutdown = async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         };
+        let (max_conns, handshake) = (
+            config.grpc_max_connections,
+            Duration::from_millis(config.grpc_handshake_timeout_ms),
+        );
         let grpc = match &tls {
             Some(tls) => {
-                tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown))
+                let incoming = tls.incoming_with_timeout(listener, handshake);
+                let incoming = crate::conn_limit::limit(incoming, max_conns, handshake);
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
             }
             None => {
                 let incoming = TcpIncoming::from(listener)
                     .with_nodelay(Some(true))
                     .with_keepalive(Some(TCP_KEEPALIVE));
+                let incoming = crate::conn_limit::limit(incoming, max_conns, handshake);
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
             }
         };

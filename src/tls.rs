@@ -201,10 +201,19 @@ impl ReloadableTls {
         &self,
         listener: TcpListener,
     ) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + 'static {
-        self.incoming_with_timeout(listener, HANDSHAKE_TIMEOUT)
+        self.tls_incoming(listener, HANDSHAKE_TIMEOUT)
     }
 
-    fn incoming_with_timeout(&self, listener: TcpListener, timeout: Duration) -> TlsIncoming {
+    /// As [`incoming`](Self::incoming), with another handshake timeout.
+    pub fn incoming_with_timeout(
+        &self,
+        listener: TcpListener,
+        timeout: Duration,
+    ) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + Unpin + 'static {
+        self.tls_incoming(listener, timeout)
+    }
+
+    fn tls_incoming(&self, listener: TcpListener, timeout: Duration) -> TlsIncoming {
         TlsIncoming {
             listener,
             tls: self.clone(),

@@ -829,3 +829,52 @@ async fn oversized_admin_requests_are_refused() {
     assert_eq!(s.stats().await.queued, 0, "still answering");
     s.shutdown().await;
 }
+
+/// Idle sockets cannot take the listener: beyond `grpc_max_connections`
+/// new connections wait, and a connection that sends no HTTP/2 preface is
+/// closed after the handshake timeout, freeing its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_hold_the_listener() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempdir();
+    let mut cfg = config(dir.path(), None);
+    cfg.grpc_max_connections = 2;
+    cfg.grpc_handshake_timeout_ms = 1_500;
+    let s = TestServer::start(cfg).await;
+    let addr = s.handle.as_ref().unwrap().addr;
+    // The test server's own clients hold one connection (used once, so it
+    // is open); one idle socket takes the other slot.
+    s.enqueue(request("warm")).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let fresh = || async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        MailQueueClient::new(ch).enqueue(request("fresh")).await
+    };
+    let early = tokio::time::timeout(Duration::from_millis(300), fresh()).await;
+    assert!(
+        !matches!(early, Ok(Ok(_))),
+        "a connection beyond the limit was served: {early:?}"
+    );
+    // The idle socket is closed by the server (EOF), and its slot serves.
+    // (The server's SETTINGS frame comes first, then the close.)
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection was never closed");
+    tokio::time::timeout(Duration::from_secs(20), fresh())
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    // Established connections are not affected by the preface timeout.
+    s.enqueue(request("old")).await.unwrap();
+    s.shutdown().await;
+}
