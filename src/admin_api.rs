@@ -214,7 +214,7 @@ impl Api {
                 )
             })
             .collect();
-        for c in &self.auth.clients {
+        for c in &self.auth.clients() {
             let e = out
                 .entry(c.name.clone())
                 .or_insert_with(|| pb::ClientStats {

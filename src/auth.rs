@@ -291,37 +291,88 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Arc<Client>, Status> {
 /// Maps credentials to clients.
 pub struct Authenticator {
     enabled: bool,
+    anonymous: Arc<Client>,
+    /// Swapped whole by [`reload`](Self::reload).
+    table: std::sync::RwLock<Arc<Table>>,
+}
+
+/// The configured clients, by credential.
+#[derive(Default)]
+struct Table {
     by_token: HashMap<String, Arc<Client>>,
     by_subject: HashMap<String, Arc<Client>>,
-    anonymous: Arc<Client>,
-    /// Every configured client, for stats.
-    pub clients: Vec<Arc<Client>>,
+    clients: Vec<(ClientConfig, Arc<Client>)>,
+}
+
+impl Table {
+    /// A client whose entry is unchanged keeps its state (rate limiter,
+    /// counters); a changed one starts a new limiter but keeps its counts.
+    fn build(configs: &[ClientConfig], old: &Table) -> Table {
+        let mut t = Table::default();
+        for cfg in configs {
+            let previous = old.clients.iter().find(|(_, c)| c.name == cfg.name);
+            let client = match previous {
+                Some((old_cfg, c)) if old_cfg == cfg => c.clone(),
+                Some((_, c)) => {
+                    let fresh = Client::new(cfg);
+                    for (to, from) in [
+                        (&fresh.refused_rate, &c.refused_rate),
+                        (&fresh.refused_quota, &c.refused_quota),
+                        (&fresh.refused_policy, &c.refused_policy),
+                    ] {
+                        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
+                    Arc::new(fresh)
+                }
+                None => Arc::new(Client::new(cfg)),
+            };
+            if let Some(h) = &cfg.token_sha256 {
+                t.by_token.insert(h.to_ascii_lowercase(), client.clone());
+            }
+            if let Some(s) = &cfg.cert_subject {
+                t.by_subject.insert(s.clone(), client.clone());
+            }
+            t.clients.push((cfg.clone(), client));
+        }
+        t
+    }
 }
 
 impl Authenticator {
     pub fn new(enabled: bool, configs: &[ClientConfig]) -> Authenticator {
-        let clients: Vec<Arc<Client>> = configs.iter().map(|c| Arc::new(Client::new(c))).collect();
-        let mut by_token = HashMap::new();
-        let mut by_subject = HashMap::new();
-        for (c, cfg) in clients.iter().zip(configs) {
-            if let Some(h) = &cfg.token_sha256 {
-                by_token.insert(h.to_ascii_lowercase(), c.clone());
-            }
-            if let Some(s) = &cfg.cert_subject {
-                by_subject.insert(s.clone(), c.clone());
-            }
-        }
         Authenticator {
             enabled,
-            by_token,
-            by_subject,
             anonymous: Arc::new(Client::anonymous()),
-            clients,
+            table: std::sync::RwLock::new(Arc::new(Table::build(configs, &Table::default()))),
         }
     }
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().expect("auth table").clone()
+    }
+
+    /// Every configured client, for stats.
+    pub fn clients(&self) -> Vec<Arc<Client>> {
+        self.table().clients.iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// Replaces the clients (SIGHUP). Calls in progress finish with the
+    /// client they started with; the next call sees the new list. Auth
+    /// cannot be turned on or off this way (restart for that).
+    pub fn reload(&self, enabled: bool, configs: &[ClientConfig]) -> Result<usize, String> {
+        if enabled != self.enabled {
+            return Err(format!(
+                "the new configuration turns authentication {}; that needs a restart",
+                if enabled { "on" } else { "off" }
+            ));
+        }
+        let mut table = self.table.write().expect("auth table");
+        *table = Arc::new(Table::build(configs, &table));
+        Ok(configs.len())
     }
 
     /// The caller of `request`, if it may act in `role`.
@@ -340,8 +391,8 @@ impl Authenticator {
                     .ok()
                     .and_then(|v| v.strip_prefix("Bearer "))
                     .map(str::trim);
-                match token.and_then(|t| self.by_token.get(&token_hash(t))) {
-                    Some(c) => c.clone(),
+                match token.and_then(|t| self.table().by_token.get(&token_hash(t)).cloned()) {
+                    Some(c) => c,
                     None => {
                         tracing::warn!(%peer, "AuthFailed: invalid bearer token");
                         return Err(Status::unauthenticated(
@@ -374,7 +425,7 @@ impl Authenticator {
     fn certificate_client<T>(&self, request: &tonic::Request<T>) -> Option<Arc<Client>> {
         let certs = request.peer_certs()?;
         let subject = crate::tls::peer_subject(&certs)?;
-        match self.by_subject.get(&subject) {
+        match self.table().by_subject.get(&subject) {
             Some(c) => Some(c.clone()),
             None => {
                 tracing::warn!(%subject, "AuthFailed: client certificate not mapped to a client");
