@@ -357,7 +357,11 @@ impl Authenticator {
 
     /// Every configured client, for stats.
     pub fn clients(&self) -> Vec<Arc<Client>> {
-        self.table().clients.iter().map(|(_, c)| c.clone()).collect()
+        self.table()
+            .clients
+            .iter()
+            .map(|(_, c)| c.clone())
+            .collect()
     }
 
     /// Replaces the clients (SIGHUP). Calls in progress finish with the

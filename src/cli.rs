@@ -59,7 +59,7 @@ pub enum Command {
 
 /// Server settings. Each flag also reads `MAILSPOOL_<NAME>`; unset ones fall
 /// back to the TOML file, then to the defaults.
-#[derive(Debug, Args, Default)]
+#[derive(Debug, Args, Default, Clone)]
 pub struct ServeArgs {
     /// TOML file with settings (keys as in the README's table).
     #[arg(long, env = "MAILSPOOL_CONFIG")]
@@ -316,7 +316,7 @@ pub fn token(a: TokenArgs) -> ClientResult {
     );
     println!("{token}");
     println!();
-    println!("add to the server's config (the hash only), then restart it:");
+    println!("add to the server's config (the hash only), then reload it (SIGHUP):");
     println!("[[clients]]");
     println!("name = \"{name}\"");
     println!("token_sha256 = \"{hash}\"");

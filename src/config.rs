@@ -106,8 +106,8 @@ pub struct Config {
     /// gRPC over TLS: certificate chain and key (PEM), reloaded on SIGHUP.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
-    /// mTLS: CA bundle (PEM); when set, every connection must present a
-    /// client certificate signed by it.
+    /// mTLS: CA bundle (PEM); a client certificate, when presented, must
+    /// be signed by it (callers without one authenticate with a token).
     pub tls_client_ca_file: Option<PathBuf>,
     /// Per-connection limits (hardening): concurrent HTTP/2 streams,
     /// requests in progress, and the request timeout.
@@ -372,15 +372,32 @@ impl Config {
                 ),
             ));
         }
-        let mut names = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::new();
         for c in &self.clients {
             c.validate()
                 .map_err(|e| bad("clients", format!("client `{}`: {e}", c.name)))?;
-            if !names.insert(c.name.as_str()) {
+            if !seen.insert(format!("name {}", c.name)) {
                 return Err(bad(
                     "clients",
                     format!("client `{}` is listed twice", c.name),
                 ));
+            }
+            // One credential, one client: a pasted hash must not give a
+            // second client's roles.
+            let credentials = [
+                c.token_sha256
+                    .as_ref()
+                    .map(|h| format!("token {}", h.to_ascii_lowercase())),
+                c.cert_subject.as_ref().map(|s| format!("subject {s}")),
+            ];
+            for cred in credentials.into_iter().flatten() {
+                if !seen.insert(cred.clone()) {
+                    let what = cred.split(' ').next().unwrap_or_default();
+                    return Err(bad(
+                        "clients",
+                        format!("client `{}` has the same {what} as another client", c.name),
+                    ));
+                }
             }
             if c.cert_subject.is_some() && self.tls_client_ca_file.is_none() {
                 return Err(bad(
@@ -505,6 +522,33 @@ mod tests {
                 Err(()) => assert!(got.is_err(), "{input} should fail"),
             }
         }
+    }
+
+    #[test]
+    fn one_credential_belongs_to_one_client() {
+        let entry = |name: &str, hash: char| crate::auth::ClientConfig {
+            name: name.into(),
+            token_sha256: Some(hash.to_string().repeat(64)),
+            cert_subject: None,
+            roles: vec![crate::auth::Role::Enqueue],
+            allowed_senders: Vec::new(),
+            lanes: Vec::new(),
+            rate_per_second: 0,
+            burst: 0,
+            max_queued_messages: 0,
+            max_queued_bytes: 0,
+        };
+        let mut c = Config {
+            clients: vec![entry("a", 'a'), entry("b", 'b')],
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        c.clients[1].token_sha256 = Some("A".repeat(64));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.setting, "clients");
+        assert!(e.reason.contains("same token"), "{e}");
+        c.clients[1] = entry("a", 'b');
+        assert!(c.validate().unwrap_err().reason.contains("twice"));
     }
 
     #[test]

@@ -9,6 +9,23 @@ use mailspool::{Config, Server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Some(
+            Command::Enqueue(_)
+                | Command::Stats(_)
+                | Command::Status(_)
+                | Command::Queue(_)
+                | Command::TopDomains(_)
+                | Command::Token(_)
+        )
+    ) {
+        // Printing commands end quietly when their reader goes away
+        // (`mailspool queue list | head`) instead of panicking on EPIPE.
+        // Not the server: it must never die of a closed pipe.
+        // SAFETY: called before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -75,7 +92,7 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(args: cli::ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let config = args.into_config()?;
+    let config = args.clone().into_config()?;
     init_logging(&config);
     let server = Server::start(config).await?;
     let metrics = server
@@ -92,15 +109,15 @@ async fn serve(args: cli::ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         "mailspool listening on {} [{security}] (delivering to {}{metrics})",
         server.addr, server.relay
     );
-    shutdown_signal(&server).await;
+    shutdown_signal(&server, &args).await;
     tracing::info!("ShutdownRequested");
     server.shutdown().await;
     Ok(())
 }
 
 /// Waits for SIGTERM or Ctrl-C; SIGHUP meanwhile reloads the TLS
-/// certificate and key.
-async fn shutdown_signal(server: &mailspool::ServerHandle) {
+/// certificate and key, and the clients.
+async fn shutdown_signal(server: &mailspool::ServerHandle, args: &cli::ServeArgs) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
@@ -108,11 +125,29 @@ async fn shutdown_signal(server: &mailspool::ServerHandle) {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
             _ = term.recv() => return,
-            _ = hup.recv() => match server.reload_tls() {
-                Ok(true) => tracing::info!("TlsReloaded: new connections use the new certificate"),
-                Ok(false) => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
-                Err(e) => tracing::error!(error = %e, "TlsReloadFailed: still serving the previous certificate"),
-            },
+            _ = hup.recv() => reload(server, args),
         }
+    }
+}
+
+/// SIGHUP: the TLS files and the `[[clients]]` of the configuration (read
+/// again from the same file, environment and flags). A part that fails
+/// keeps what was serving.
+fn reload(server: &mailspool::ServerHandle, args: &cli::ServeArgs) {
+    match server.reload_tls() {
+        Ok(true) => tracing::info!("TlsReloaded: new connections use the new certificate"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "TlsReloadFailed: still serving the previous certificate")
+        }
+    }
+    let reloaded = args
+        .clone()
+        .into_config()
+        .map_err(|e| e.to_string())
+        .and_then(|config| server.reload_clients(&config));
+    match reloaded {
+        Ok(n) => tracing::info!(clients = n, "ClientsReloaded"),
+        Err(e) => tracing::error!(error = %e, "ClientsReloadFailed: the previous clients stay"),
     }
 }

@@ -193,6 +193,9 @@ pub struct TransferArgs {
     /// File holding a token for the other node (or MAILSPOOL_TO_TOKEN).
     #[arg(long, env = "MAILSPOOL_TO_TOKEN_FILE")]
     pub to_token_file: Option<std::path::PathBuf>,
+    /// PEM CA to verify an https:// --to with [default: the public web roots]
+    #[arg(long, env = "MAILSPOOL_TO_TLS_CA_FILE")]
+    pub to_tls_ca_file: Option<std::path::PathBuf>,
     /// Messages per EnqueueBatch [default: 100]
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     pub batch_size: u32,
@@ -613,6 +616,11 @@ async fn transfer_on(
             to: to.to_string(),
             batch_size: a.batch_size,
             to_token: a.to_token()?.unwrap_or_default(),
+            to_ca_pem: match &a.to_tls_ca_file {
+                Some(p) => std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read --to-tls-ca-file {}: {e}", p.display()))?,
+                None => String::new(),
+            },
         })
         .await
         .map_err(status_error)?

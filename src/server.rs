@@ -68,6 +68,7 @@ pub struct ServerHandle {
     tls: Option<crate::tls::ReloadableTls>,
     /// Whether callers must authenticate.
     pub auth: bool,
+    authenticator: Arc<Authenticator>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -349,6 +350,7 @@ impl Server {
             metrics_addr,
             tls,
             auth: auth.enabled(),
+            authenticator: auth.clone(),
             relay: relay.describe(),
             stop: stop_tx,
             task,
@@ -409,6 +411,13 @@ fn limits(b: tonic::transport::Server, config: &Config) -> tonic::transport::Ser
 }
 
 impl ServerHandle {
+    /// Replaces the `[[clients]]` with those of `config` (SIGHUP); other
+    /// settings need a restart. Returns how many clients there are now.
+    pub fn reload_clients(&self, config: &Config) -> Result<usize, String> {
+        self.authenticator
+            .reload(config.auth_enabled(), &config.clients)
+    }
+
     pub fn tls_enabled(&self) -> bool {
         self.tls.is_some()
     }

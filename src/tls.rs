@@ -77,7 +77,8 @@ pub struct TlsFiles {
     /// PKCS#1 (`BEGIN RSA PRIVATE KEY`) or SEC1 (`BEGIN EC PRIVATE KEY`).
     pub key_file: PathBuf,
     /// PEM: the CA certificates that sign client certificates. When set,
-    /// every client must present a certificate signed by one of them (mTLS);
+    /// a client may present a certificate, which must be signed by one of
+    /// them (mTLS); clients without one are served (they need a token);
     /// when `None`, clients are not asked for a certificate.
     pub client_ca_file: Option<PathBuf>,
 }
@@ -315,7 +316,10 @@ fn build_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
                     reason: e.to_string(),
                 })?;
             }
+            // A certificate is optional (token callers, probes), but one that
+            // is presented must chain to these CAs.
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| {
                     TlsError::Setup(format!(
@@ -846,8 +850,9 @@ mod tests {
             call(server.addr, &ca.pem(), Some(&plain)).await,
             Ok(Some("CN=reports".to_owned()))
         );
-        // No certificate, or one from a CA the server does not trust: refused.
-        assert!(call(server.addr, &ca.pem(), None).await.is_err());
+        // No certificate: served, with no subject (it needs a token then).
+        assert_eq!(call(server.addr, &ca.pem(), None).await, Ok(None));
+        // One from a CA the server does not trust: refused.
         let stranger = unknown.client(&[(DnType::CommonName, "billing.internal")]);
         assert!(call(server.addr, &ca.pem(), Some(&stranger)).await.is_err());
         // Still serving the good ones.

@@ -40,6 +40,31 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(120);
 
 type Client = pb::mail_queue_client::MailQueueClient<crate::cli::AuthChannel>;
 
+/// Asks the other node to authorize an (empty, so invalid) batch: its auth
+/// answers before its validation, so a refused token is found before
+/// delivery here is paused.
+async fn preflight(client: &Client, to: &str) -> Result<(), Status> {
+    let probe = client
+        .clone()
+        .enqueue_batch(pb::EnqueueBatchRequest { requests: vec![] })
+        .await;
+    match probe {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => Ok(()),
+        Err(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+            Err(Status::failed_precondition(format!(
+                "to_token: {to} refused it ({}); give a token of a client there with the `enqueue` role and no sender restriction; nothing was moved",
+                s.message()
+            )))
+        }
+        Err(s) => Err(Status::unavailable(format!(
+            "to: {to} answered {:?} ({}); nothing was moved",
+            s.code(),
+            s.message()
+        ))),
+    }
+}
+
 /// Validates the request, connects, pauses delivery, and starts moving.
 pub async fn start(api: Api, req: pb::TransferRequest) -> Result<Response<ProgressStream>, Status> {
     api.check_open()?;
@@ -59,8 +84,14 @@ pub async fn start(api: Api, req: pb::TransferRequest) -> Result<Response<Progre
         ))
     })?;
     if req.to.starts_with("https://") {
+        let tls = tonic::transport::ClientTlsConfig::new();
+        let tls = if req.to_ca_pem.is_empty() {
+            tls.with_webpki_roots()
+        } else {
+            tls.ca_certificate(tonic::transport::Certificate::from_pem(&req.to_ca_pem))
+        };
         endpoint = endpoint
-            .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+            .tls_config(tls)
             .map_err(|e| Status::invalid_argument(format!("to: TLS settings: {e}")))?;
     }
     let token = Some(req.to_token.as_str()).filter(|t| !t.is_empty());
@@ -78,6 +109,7 @@ pub async fn start(api: Api, req: pb::TransferRequest) -> Result<Response<Progre
     let client = Client::new(crate::cli::AuthChannel::new(channel, bearer))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
+    preflight(&client, &req.to).await?;
     let paused = api.store.admin_state().paused;
     api.store
         .admin(AdminOp::SetPaused(paused | 0b111))

@@ -878,3 +878,130 @@ async fn idle_connections_cannot_hold_the_listener() {
     s.enqueue(request("old")).await.unwrap();
     s.shutdown().await;
 }
+
+/// Transfer to a node with auth: a refused token is found before delivery
+/// here is paused; the right one moves the mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_to_an_authenticated_node_checks_the_token_first() {
+    let (d1, d2) = (tempdir(), tempdir());
+    let source = TestServer::start(config(d1.path(), None)).await;
+    let mut dcfg = config(d2.path(), None);
+    let mut restricted = client("svc", SVC, &[Role::Enqueue]);
+    restricted.allowed_senders = vec!["alerts@example.com".into()];
+    let transfer = client("transfer", OPS, &[Role::Enqueue, Role::Admin]);
+    dcfg.clients = vec![restricted, transfer];
+    let dest = TestServer::start(dcfg).await;
+    let to = url(dest.handle.as_ref().unwrap());
+    let mut admin = source.admin.clone();
+    admin
+        .pause_delivery(pb::PauseDeliveryRequest {
+            lanes: vec![pb::Lane::Normal as i32],
+        })
+        .await
+        .unwrap();
+    for i in 0..5 {
+        source.enqueue(request(&format!("t{i}"))).await.unwrap();
+    }
+
+    for token in ["", "mst_wrong"] {
+        let e = admin
+            .transfer(pb::TransferRequest {
+                to: to.clone(),
+                to_token: token.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().starts_with("to_token:"), "{e:?}");
+        assert!(!e.message().contains("mst_wrong"), "{e:?}");
+    }
+    let st = source.stats().await;
+    assert_eq!(
+        (st.queued, st.paused_lanes.clone()),
+        (5, vec![pb::Lane::Normal as i32]),
+        "nothing moved and no lane paused by the refused transfers"
+    );
+
+    let mut progress = admin
+        .transfer(pb::TransferRequest {
+            to: to.clone(),
+            to_token: OPS.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = pb::TransferProgress::default();
+    while let Some(p) = progress.message().await.unwrap() {
+        last = p;
+    }
+    assert_eq!((last.transferred, last.remaining), (5, 0), "{last:?}");
+    let (_, mut dest_admin) = clients(to, Some(OPS)).await;
+    let st = dest_admin
+        .queue_stats(pb::QueueStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(client_stats(&st, "transfer").enqueued_total, 5);
+    source.shutdown().await;
+    dest.shutdown().await;
+}
+
+/// SIGHUP re-reads `[[clients]]`: a new token works, a removed one stops
+/// working, and a broken file keeps the clients that were serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_the_clients() {
+    let dir = tempdir();
+    let file = dir.path().join("mailspool.toml");
+    let entry = |name: &str, token: &str| {
+        format!(
+            "[[clients]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nroles = [\"enqueue\", \"admin\"]\n",
+            token_hash(token)
+        )
+    };
+    std::fs::write(&file, entry("first", SVC)).unwrap();
+    let server = mailspool::child::ServerProcess::start(
+        std::path::Path::new(binary()),
+        &dir.path().join("data"),
+        "smtp://127.0.0.1:9",
+        &["--config", file.to_str().unwrap(), "--log-level", "info"],
+    )
+    .await
+    .unwrap();
+    let works = |token: &'static str| {
+        let url = server.url.clone();
+        async move {
+            let (_, mut a) = clients(url, Some(token)).await;
+            a.queue_stats(pb::QueueStatsRequest {}).await.map(|_| ())
+        }
+    };
+    works(SVC).await.unwrap();
+    assert_eq!(works(OPS).await.unwrap_err().code(), Code::Unauthenticated);
+
+    std::fs::write(&file, entry("second", OPS)).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            works(OPS).await.is_ok()
+        })
+        .await,
+        "the new client never got in"
+    );
+    assert_eq!(works(SVC).await.unwrap_err().code(), Code::Unauthenticated);
+
+    std::fs::write(&file, "[[clients]]\nname = \"broken\"\n").unwrap();
+    unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            server
+                .log()
+                .iter()
+                .any(|l| l.contains("ClientsReloadFailed"))
+        })
+        .await
+    );
+    works(OPS).await.expect("the previous clients stay");
+    server.stop().await.unwrap();
+}
