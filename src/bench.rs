@@ -31,7 +31,8 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Target a running server (only the enqueue phases run).
+    /// Target a running server (only the enqueue phases run); the token,
+    /// if it needs one, in MAILSPOOL_TOKEN.
     #[arg(long)]
     pub server: Option<String>,
     /// Messages in the unary and in the batch phase.
@@ -110,6 +111,17 @@ fn bar(len: usize, what: &str) -> Arc<ProgressBar> {
     Arc::new(pb)
 }
 
+/// A connection that sends MAILSPOOL_TOKEN when it is set (a `--server`
+/// with auth).
+async fn channel(url: &str) -> Result<crate::cli::AuthChannel, Error> {
+    let token = std::env::var("MAILSPOOL_TOKEN").ok();
+    let bearer = crate::cli::Bearer::new(token.as_deref()).map_err(|e| e.to_string())?;
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect()
+        .await?;
+    Ok(crate::cli::AuthChannel::new(ch, bearer))
+}
+
 async fn unary(url: &str, n: usize, c: usize, body: &str, what: &str) -> Result<Run, Error> {
     let progress = bar(n, what);
     let started = Instant::now();
@@ -117,7 +129,7 @@ async fn unary(url: &str, n: usize, c: usize, body: &str, what: &str) -> Result<
     for w in 0..c.min(n.max(1)) {
         let (url, body, progress) = (url.to_string(), body.to_string(), progress.clone());
         tasks.push(tokio::spawn(async move {
-            let mut client = MailQueueClient::connect(url).await?;
+            let mut client = MailQueueClient::new(channel(&url).await?);
             let mut lat = Vec::with_capacity(n / c + 1);
             let mut i = w;
             while i < n {
@@ -159,9 +171,8 @@ async fn batches(
     for w in 0..cb.min(calls.max(1)) {
         let (url, body, progress) = (url.to_string(), body.to_string(), progress.clone());
         tasks.push(tokio::spawn(async move {
-            let mut client = MailQueueClient::connect(url)
-                .await?
-                .max_encoding_message_size(64 << 20);
+            let mut client =
+                MailQueueClient::new(channel(&url).await?).max_encoding_message_size(64 << 20);
             let mut lat = Vec::new();
             let mut call = w;
             while call < calls {
@@ -200,7 +211,7 @@ async fn batches(
 }
 
 async fn stats(url: &str) -> Result<pb::QueueStatsResponse, Error> {
-    let mut admin = QueueAdminClient::connect(url.to_string()).await?;
+    let mut admin = QueueAdminClient::new(channel(url).await?);
     Ok(admin
         .queue_stats(pb::QueueStatsRequest {})
         .await?
