@@ -9,7 +9,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::admission::{admit, Refusal, SpoolLimits, Usage};
-use crate::auth::{caller, Authenticator, Client};
+use crate::auth::{caller, Authenticator, Client, Denial, Facts};
 use crate::store::INDEX_BYTES_PER_MESSAGE;
 
 use crate::message::{self, EmailInput, InvalidField, Limits};
@@ -178,83 +178,6 @@ impl Api {
         )
     }
 
-    /// Applies the client's policy, rate limit and quota to one prepared
-    /// message; `pending` holds what this request already admitted for the
-    /// client (messages, bytes).
-    fn police(
-        &self,
-        client: &Client,
-        m: &NewMessage,
-        raw: bool,
-        pending: &mut (u64, u64),
-    ) -> Result<(), Refused> {
-        use std::sync::atomic::Ordering::Relaxed;
-        if raw && client.restricts_senders() && !client.has(crate::auth::Role::Admin) {
-            client.refused_policy.fetch_add(1, Relaxed);
-            return Err(Refused::Denied(
-                "raw",
-                format!(
-                    "client `{}` may send only as its allowed senders, which a raw message cannot be held to; use `email`",
-                    client.name
-                ),
-            ));
-        }
-        if !client.may_use(m.lane) {
-            client.refused_policy.fetch_add(1, Relaxed);
-            return Err(Refused::Denied(
-                "lane",
-                format!(
-                    "client `{}` may not use the {} lane",
-                    client.name,
-                    m.lane.name()
-                ),
-            ));
-        }
-        if !client.may_send_as(&m.envelope_from) {
-            client.refused_policy.fetch_add(1, Relaxed);
-            return Err(Refused::Denied(
-                "email.from",
-                format!(
-                    "client `{}` may not send as `{}`",
-                    client.name, m.envelope_from
-                ),
-            ));
-        }
-        if client.max_queued_messages > 0 || client.max_queued_bytes > 0 {
-            let (queued, bytes) = self.store.client_usage(&client.name);
-            let size = m.raw.len() as u64;
-            let over_count = client.max_queued_messages > 0
-                && queued + pending.0 + 1 > client.max_queued_messages;
-            let over_bytes =
-                client.max_queued_bytes > 0 && bytes + pending.1 + size > client.max_queued_bytes;
-            if over_count || over_bytes {
-                client.refused_quota.fetch_add(1, Relaxed);
-                return Err(Refused::Exhausted(
-                    format!(
-                        "client `{}` has {} messages ({} bytes) queued, its quota is {} messages / {} bytes; retry when they are delivered",
-                        client.name, queued + pending.0, bytes + pending.1,
-                        client.max_queued_messages, client.max_queued_bytes
-                    ),
-                    self.quota_wait(),
-                ));
-            }
-        }
-        if let Err(wait) = client.take() {
-            client.refused_rate.fetch_add(1, Relaxed);
-            return Err(Refused::Exhausted(
-                format!(
-                    "client `{}` is over its rate limit; retry after {} ms",
-                    client.name,
-                    wait.as_millis()
-                ),
-                wait,
-            ));
-        }
-        pending.0 += 1;
-        pending.1 += m.raw.len() as u64;
-        Ok(())
-    }
-
     /// How long a client over its quota should wait: about the time the
     /// queue needs to drain a little, bounded to 1–60 s.
     fn quota_wait(&self) -> std::time::Duration {
@@ -273,7 +196,19 @@ impl Api {
     ) -> Result<NewMessage, Refused> {
         let raw = req.raw.is_some();
         let mut m = self.prepare(req).map_err(Refused::Invalid)?;
-        self.police(client, &m, raw, pending)?;
+        let facts = Facts {
+            lane: m.lane,
+            from: &m.envelope_from,
+            raw,
+            bytes: m.raw.len() as u64,
+        };
+        client
+            .admit(&facts, || self.store.client_usage(&client.name), pending)
+            .map_err(|d| match d {
+                Denial::Policy(field, reason) => Refused::Denied(field, reason),
+                Denial::Quota(reason) => Refused::Exhausted(reason, self.quota_wait()),
+                Denial::Rate(reason, wait) => Refused::Exhausted(reason, wait),
+            })?;
         self.admit(&m, usage)
             .map_err(|r| Refused::Exhausted(r.to_string(), r.retry_after))?;
         m.client = client.name.clone();

@@ -242,6 +242,110 @@ impl Client {
     }
 }
 
+/// What the policy looks at in a message.
+pub struct Facts<'a> {
+    pub lane: Lane,
+    /// The envelope sender (the From address for `email` requests).
+    pub from: &'a str,
+    pub raw: bool,
+    pub bytes: u64,
+}
+
+/// Why a client's message is refused.
+#[derive(Debug, PartialEq)]
+pub enum Denial {
+    /// Its policy forbids it: (field, reason). PERMISSION_DENIED.
+    Policy(&'static str, String),
+    /// Over its spool quota. RESOURCE_EXHAUSTED.
+    Quota(String),
+    /// Over its rate; retry after the duration. RESOURCE_EXHAUSTED.
+    Rate(String, Duration),
+}
+
+impl Client {
+    /// Policy (raw, lane, sender), then quota, then rate: a message refused
+    /// for its policy or quota takes nothing from the rate. `queued` gives
+    /// the client's (messages, bytes) in the spool, read only when it has
+    /// a quota; `pending` is what this request already admitted, and grows
+    /// by the message when it is admitted. Counts each refusal.
+    pub fn admit(
+        &self,
+        m: &Facts<'_>,
+        queued: impl FnOnce() -> (u64, u64),
+        pending: &mut (u64, u64),
+    ) -> Result<(), Denial> {
+        let denied = self
+            .police(m)
+            .or_else(|| self.over_quota(m, queued, *pending));
+        if let Some(d) = denied {
+            let counter = match d {
+                Denial::Policy(..) => &self.refused_policy,
+                _ => &self.refused_quota,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return Err(d);
+        }
+        if let Err(wait) = self.take() {
+            self.refused_rate.fetch_add(1, Ordering::Relaxed);
+            return Err(Denial::Rate(
+                format!(
+                    "client `{}` is over its rate limit; retry after {} ms",
+                    self.name,
+                    wait.as_millis()
+                ),
+                wait,
+            ));
+        }
+        pending.0 += 1;
+        pending.1 += m.bytes;
+        Ok(())
+    }
+
+    fn police(&self, m: &Facts<'_>) -> Option<Denial> {
+        let name = &self.name;
+        if m.raw && self.restricts_senders() && !self.has(Role::Admin) {
+            return Some(Denial::Policy(
+                "raw",
+                format!("client `{name}` may send only as its allowed senders, which a raw message cannot be held to; use `email`"),
+            ));
+        }
+        if !self.may_use(m.lane) {
+            return Some(Denial::Policy(
+                "lane",
+                format!("client `{name}` may not use the {} lane", m.lane.name()),
+            ));
+        }
+        if !self.may_send_as(m.from) {
+            return Some(Denial::Policy(
+                "email.from",
+                format!("client `{name}` may not send as `{}`", m.from),
+            ));
+        }
+        None
+    }
+
+    fn over_quota(
+        &self,
+        m: &Facts<'_>,
+        queued: impl FnOnce() -> (u64, u64),
+        pending: (u64, u64),
+    ) -> Option<Denial> {
+        if self.max_queued_messages == 0 && self.max_queued_bytes == 0 {
+            return None;
+        }
+        let (count, bytes) = queued();
+        let (count, bytes) = (count + pending.0, bytes + pending.1);
+        let over_count = self.max_queued_messages > 0 && count + 1 > self.max_queued_messages;
+        let over_bytes = self.max_queued_bytes > 0 && bytes + m.bytes > self.max_queued_bytes;
+        (over_count || over_bytes).then(|| {
+            Denial::Quota(format!(
+                "client `{}` has {count} messages ({bytes} bytes) queued, its quota is {} messages / {} bytes; retry when they are delivered",
+                self.name, self.max_queued_messages, self.max_queued_bytes
+            ))
+        })
+    }
+}
+
 /// A new random token: `mst_` and 64 hex digits (256 bits).
 pub fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
@@ -456,6 +560,71 @@ mod tests {
             max_queued_messages: 0,
             max_queued_bytes: 0,
         })
+    }
+
+    #[test]
+    fn admit_checks_policy_then_quota_then_rate_and_counts_each() {
+        let mut cfg = ClientConfig {
+            name: "svc".into(),
+            token_sha256: Some(token_hash("t")),
+            cert_subject: None,
+            roles: vec![Role::Enqueue],
+            allowed_senders: vec!["@example.com".into()],
+            lanes: vec!["normal".into()],
+            rate_per_second: 1,
+            burst: 2,
+            max_queued_messages: 3,
+            max_queued_bytes: 0,
+        };
+        let c = Client::new(&cfg);
+        let msg = |from, lane, raw| Facts {
+            lane,
+            from,
+            raw,
+            bytes: 100,
+        };
+        let ok = msg("a@example.com", Lane::Normal, false);
+        let mut pending = (0, 0);
+        let no_read = || -> (u64, u64) { panic!("no quota read for a policy refusal") };
+        // Policy refusals take nothing from the rate and read no quota.
+        for (m, field) in [
+            (msg("a@evil.example", Lane::Normal, false), "email.from"),
+            (msg("a@example.com", Lane::Bulk, false), "lane"),
+            (msg("a@example.com", Lane::Normal, true), "raw"),
+        ] {
+            match c.admit(&m, no_read, &mut pending) {
+                Err(Denial::Policy(f, _)) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        assert_eq!(c.refused_policy.load(Ordering::Relaxed), 3);
+        // Quota: 1 queued + what this request admitted.
+        assert!(c.admit(&ok, || (1, 0), &mut pending).is_ok());
+        assert_eq!(pending, (1, 100));
+        assert!(c.admit(&ok, || (1, 0), &mut pending).is_ok());
+        assert!(matches!(
+            c.admit(&ok, || (1, 0), &mut pending),
+            Err(Denial::Quota(_))
+        ));
+        // Rate: the burst of 2 is spent.
+        let err = c.admit(&ok, || (0, 0), &mut (0, 0)).unwrap_err();
+        assert!(
+            matches!(err, Denial::Rate(_, wait) if wait > Duration::ZERO),
+            "{err:?}"
+        );
+        assert_eq!(
+            (
+                c.refused_quota.load(Ordering::Relaxed),
+                c.refused_rate.load(Ordering::Relaxed)
+            ),
+            (1, 1)
+        );
+        // An admin may send raw whatever its senders.
+        cfg.roles.push(Role::Admin);
+        cfg.rate_per_second = 0;
+        let admin = Client::new(&cfg);
+        let raw = msg("a@example.com", Lane::Normal, true);
+        assert!(admin.admit(&raw, || (0, 0), &mut (0, 0)).is_ok());
     }
 
     #[test]
