@@ -78,6 +78,22 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// An entry with a token hash and roles, and no policy or limits.
+    pub fn with_token(name: &str, token_sha256: String, roles: &[Role]) -> ClientConfig {
+        ClientConfig {
+            name: name.to_string(),
+            token_sha256: Some(token_sha256),
+            cert_subject: None,
+            roles: roles.to_vec(),
+            allowed_senders: Vec::new(),
+            lanes: Vec::new(),
+            rate_per_second: 0,
+            burst: 0,
+            max_queued_messages: 0,
+            max_queued_bytes: 0,
+        }
+    }
+
     /// Checks the entry; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         let ok_name = !self.name.is_empty()
@@ -549,32 +565,23 @@ mod tests {
 
     fn client(senders: &[&str], lanes: &[&str]) -> Client {
         Client::new(&ClientConfig {
-            name: "svc".into(),
-            token_sha256: Some(token_hash("t")),
-            cert_subject: None,
-            roles: vec![Role::Enqueue],
             allowed_senders: senders.iter().map(|s| s.to_string()).collect(),
             lanes: lanes.iter().map(|s| s.to_string()).collect(),
             rate_per_second: 2,
             burst: 2,
-            max_queued_messages: 0,
-            max_queued_bytes: 0,
+            ..ClientConfig::with_token("svc", token_hash("t"), &[Role::Enqueue])
         })
     }
 
     #[test]
     fn admit_checks_policy_then_quota_then_rate_and_counts_each() {
         let mut cfg = ClientConfig {
-            name: "svc".into(),
-            token_sha256: Some(token_hash("t")),
-            cert_subject: None,
-            roles: vec![Role::Enqueue],
             allowed_senders: vec!["@example.com".into()],
             lanes: vec!["normal".into()],
             rate_per_second: 1,
             burst: 2,
             max_queued_messages: 3,
-            max_queued_bytes: 0,
+            ..ClientConfig::with_token("svc", token_hash("t"), &[Role::Enqueue])
         };
         let c = Client::new(&cfg);
         let msg = |from, lane, raw| Facts {
@@ -678,16 +685,9 @@ mod tests {
     #[test]
     fn config_entries_name_the_bad_field() {
         let good = ClientConfig {
-            name: "svc".into(),
-            token_sha256: Some(token_hash("t")),
-            cert_subject: None,
-            roles: vec![Role::Enqueue],
             allowed_senders: vec!["@example.com".into()],
             lanes: vec!["bulk".into()],
-            rate_per_second: 0,
-            burst: 0,
-            max_queued_messages: 0,
-            max_queued_bytes: 0,
+            ..ClientConfig::with_token("svc", token_hash("t"), &[Role::Enqueue])
         };
         assert!(good.validate().is_ok());
         type Edit = Box<dyn Fn(&mut ClientConfig)>;

@@ -287,24 +287,14 @@ pub fn token(a: TokenArgs) -> ClientResult {
     let TokenCommand::Create { name, roles } = a.command;
     let token = crate::auth::new_token();
     let hash = crate::auth::token_hash(&token);
-    let entry = crate::auth::ClientConfig {
-        name: name.clone(),
-        token_sha256: Some(hash.clone()),
-        cert_subject: None,
-        roles: roles
-            .iter()
-            .map(|r| match r.as_str() {
-                "admin" => crate::auth::Role::Admin,
-                _ => crate::auth::Role::Enqueue,
-            })
-            .collect(),
-        allowed_senders: Vec::new(),
-        lanes: Vec::new(),
-        rate_per_second: 0,
-        burst: 0,
-        max_queued_messages: 0,
-        max_queued_bytes: 0,
-    };
+    let parsed: Vec<crate::auth::Role> = roles
+        .iter()
+        .map(|r| match r.as_str() {
+            "admin" => crate::auth::Role::Admin,
+            _ => crate::auth::Role::Enqueue,
+        })
+        .collect();
+    let entry = crate::auth::ClientConfig::with_token(&name, hash.clone(), &parsed);
     entry.validate().map_err(|e| format!("--{e}"))?;
     let roles = roles
         .iter()
@@ -360,15 +350,11 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// The bearer token: `--token-file`, else MAILSPOOL_TOKEN.
     pub fn token(&self) -> Result<Option<String>, Box<dyn std::error::Error>> {
-        if let Some(path) = &self.token_file {
-            let t = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read --token-file {}: {e}", path.display()))?;
-            return Ok(Some(t.trim().to_string()));
-        }
-        Ok(std::env::var("MAILSPOOL_TOKEN")
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty()))
+        read_token(
+            self.token_file.as_deref(),
+            "--token-file",
+            "MAILSPOOL_TOKEN",
+        )
     }
 
     /// The endpoint, with TLS for https:// servers.
@@ -400,6 +386,21 @@ impl ClientArgs {
             .tls_config(tls)
             .map_err(|e| format!("TLS settings for {server}: {e}"))?)
     }
+}
+
+/// A token from `file` (named `flag` in errors), else from the environment
+/// variable `env`; surrounding whitespace is dropped, empty is none.
+pub(crate) fn read_token(
+    file: Option<&std::path::Path>,
+    flag: &str,
+    env: &str,
+) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))?,
+        None => std::env::var(env).unwrap_or_default(),
+    };
+    Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
 /// Adds `authorization: Bearer <token>` to every call.

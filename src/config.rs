@@ -526,17 +526,12 @@ mod tests {
 
     #[test]
     fn one_credential_belongs_to_one_client() {
-        let entry = |name: &str, hash: char| crate::auth::ClientConfig {
-            name: name.into(),
-            token_sha256: Some(hash.to_string().repeat(64)),
-            cert_subject: None,
-            roles: vec![crate::auth::Role::Enqueue],
-            allowed_senders: Vec::new(),
-            lanes: Vec::new(),
-            rate_per_second: 0,
-            burst: 0,
-            max_queued_messages: 0,
-            max_queued_bytes: 0,
+        let entry = |name: &str, hash: char| {
+            crate::auth::ClientConfig::with_token(
+                name,
+                hash.to_string().repeat(64),
+                &[crate::auth::Role::Enqueue],
+            )
         };
         let mut c = Config {
             clients: vec![entry("a", 'a'), entry("b", 'b')],

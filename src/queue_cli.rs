@@ -556,14 +556,11 @@ async fn pause_resume(pause: bool, a: LanesArgs) -> ClientResult {
 
 impl TransferArgs {
     fn to_token(&self) -> Result<Option<String>, Box<dyn std::error::Error>> {
-        if let Some(p) = &self.to_token_file {
-            let t = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read --to-token-file {}: {e}", p.display()))?;
-            return Ok(Some(t.trim().to_string()));
-        }
-        Ok(std::env::var("MAILSPOOL_TO_TOKEN")
-            .ok()
-            .map(|t| t.trim().to_string()))
+        crate::cli::read_token(
+            self.to_token_file.as_deref(),
+            "--to-token-file",
+            "MAILSPOOL_TO_TOKEN",
+        )
     }
 }
 

@@ -21,18 +21,7 @@ const SVC: &str = "mst_svc-token-0123456789";
 const OPS: &str = "mst_ops-token-0123456789";
 
 fn client(name: &str, token: &str, roles: &[Role]) -> ClientConfig {
-    ClientConfig {
-        name: name.into(),
-        token_sha256: Some(token_hash(token)),
-        cert_subject: None,
-        roles: roles.to_vec(),
-        allowed_senders: Vec::new(),
-        lanes: Vec::new(),
-        rate_per_second: 0,
-        burst: 0,
-        max_queued_messages: 0,
-        max_queued_bytes: 0,
-    }
+    ClientConfig::with_token(name, token_hash(token), roles)
 }
 
 /// Clients of a running server that send `token` (none: no credentials).
@@ -59,6 +48,15 @@ fn url(h: &ServerHandle) -> String {
 fn from(mut r: pb::EnqueueRequest, address: &str) -> pb::EnqueueRequest {
     r.email.as_mut().unwrap().from = address.into();
     r
+}
+
+async fn stats(admin: &QueueAdminClient<AuthChannel>) -> pb::QueueStatsResponse {
+    admin
+        .clone()
+        .queue_stats(pb::QueueStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 fn client_stats<'a>(s: &'a pb::QueueStatsResponse, name: &str) -> &'a pb::ClientStats {
@@ -96,7 +94,7 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
     }
     // The wrong role: PERMISSION_DENIED, naming the role.
     let (mut q, mut a_svc) = clients(url(h), Some(SVC)).await;
-    let (mut q_ops, mut a) = clients(url(h), Some(OPS)).await;
+    let (mut q_ops, a) = clients(url(h), Some(OPS)).await;
     let e = a_svc
         .queue_stats(pb::QueueStatsRequest {})
         .await
@@ -150,11 +148,7 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
     assert!(r[1].message.starts_with("requests[1].email.from:"), "{r:?}");
 
     // Nothing refused was written; the stats show the client.
-    let stats = a
-        .queue_stats(pb::QueueStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&a).await;
     assert_eq!(stats.enqueued_total, 2, "{stats:?}");
     let c = client_stats(&stats, "svc");
     assert_eq!((c.enqueued_total, c.refused_policy_total), (2, 4), "{c:?}");
@@ -241,11 +235,7 @@ async fn rate_limits_and_quotas_refuse_only_the_client_over_them() {
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.get_details_retry_info().is_some(), "{e:?}");
 
-    let stats = admin
-        .queue_stats(pb::QueueStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let stats = stats(&admin).await;
     let f = client_stats(&stats, "flood");
     assert_eq!(f.queued, 8, "{f:?}");
     assert!(
@@ -301,11 +291,7 @@ async fn a_byte_quota_counts_what_the_client_has_queued() {
     };
     assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
     assert!(refusal.message().contains("quota"), "{refusal:?}");
-    let st = a
-        .queue_stats(pb::QueueStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let st = stats(&a).await;
     let c = client_stats(&st, "big");
     assert!(accepted >= 1 && c.queued == accepted, "{c:?}");
     assert!(c.queued_bytes <= 4_000, "{c:?}");
@@ -429,12 +415,8 @@ async fn fair_share_a_flooding_client_does_not_starve_another() {
             (accepted, refused)
         })
     };
-    let flood_now = |mut a: QueueAdminClient<AuthChannel>| async move {
-        let st = a
-            .queue_stats(pb::QueueStatsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+    let flood_now = |a: QueueAdminClient<AuthChannel>| async move {
+        let st = stats(&a).await;
         client_stats(&st, "flood").clone()
     };
     // Wait until the flood has a backlog and is being refused.
@@ -706,13 +688,9 @@ async fn no_secret_reaches_the_log() {
     q.enqueue(r).await.unwrap();
     assert!(
         wait_until(Duration::from_secs(30), || {
-            let mut a = a.clone();
+            let a = a.clone();
             async move {
-                let s = a
-                    .queue_stats(pb::QueueStatsRequest {})
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let s = stats(&a).await;
                 s.delivered_total == 1 && s.dead_total == 1
             }
         })
@@ -937,12 +915,8 @@ async fn transfer_to_an_authenticated_node_checks_the_token_first() {
         last = p;
     }
     assert_eq!((last.transferred, last.remaining), (5, 0), "{last:?}");
-    let (_, mut dest_admin) = clients(to, Some(OPS)).await;
-    let st = dest_admin
-        .queue_stats(pb::QueueStatsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let (_, dest_admin) = clients(to, Some(OPS)).await;
+    let st = stats(&dest_admin).await;
     assert_eq!(client_stats(&st, "transfer").enqueued_total, 5);
     source.shutdown().await;
     dest.shutdown().await;
