@@ -1,5 +1,7 @@
 //! Enqueue, validation, idempotency, GetMessage and QueueStats.
 
+use std::time::Duration;
+
 use mailspool::pb;
 use tonic::Code;
 
@@ -35,7 +37,14 @@ async fn enqueue_is_delivered_and_counted() {
         (1, 1, 0)
     );
     assert_eq!(st.drain_eta_seconds, 0.0);
-    assert!(st.delivery_rate_per_second > 0.0);
+    // The worker counts the delivery into the rate just after the store
+    // has committed it (which GetMessage already shows).
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            s.stats().await.delivery_rate_per_second > 0.0
+        })
+        .await
+    );
     s.shutdown().await;
 }
 
