@@ -215,6 +215,23 @@ impl Api {
         Ok(m)
     }
 
+    /// Whether `client` may see a message's state: with auth on, a client
+    /// without the admin role sees only its own queued and dead messages
+    /// (their errors quote recipients), not quarantined ones. Delivered and
+    /// cancelled ones keep no owner and carry no addresses or errors.
+    fn may_see(&self, client: &Client, status: &SpoolStatus) -> bool {
+        if !self.auth.enabled() || client.has(crate::auth::Role::Admin) {
+            return true;
+        }
+        let owner = match status {
+            SpoolStatus::Queued(r) => r.client,
+            SpoolStatus::Dead(d) => d.record.client,
+            SpoolStatus::Quarantined => return false,
+            SpoolStatus::Delivered(_) | SpoolStatus::Cancelled(_) => return true,
+        };
+        self.store.clients().slot(&client.name) == Some(owner)
+    }
+
     /// What admission sees now.
     fn usage(&self) -> Usage {
         let c = self.store.counters();
@@ -372,15 +389,22 @@ impl pb::mail_queue_server::MailQueue for Api {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let client = caller(&request)?;
         let raw = request.into_inner().id;
         let id = MessageId::parse(&raw).ok_or_else(|| {
             Status::invalid_argument(format!("id: `{raw}` is not a mailspool id (16 hex digits)"))
         })?;
+        let not_found = || {
+            Status::not_found(format!("id: no message {id} (never enqueued, or delivered longer ago than the retention window)"))
+        };
         let status = self
             .store
             .status(id)
             .map_err(store_status)?
-            .ok_or_else(|| Status::not_found(format!("id: no message {id} (never enqueued, or delivered longer ago than the retention window)")))?;
+            .ok_or_else(not_found)?;
+        if !self.may_see(&client, &status) {
+            return Err(not_found());
+        }
         let mut resp = pb::GetMessageResponse {
             id: id.to_string(),
             ..Default::default()

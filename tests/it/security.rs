@@ -19,6 +19,7 @@ use crate::support::*;
 
 const SVC: &str = "mst_svc-token-0123456789";
 const OPS: &str = "mst_ops-token-0123456789";
+const OTHER: &str = "mst_other-token-0123456789";
 
 fn client(name: &str, token: &str, roles: &[Role]) -> ClientConfig {
     ClientConfig::with_token(name, token_hash(token), roles)
@@ -73,7 +74,11 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
     let mut svc = client("svc", SVC, &[Role::Enqueue]);
     svc.allowed_senders = vec!["alerts@example.com".into()];
     svc.lanes = vec!["normal".into(), "bulk".into()];
-    cfg.clients = vec![svc, client("ops", OPS, &[Role::Admin])];
+    cfg.clients = vec![
+        svc,
+        client("ops", OPS, &[Role::Admin]),
+        client("other", OTHER, &[Role::Enqueue]),
+    ];
     let s = TestServer::start(cfg).await;
     let h = s.handle.as_ref().unwrap();
     assert!(h.auth, "clients configured: auth is on even on loopback");
@@ -95,6 +100,11 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
     // The wrong role: PERMISSION_DENIED, naming the role.
     let (mut q, mut a_svc) = clients(url(h), Some(SVC)).await;
     let (mut q_ops, a) = clients(url(h), Some(OPS)).await;
+    // Kept queued, for the visibility check below.
+    a.clone()
+        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
     let e = a_svc
         .queue_stats(pb::QueueStatsRequest {})
         .await
@@ -152,12 +162,20 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
     assert_eq!(stats.enqueued_total, 2, "{stats:?}");
     let c = client_stats(&stats, "svc");
     assert_eq!((c.enqueued_total, c.refused_policy_total), (2, 4), "{c:?}");
+    // A queued message (its errors would quote recipients) is visible to
+    // its own client only: to another it does not exist.
     let got = q
-        .get_message(pb::GetMessageRequest { id: ok.id })
+        .get_message(pb::GetMessageRequest { id: ok.id.clone() })
         .await
         .unwrap()
         .into_inner();
-    assert_ne!(got.state(), pb::MessageState::Unspecified);
+    assert_eq!(got.state(), pb::MessageState::Queued);
+    let (mut q_other, _) = clients(url(h), Some(OTHER)).await;
+    let e = q_other
+        .get_message(pb::GetMessageRequest { id: ok.id })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
 
     // Health answers without credentials (probes).
     let channel = tonic::transport::Endpoint::from_shared(url(h))
