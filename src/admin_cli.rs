@@ -685,9 +685,95 @@ pub fn transfer_text(p: &pb::TransferProgress, to: &str) -> String {
     )
 }
 
+/// One client's figures of QueueStats, for `--json`.
+pub fn client_json(c: &pb::ClientStats) -> serde_json::Value {
+    serde_json::json!({
+        "name": c.name, "queued": c.queued, "queued_bytes": c.queued_bytes,
+        "enqueued_total": c.enqueued_total, "delivered_total": c.delivered_total,
+        "dead_total": c.dead_total, "refused_rate_total": c.refused_rate_total,
+        "refused_quota_total": c.refused_quota_total,
+        "refused_policy_total": c.refused_policy_total,
+        "rate_per_second": c.rate_per_second,
+        "max_queued_messages": c.max_queued_messages,
+        "max_queued_bytes": c.max_queued_bytes,
+    })
+}
+
+/// Per-client figures of QueueStats as a table: queued against the quota,
+/// totals, and refusals by reason.
+pub fn clients_table(clients: &[pb::ClientStats]) -> String {
+    let limit = |v: u64| {
+        if v == 0 {
+            "-".to_string()
+        } else {
+            thousands(v)
+        }
+    };
+    let row = |cells: [&str; 8]| {
+        let [name, rest @ ..] = cells;
+        let mut line = format!("{name:<20}");
+        for c in rest {
+            line.push_str(&format!(" {c:>14}"));
+        }
+        line + "\n"
+    };
+    let mut out = row([
+        "client",
+        "queued",
+        "quota",
+        "enqueued",
+        "delivered",
+        "refused/rate",
+        "refused/quota",
+        "refused/policy",
+    ]);
+    for c in clients {
+        out.push_str(&row([
+            &c.name,
+            &thousands(c.queued),
+            &limit(c.max_queued_messages),
+            &thousands(c.enqueued_total),
+            &thousands(c.delivered_total),
+            &thousands(c.refused_rate_total),
+            &thousands(c.refused_quota_total),
+            &thousands(c.refused_policy_total),
+        ]));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_table_shows_quota_and_refusals() {
+        let t = clients_table(&[pb::ClientStats {
+            name: "billing".into(),
+            queued: 12_345,
+            max_queued_messages: 100_000,
+            enqueued_total: 2_000_000,
+            refused_quota_total: 7,
+            ..Default::default()
+        }]);
+        let row = t.lines().find(|l| l.starts_with("billing")).expect(&t);
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "billing",
+                "12,345",
+                "100,000",
+                "2,000,000",
+                "0",
+                "0",
+                "7",
+                "0"
+            ]
+        );
+        let none = clients_table(&[pb::ClientStats::default()]);
+        assert!(none.lines().last().unwrap().contains(" - "), "{none}");
+    }
 
     #[test]
     fn parse_duration_table() {

@@ -585,7 +585,7 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         .map_err(status_error)?
         .into_inner();
     if a.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "queued": s.queued, "ready": s.ready, "scheduled": s.scheduled, "in_flight": s.in_flight,
             "dead": s.dead, "enqueued_total": s.enqueued_total, "delivered_total": s.delivered_total,
             "retried_total": s.retried_total, "dead_total": s.dead_total,
@@ -608,6 +608,7 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "paused_lanes": s.paused_lanes.iter().map(|&l| ac::lane_name(l)).collect::<Vec<_>>(),
             "cancelled_total": s.cancelled_total,
         });
+        v["clients"] = s.clients.iter().map(ac::client_json).collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -668,6 +669,9 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
     ];
     for (k, v) in rows {
         println!("{k:<18} {v:>14}");
+    }
+    if !s.clients.is_empty() {
+        print!("\n{}", ac::clients_table(&s.clients));
     }
     Ok(())
 }

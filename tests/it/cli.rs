@@ -235,5 +235,6 @@ async fn token_create_gives_a_working_token_and_a_config_entry() {
     .await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("\"queued\": 0"), "{}", r.stdout);
+    assert!(r.stdout.contains("\"name\": \"ops\""), "{}", r.stdout);
     s.shutdown().await;
 }
