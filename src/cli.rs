@@ -178,6 +178,18 @@ pub struct ServeArgs {
     /// mTLS: CA certificates (PEM) client certificates must chain to
     #[arg(long, env = "MAILSPOOL_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// Per connection: HTTP/2 streams and requests in progress [default: 256]
+    #[arg(long, env = "MAILSPOOL_GRPC_MAX_CONCURRENT_STREAMS")]
+    pub grpc_max_concurrent_streams: Option<u32>,
+    /// [default: 60000]
+    #[arg(long, env = "MAILSPOOL_GRPC_REQUEST_TIMEOUT_MS")]
+    pub grpc_request_timeout_ms: Option<u64>,
+    /// Connections at once [default: 1024]
+    #[arg(long, env = "MAILSPOOL_GRPC_MAX_CONNECTIONS")]
+    pub grpc_max_connections: Option<usize>,
+    /// TLS handshake and HTTP/2 preface deadline [default: 10000]
+    #[arg(long, env = "MAILSPOOL_GRPC_HANDSHAKE_TIMEOUT_MS")]
+    pub grpc_handshake_timeout_ms: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -224,7 +236,11 @@ impl ServeArgs {
             min_free_bytes,
             shutdown_grace_ms,
             log_format,
-            log_level
+            log_level,
+            grpc_max_concurrent_streams,
+            grpc_request_timeout_ms,
+            grpc_max_connections,
+            grpc_handshake_timeout_ms
         );
         if self.relay.is_some() {
             c.relay = self.relay;
