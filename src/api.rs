@@ -47,6 +47,15 @@ pub struct Api {
     pub auth: Arc<Authenticator>,
 }
 
+/// One request's view of its client's quota: the client's committed usage,
+/// read once per request (and only when it has a quota), and what the
+/// request has admitted so far.
+#[derive(Default)]
+struct Tally {
+    committed: Option<(u64, u64)>,
+    pending: (u64, u64),
+}
+
 /// Why one message of a request was refused before anything was written.
 enum Refused {
     Invalid(InvalidField),
@@ -191,26 +200,31 @@ impl Api {
         &self,
         client: &Client,
         req: pb::EnqueueRequest,
-        pending: &mut (u64, u64),
+        tally: &mut Tally,
         usage: &mut Usage,
     ) -> Result<NewMessage, Refused> {
         let raw = req.raw.is_some();
         let mut m = self.prepare(req).map_err(Refused::Invalid)?;
+        let bytes = m.raw.len() as u64;
         let facts = Facts {
             lane: m.lane,
             from: &m.envelope_from,
             raw,
-            bytes: m.raw.len() as u64,
+            bytes,
         };
-        client
-            .admit(&facts, || self.store.client_usage(&client.name), pending)
-            .map_err(|d| match d {
-                Denial::Policy(field, reason) => Refused::Denied(field, reason),
-                Denial::Quota(reason) => Refused::Exhausted(reason, self.quota_wait()),
-                Denial::Rate(reason, wait) => Refused::Exhausted(reason, wait),
-            })?;
-        self.admit(&m, usage)
-            .map_err(|r| Refused::Exhausted(r.to_string(), r.retry_after))?;
+        let Tally { committed, pending } = tally;
+        let queued = || *committed.get_or_insert_with(|| self.store.client_usage(&client.name));
+        client.admit(&facts, queued, pending).map_err(|d| match d {
+            Denial::Policy(field, reason) => Refused::Denied(field, reason),
+            Denial::Quota(reason) => Refused::Exhausted(reason, self.quota_wait()),
+            Denial::Rate(reason, wait) => Refused::Exhausted(reason, wait),
+        })?;
+        if let Err(r) = self.admit(&m, usage) {
+            // Not stored: it does not count against the client's quota.
+            pending.0 -= 1;
+            pending.1 -= bytes;
+            return Err(Refused::Exhausted(r.to_string(), r.retry_after));
+        }
         m.client = client.name.clone();
         Ok(m)
     }
@@ -229,7 +243,7 @@ impl Api {
             SpoolStatus::Quarantined => return false,
             SpoolStatus::Delivered(_) | SpoolStatus::Cancelled(_) => return true,
         };
-        self.store.clients().slot(&client.name) == Some(owner)
+        self.store.client_slot(&client.name) == Some(owner)
     }
 
     /// What admission sees now.
@@ -313,7 +327,7 @@ impl pb::mail_queue_server::MailQueue for Api {
             .accept_one(
                 &client,
                 request.into_inner(),
-                &mut (0, 0),
+                &mut Tally::default(),
                 &mut self.usage(),
             )
             .map_err(Refused::status)?;
@@ -356,9 +370,9 @@ impl pb::mail_queue_server::MailQueue for Api {
         let mut valid = Vec::with_capacity(requests.len());
         let mut slots = Vec::with_capacity(requests.len());
         let mut usage = self.usage();
-        let mut pending = (0, 0);
+        let mut tally = Tally::default();
         for (i, req) in requests.into_iter().enumerate() {
-            match self.accept_one(&client, req, &mut pending, &mut usage) {
+            match self.accept_one(&client, req, &mut tally, &mut usage) {
                 Ok(m) => {
                     valid.push(m);
                     slots.push(i);

@@ -229,7 +229,7 @@ impl Client {
     }
 
     /// Whether the client is limited to some senders.
-    pub fn restricts_senders(&self) -> bool {
+    fn restricts_senders(&self) -> bool {
         !self.senders.is_empty()
     }
 
@@ -238,7 +238,7 @@ impl Client {
     }
 
     /// Takes one message from the rate limit; Err(wait) when over it.
-    pub fn take(&self) -> Result<(), Duration> {
+    fn take(&self) -> Result<(), Duration> {
         let Some(l) = &self.limiter else {
             return Ok(());
         };
@@ -249,12 +249,6 @@ impl Client {
                 ))
                 .max(Duration::from_millis(1))
         })
-    }
-
-    pub fn refused_total(&self) -> u64 {
-        self.refused_rate.load(Ordering::Relaxed)
-            + self.refused_quota.load(Ordering::Relaxed)
-            + self.refused_policy.load(Ordering::Relaxed)
     }
 }
 
@@ -361,6 +355,40 @@ impl Client {
         })
     }
 }
+
+/// A token that cannot be sent: it holds characters a header cannot.
+#[derive(Debug, thiserror::Error)]
+#[error("the token holds characters that cannot go in a header; check the token file")]
+pub struct InvalidToken;
+
+/// The caller's side: adds `authorization: Bearer <token>` to every call
+/// (the CLI, the bench, and a node transferring to another).
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Bearer, InvalidToken> {
+        match token {
+            None => Ok(Bearer(None)),
+            Some(t) => Ok(Bearer(Some(
+                format!("Bearer {t}").parse().map_err(|_| InvalidToken)?,
+            ))),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel that sends the caller's credentials.
+pub type AuthChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
 
 /// A new random token: `mst_` and 64 hex digits (256 bits).
 pub fn new_token() -> String {

@@ -113,13 +113,13 @@ fn bar(len: usize, what: &str) -> Arc<ProgressBar> {
 
 /// A connection that sends MAILSPOOL_TOKEN when it is set (a `--server`
 /// with auth).
-async fn channel(url: &str) -> Result<crate::cli::AuthChannel, Error> {
+async fn channel(url: &str) -> Result<crate::auth::AuthChannel, Error> {
     let token = std::env::var("MAILSPOOL_TOKEN").ok();
-    let bearer = crate::cli::Bearer::new(token.as_deref()).map_err(|e| e.to_string())?;
+    let bearer = crate::auth::Bearer::new(token.as_deref())?;
     let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect()
         .await?;
-    Ok(crate::cli::AuthChannel::new(ch, bearer))
+    Ok(crate::auth::AuthChannel::new(ch, bearer))
 }
 
 async fn unary(url: &str, n: usize, c: usize, body: &str, what: &str) -> Result<Run, Error> {

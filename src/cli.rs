@@ -384,14 +384,11 @@ impl ClientArgs {
         let read = |flag: &str, p: &PathBuf| {
             std::fs::read(p).map_err(|e| format!("cannot read {flag} {}: {e}", p.display()))
         };
-        let mut tls = tonic::transport::ClientTlsConfig::new();
-        tls = match &self.tls_ca_file {
-            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(
-                "--tls-ca-file",
-                ca,
-            )?)),
-            None => tls.with_webpki_roots(),
+        let ca = match &self.tls_ca_file {
+            Some(ca) => Some(read("--tls-ca-file", ca)?),
+            None => None,
         };
+        let mut tls = crate::tls::client_config(ca);
         if let (Some(c), Some(k)) = (&self.tls_client_cert_file, &self.tls_client_key_file) {
             tls = tls.identity(tonic::transport::Identity::from_pem(
                 read("--tls-client-cert-file", c)?,
@@ -419,36 +416,7 @@ pub(crate) fn read_token(
     Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl Bearer {
-    pub fn new(token: Option<&str>) -> Result<Bearer, Box<dyn std::error::Error>> {
-        match token {
-            None => Ok(Bearer(None)),
-            Some(t) => Ok(Bearer(Some(format!("Bearer {t}").parse().map_err(
-                |_| "the token holds characters that cannot go in a header; check the token file",
-            )?))),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A channel to the server that sends the client's credentials.
-pub type AuthChannel =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+use crate::auth::{AuthChannel, Bearer};
 
 #[derive(Debug, Args)]
 pub struct EnqueueArgs {

@@ -99,7 +99,7 @@ async fn serve(args: cli::ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .metrics_addr
         .map(|a| format!("; metrics on http://{a}/metrics"))
         .unwrap_or_default();
-    let security = match (server.tls_enabled(), server.auth) {
+    let security = match (server.tls_enabled(), server.auth_enabled()) {
         (true, true) => "over TLS, callers authenticated",
         (true, false) => "over TLS, NO AUTHENTICATION",
         (false, true) => "plaintext, callers authenticated",

@@ -12,7 +12,7 @@ use crate::admin_cli::{self as ac, LaneArg, Op, StateArg};
 use crate::cli::{channel, status_error, ClientArgs, ClientResult};
 use crate::pb;
 
-type AdminClient = pb::queue_admin_client::QueueAdminClient<crate::cli::AuthChannel>;
+type AdminClient = pb::queue_admin_client::QueueAdminClient<crate::auth::AuthChannel>;
 
 async fn admin(client: &ClientArgs) -> Result<AdminClient, Box<dyn std::error::Error>> {
     Ok(pb::queue_admin_client::QueueAdminClient::new(

@@ -66,8 +66,6 @@ pub struct ServerHandle {
     pub relay: String,
     /// The TLS configuration, when gRPC is served over TLS.
     tls: Option<crate::tls::ReloadableTls>,
-    /// Whether callers must authenticate.
-    pub auth: bool,
     authenticator: Arc<Authenticator>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -349,7 +347,6 @@ impl Server {
             addr,
             metrics_addr,
             tls,
-            auth: auth.enabled(),
             authenticator: auth.clone(),
             relay: relay.describe(),
             stop: stop_tx,
@@ -416,6 +413,11 @@ impl ServerHandle {
     pub fn reload_clients(&self, config: &Config) -> Result<usize, String> {
         self.authenticator
             .reload(config.auth_enabled(), &config.clients)
+    }
+
+    /// Whether callers must authenticate.
+    pub fn auth_enabled(&self) -> bool {
+        self.authenticator.enabled()
     }
 
     pub fn tls_enabled(&self) -> bool {

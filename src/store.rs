@@ -240,6 +240,12 @@ impl Clients {
         }
         self.names.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
     }
+    /// Every slot in use, 0 (no client) first.
+    pub fn slots(&self) -> Vec<u16> {
+        std::iter::once(0)
+            .chain(self.names.keys().copied())
+            .collect()
+    }
     /// The counters of `name`'s slot (zero if it never enqueued).
     pub fn counters_of(&self, name: &str) -> ClientCounters {
         self.slot(name)
@@ -510,11 +516,8 @@ impl Store {
         // those already due are counted as they are leased and acked.
         let now = now_ms();
         let mut due_seconds = BTreeMap::new();
-        let slots: Vec<u16> = std::iter::once(0)
-            .chain(clients.names.keys().copied())
-            .collect();
         for lane in Lane::ALL {
-            for &slot in &slots {
+            for slot in clients.slots() {
                 let from = key::due(lane, slot, now, MessageId(0));
                 let to = key::due_end(lane, slot);
                 for item in tree.range(from.as_slice()..to.as_slice()) {
@@ -700,8 +703,12 @@ impl Store {
 
     /// Client slots in use (0 first), for the scheduler's round robin.
     pub fn client_slots(&self) -> Vec<u16> {
-        let c = self.shared.clients.lock().expect("clients lock");
-        std::iter::once(0).chain(c.names.keys().copied()).collect()
+        self.shared.clients.lock().expect("clients lock").slots()
+    }
+
+    /// The slot of a client name, if it ever enqueued.
+    pub fn client_slot(&self, name: &str) -> Option<u16> {
+        self.shared.clients.lock().expect("clients lock").slot(name)
     }
 
     /// Paused lanes and the cancelled total, as last committed. Cheap.
@@ -1166,9 +1173,11 @@ impl Committer {
                 }
                 *self.shared.counters.lock().expect("counters lock") = self.counters;
                 *self.shared.admin.lock().expect("admin lock") = self.admin;
-                if self.clients != *self.shared.clients.lock().expect("clients lock") {
-                    *self.shared.clients.lock().expect("clients lock") = self.clients.clone();
+                let mut shared = self.shared.clients.lock().expect("clients lock");
+                if *shared != self.clients {
+                    shared.clone_from(&self.clients);
                 }
+                drop(shared);
                 let mut hist = self.shared.due_seconds.lock().expect("due lock");
                 for (sec, d) in g.due {
                     let n = hist.entry(sec).or_insert(0);

@@ -130,6 +130,16 @@ pub enum TlsError {
     Setup(String),
 }
 
+/// The client side: TLS towards a mailspool server, verified with the given
+/// PEM CA certificate(s), or with the public web roots when none is given.
+pub fn client_config(ca_pem: Option<Vec<u8>>) -> tonic::transport::ClientTlsConfig {
+    let tls = tonic::transport::ClientTlsConfig::new();
+    match ca_pem {
+        Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        None => tls.with_webpki_roots(),
+    }
+}
+
 /// Holds the current rustls `ServerConfig`; [`reload`](Self::reload) swaps
 /// it atomically. Clones share the same config.
 #[derive(Clone)]

@@ -13,6 +13,7 @@
 //! - A message is removed here only after the other node acknowledged it
 //!   (durable there), with a durable Cancel recorded as "transferred to ...".
 
+use crate::auth::{AuthChannel, Bearer};
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ const MAX_PASSES: usize = 50;
 /// How long to wait for in-flight leases to end.
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(120);
 
-type Client = pb::mail_queue_client::MailQueueClient<crate::cli::AuthChannel>;
+type Client = pb::mail_queue_client::MailQueueClient<AuthChannel>;
 
 /// Asks the other node to authorize an (empty, so invalid) batch: its auth
 /// answers before its validation, so a refused token is found before
@@ -84,19 +85,14 @@ pub async fn start(api: Api, req: pb::TransferRequest) -> Result<Response<Progre
         ))
     })?;
     if req.to.starts_with("https://") {
-        let tls = tonic::transport::ClientTlsConfig::new();
-        let tls = if req.to_ca_pem.is_empty() {
-            tls.with_webpki_roots()
-        } else {
-            tls.ca_certificate(tonic::transport::Certificate::from_pem(&req.to_ca_pem))
-        };
+        let ca = Some(req.to_ca_pem.as_bytes().to_vec()).filter(|p| !p.is_empty());
         endpoint = endpoint
-            .tls_config(tls)
+            .tls_config(crate::tls::client_config(ca))
             .map_err(|e| Status::invalid_argument(format!("to: TLS settings: {e}")))?;
     }
     let token = Some(req.to_token.as_str()).filter(|t| !t.is_empty());
-    let bearer = crate::cli::Bearer::new(token)
-        .map_err(|_| Status::invalid_argument("to_token: not a valid header value"))?;
+    let bearer =
+        Bearer::new(token).map_err(|e| Status::invalid_argument(format!("to_token: {e}")))?;
     let guard = api.transfer_lock.clone().try_lock_owned().map_err(|_| {
         Status::failed_precondition("a transfer is already running on this node; wait for it")
     })?;
@@ -106,7 +102,7 @@ pub async fn start(api: Api, req: pb::TransferRequest) -> Result<Response<Progre
             req.to
         ))
     })?;
-    let client = Client::new(crate::cli::AuthChannel::new(channel, bearer))
+    let client = Client::new(AuthChannel::new(channel, bearer))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     preflight(&client, &req.to).await?;

@@ -243,8 +243,8 @@ pub async fn run(
         .endpoint()?
         .connect_timeout(Duration::from_secs(2))
         .timeout(interval.max(Duration::from_secs(2)));
-    let bearer = crate::cli::Bearer::new(args.token()?.as_deref())?;
-    let mut client = pb::queue_admin_client::QueueAdminClient::new(crate::cli::AuthChannel::new(
+    let bearer = crate::auth::Bearer::new(args.token()?.as_deref())?;
+    let mut client = pb::queue_admin_client::QueueAdminClient::new(crate::auth::AuthChannel::new(
         endpoint.connect_lazy(),
         bearer,
     ));

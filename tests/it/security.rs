@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use mailspool::auth::{token_hash, ClientConfig, Role};
-use mailspool::cli::{AuthChannel, Bearer};
+use mailspool::auth::{AuthChannel, Bearer};
 use mailspool::pb;
 use mailspool::pb::mail_queue_client::MailQueueClient;
 use mailspool::pb::queue_admin_client::QueueAdminClient;
@@ -81,7 +81,10 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
     ];
     let s = TestServer::start(cfg).await;
     let h = s.handle.as_ref().unwrap();
-    assert!(h.auth, "clients configured: auth is on even on loopback");
+    assert!(
+        h.auth_enabled(),
+        "clients configured: auth is on even on loopback"
+    );
 
     // No credentials, a wrong token: UNAUTHENTICATED, for both services.
     for token in [None, Some("mst_not-a-token")] {
