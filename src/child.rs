@@ -74,7 +74,11 @@ impl ServerProcess {
                         break (addr.to_string(), metrics.to_string());
                     }
                 }
-                None => return Err("the server exited before listening".into()),
+                None => {
+                    let log = log.lock().expect("log");
+                    let tail = log[log.len().saturating_sub(5)..].join(" | ");
+                    return Err(format!("the server exited before listening: {tail}").into());
+                }
             }
         };
         let sink = log.clone();
@@ -131,6 +135,14 @@ impl ServerProcess {
             return Err(format!("server exited with {status}").into());
         }
         Ok(())
+    }
+
+    /// Waits up to `within` for the server to exit by itself; its status.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
     }
 
     /// SIGKILL: a crash at an arbitrary instant.

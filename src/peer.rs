@@ -20,6 +20,8 @@ pub enum Mode {
     AcceptAfter(Duration),
     /// 451 4.3.0
     Defer,
+    /// 450 4.2.1: this mailbox, not the relay, is busy (a per-message retry).
+    DeferMailbox,
     /// 421 4.7.0: the relay asks everyone to slow down.
     Throttle,
     /// 550 5.1.1
@@ -162,6 +164,11 @@ async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io
                 Mode::Defer => {
                     peer.state.lock().unwrap().refused += 1;
                     w.write_all(b"451 4.3.0 try again later\r\n").await?
+                }
+                Mode::DeferMailbox => {
+                    peer.state.lock().unwrap().refused += 1;
+                    w.write_all(b"450 4.2.1 mailbox busy, try again later\r\n")
+                        .await?
                 }
                 Mode::Throttle => {
                     peer.state.lock().unwrap().refused += 1;

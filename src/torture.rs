@@ -14,6 +14,10 @@
 //! - every delivered message acknowledged, or in flight at a kill (its ack
 //!   lost with the process: counted, not an error);
 //! - duplicates (delivered more than once) counted and reported.
+//!
+//! With `--power-cuts N` the spool lives on LazyFs ([`crate::lazyfs`]) and
+//! each of the N cycles is a power cut: SIGKILL, then every byte and every
+//! directory entry that was not fsynced is dropped, then a restart.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,6 +39,12 @@ pub struct TortureArgs {
     /// Kill and restart cycles (the long form: 50 or more).
     #[arg(long, default_value_t = 10)]
     pub cycles: usize,
+    /// Power cuts instead of plain kills: the spool lives on LazyFs (a FUSE
+    /// filesystem, needs the Debian package fuse3) and each of these N cycles
+    /// is a SIGKILL followed by the loss of every unsynced byte and directory
+    /// entry; replaces --cycles. 0: plain kill -9 cycles.
+    #[arg(long, default_value_t = 0)]
+    pub power_cuts: usize,
     /// Longest run between kills, in milliseconds (each is random up to it).
     #[arg(long, default_value_t = 2000)]
     pub max_run_ms: u64,
@@ -53,6 +63,12 @@ pub struct TortureArgs {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     pub cycles: usize,
+    /// Whether the cycles were power cuts (LazyFs).
+    pub power_cuts: bool,
+    /// Power cuts: files that lost unsynced bytes, summed over the cuts.
+    pub files_lost_bytes: usize,
+    /// Power cuts: directory entries undone, summed over the cuts.
+    pub entries_undone: u64,
     pub acknowledged: usize,
     pub delivered: usize,
     pub dead_5xx: usize,
@@ -205,6 +221,34 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
     let dir = tempfile::Builder::new()
         .prefix("mailspool-torture")
         .tempdir()?;
+    let power = args.power_cuts > 0;
+    let cycles = if power { args.power_cuts } else { args.cycles };
+    // Power cuts: LazyFs on the temporary directory, the spool in a directory
+    // of its own on it that nobody fsyncs here: after a cut it exists only if
+    // the server made it durable.
+    let lazy = if power {
+        if !crate::lazyfs::available() {
+            return Err(
+                "torture --power-cuts mounts a FUSE filesystem and needs /dev/fuse and \
+                 /usr/bin/fusermount3: install the Debian package fuse3 \
+                 (apt-get install fuse3)"
+                    .into(),
+            );
+        }
+        let fs = crate::lazyfs::mount(dir.path())
+            .map_err(|e| format!("mounting LazyFs on {}: {e}", dir.path().display()))?;
+        Some(fs)
+    } else {
+        None
+    };
+    let data_dir = match &lazy {
+        Some(fs) => {
+            let d = fs.path().join("spool");
+            std::fs::create_dir(&d)?;
+            d
+        }
+        None => dir.path().to_path_buf(),
+    };
     let peer = SmtpPeer::start(Mode::Accept).await;
     let server_args = [
         "--retry-base-ms",
@@ -220,7 +264,7 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
         "--shutdown-grace-ms",
         "200",
     ];
-    let mut server = ServerProcess::start(&exe, dir.path(), &peer.url(), &server_args).await?;
+    let mut server = ServerProcess::start(&exe, &data_dir, &peer.url(), &server_args).await?;
     let url = Arc::new(Mutex::new(server.url.clone()));
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let stop_clients = Arc::new(AtomicBool::new(false));
@@ -238,17 +282,45 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
         })
         .collect();
     let started = Instant::now();
-    for cycle in 1..=args.cycles {
+    let (mut files_lost_bytes, mut entries_undone) = (0, 0);
+    for cycle in 1..=cycles {
         let run = Duration::from_millis(rand::rng().random_range(50..=args.max_run_ms.max(50)));
         tokio::time::sleep(run).await;
         server.kill().await?;
         let acked = ledger.lock().expect("ledger").acked.len();
-        eprintln!(
-            "cycle {cycle}/{}: SIGKILL after {} ms; {acked} acknowledged so far",
-            args.cycles,
-            run.as_millis()
-        );
-        server = ServerProcess::start(&exe, dir.path(), &peer.url(), &server_args).await?;
+        match &lazy {
+            Some(fs) => {
+                // The power cut, once the process is gone.
+                let before = fs.entries_lost();
+                let files = fs.crash();
+                let entries = fs.entries_lost() - before;
+                files_lost_bytes += files;
+                entries_undone += entries;
+                let undone = fs.last_undone();
+                let shown = if undone.is_empty() {
+                    String::new()
+                } else {
+                    let more = undone.len().saturating_sub(4);
+                    let mut list = undone.into_iter().take(4).collect::<Vec<_>>().join(", ");
+                    if more > 0 {
+                        list.push_str(&format!(", {more} more"));
+                    }
+                    format!(" ({list})")
+                };
+                eprintln!(
+                    "cycle {cycle}/{cycles}: SIGKILL + power cut after {} ms; {acked} acknowledged so far; \
+                     {files} files lost unsynced bytes, {entries} directory entries undone{shown}",
+                    run.as_millis()
+                );
+            }
+            None => eprintln!(
+                "cycle {cycle}/{cycles}: SIGKILL after {} ms; {acked} acknowledged so far",
+                run.as_millis()
+            ),
+        }
+        server = ServerProcess::start(&exe, &data_dir, &peer.url(), &server_args)
+            .await
+            .map_err(|e| format!("the server did not restart after cycle {cycle}: {e}"))?;
         *url.lock().expect("url") = server.url.clone();
     }
     stop_clients.store(true, Ordering::Relaxed);
@@ -273,7 +345,10 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
             *counts.entry(m.message_id.clone()).or_default() += 1;
         }
         let mut report = Report {
-            cycles: args.cycles,
+            cycles,
+            power_cuts: power,
+            files_lost_bytes,
+            entries_undone,
             acknowledged: acked.len(),
             delivered: counts.len(),
             duplicates: counts.values().filter(|&&n| n > 1).count(),
@@ -298,10 +373,19 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
             if counts.contains_key(mid) {
                 continue;
             }
-            let m = client
+            let m = match client
                 .get_message(pb::GetMessageRequest { id: id.clone() })
-                .await?
-                .into_inner();
+                .await
+            {
+                Ok(m) => m.into_inner(),
+                // Acknowledged, never delivered, and unknown to the spool:
+                // lost, which is what this run is here to find.
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    report.missing += 1;
+                    continue;
+                }
+                Err(s) => return Err(s.into()),
+            };
             if m.state() == pb::MessageState::Dead && m.last_error.starts_with('5') {
                 report.dead_5xx += 1;
             } else {
@@ -314,9 +398,18 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     server.stop().await?;
+    let cuts = if power {
+        format!(
+            "; the cuts lost unsynced bytes of {} files and undid {} directory entries",
+            report.files_lost_bytes, report.entries_undone
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "torture: {} cycles in {:.1} s; {} acknowledged: {} delivered, {} dead with a 5xx, {} MISSING; {} delivered twice; {} delivered whose ack was lost in a kill; {} delivered that were never sent",
+        "torture: {} {} in {:.1} s; {} acknowledged: {} delivered, {} dead with a 5xx, {} MISSING; {} delivered twice; {} delivered whose ack was lost in a kill; {} delivered that were never sent{cuts}",
         report.cycles,
+        if power { "power cuts" } else { "cycles" },
         started.elapsed().as_secs_f64(),
         report.acknowledged,
         report.acknowledged - report.dead_5xx - report.missing,
@@ -326,5 +419,12 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
         report.delivered_ack_lost,
         report.delivered_never_sent
     );
+    if power && report.files_lost_bytes == 0 && report.entries_undone == 0 {
+        return Err(format!(
+            "torture --power-cuts: none of the {cycles} cuts lost an unsynced byte or a \
+             directory entry, so the run proved nothing (more cuts or a longer --max-run-ms)"
+        )
+        .into());
+    }
     Ok(report)
 }

@@ -195,6 +195,7 @@ async fn compact_keeps_every_message_and_status() {
 async fn torture_short_form_loses_nothing() {
     let report = mailspool::torture::run(mailspool::torture::TortureArgs {
         cycles: 4,
+        power_cuts: 0,
         max_run_ms: 700,
         clients: 4,
         server_bin: Some(binary().into()),

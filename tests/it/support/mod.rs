@@ -1,7 +1,7 @@
 //! Shared helpers: a real server on 127.0.0.1:0 with a temporary spool,
 //! gRPC clients, request builders, and waiting on a condition with a deadline.
 
-pub mod lazyfs;
+pub use mailspool::lazyfs;
 pub use mailspool::peer as smtp;
 
 use std::future::Future;
