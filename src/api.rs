@@ -102,8 +102,14 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         StoreError::Closed => {
             Status::unavailable("mailspool is shutting down; retry shortly or on another node")
         }
+        StoreError::Failed(why) => Status::unavailable(format!(
+            "this node's spool stopped after a failed fsync ({why}) and is restarting; \
+             the message may have been stored: send it again with the same idempotency key, \
+             to another node if this one is not back"
+        )),
         other => Status::unavailable(format!(
-            "the spool could not store the message ({other}); nothing was written, retry later"
+            "the spool could not confirm the write ({other}); the message may have been stored: \
+             send it again with the same idempotency key"
         )),
     }
 }

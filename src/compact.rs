@@ -63,9 +63,9 @@ pub fn compact(data_dir: &Path) -> Result<Compacted, Error> {
     new.flush()?;
     drop(new);
     drop(old);
-    for name in ["db", "conf"] {
-        File::open(fresh.join(name))?.sync_all()?;
-    }
+    // Everything sled wrote, blobs (large values, such as big dead
+    // letters) included, is durable before the old copy can go.
+    sync_tree(&fresh)?;
     std::fs::create_dir_all(fresh.join("segments"))?;
     if let Ok(entries) = std::fs::read_dir(spool.join("segments")) {
         for e in entries.flatten() {
@@ -83,6 +83,19 @@ pub fn compact(data_dir: &Path) -> Result<Compacted, Error> {
         after: sled_bytes(&spool),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// fsyncs every file and directory under `dir` (and `dir` itself).
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            File::open(entry.path())?.sync_all()?;
+        }
+    }
+    File::open(dir)?.sync_all()
 }
 
 /// Atomically swaps two directories.

@@ -37,6 +37,7 @@ pub mod config;
 pub mod congestion;
 pub mod conn_limit;
 pub mod delivery;
+pub mod fsutil;
 pub mod grpc_codec;
 /// Test harness, used by the tests and by `mailspool torture --power-cuts` (never by the server): a FUSE filesystem that loses what was not fsynced.
 pub mod lazyfs;

@@ -109,7 +109,24 @@ async fn serve(args: cli::ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         "mailspool listening on {} [{security}] (delivering to {}{metrics})",
         server.addr, server.relay
     );
-    shutdown_signal(&server, &args).await;
+    let failure = tokio::select! {
+        () = shutdown_signal(&server, &args) => None,
+        why = server.spool_failed() => Some(why),
+    };
+    if let Some(why) = failure {
+        // No graceful stop: nothing written after a failed fsync can be
+        // trusted, and sled's own threads may fail on the same disk. Exit
+        // non-zero at once: the supervisor restarts the process, which reads
+        // the spool from disk. In-flight deliveries are sent again then.
+        eprintln!(
+            "mailspool: stopped: the spool failed ({why}); every acknowledged message is on disk: \
+             check the disk (dmesg, free space), then start mailspool again"
+        );
+        // A moment for the answers already on their way (UNAVAILABLE, with
+        // the reason) to reach their callers.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        std::process::exit(3);
+    }
     tracing::info!("ShutdownRequested");
     server.shutdown().await;
     Ok(())

@@ -21,7 +21,7 @@
 //!   backlog: the store scans the due index from its oldest key.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -54,6 +54,10 @@ struct Table {
 
 pub struct Scheduler {
     store: Store,
+    /// Held while a lease is made (index scan and body reads, on a blocking
+    /// thread), so two leases never take the same message; `table` is only
+    /// held for moments, so completing a lease never waits behind a scan.
+    leasing: Mutex<()>,
     table: Mutex<Table>,
     /// Wakes idle workers when new mail arrives.
     work: Notify,
@@ -78,6 +82,7 @@ impl Scheduler {
     pub fn new(store: Store, batch: usize, lease_timeout: Duration) -> Scheduler {
         Scheduler {
             store,
+            leasing: Mutex::new(()),
             table: Mutex::new(Table::default()),
             work: Notify::new(),
             batch,
@@ -87,10 +92,14 @@ impl Scheduler {
 
     /// Leases up to `batch` due messages from the lane whose turn it is, or
     /// the next lane that has any. None when nothing is due.
+    /// Blocks (sled scans, body reads): call from a blocking thread.
     pub fn try_lease(&self) -> Option<Lease> {
-        let mut table = self.table.lock().expect("lease table");
+        let _leasing = self.leasing.lock().expect("leasing");
         let now = now_ms();
-        let mut credit = table.credit;
+        let (mut credit, next_client) = {
+            let t = self.table.lock().expect("lease table");
+            (t.credit, t.next_client)
+        };
         let order = lane_order(&mut credit);
         let paused = self.store.admin_state().paused;
         for (i, lane) in order.into_iter().enumerate() {
@@ -100,21 +109,28 @@ impl Scheduler {
             // Within the lane, clients take turns: one client's backlog
             // never holds another's mail for more than a lease per client.
             let slots = self.store.client_slots();
-            let start = table.next_client[lane.index()];
+            let start = next_client[lane.index()];
             let mut messages = Vec::new();
+            let mut taken_turn = 0;
             for k in 0..slots.len() {
                 let turn = (start + k) % slots.len();
                 messages = self.store.due(lane, slots[turn], now, self.batch, |id| {
-                    table.leased.contains_key(&id)
+                    self.table
+                        .lock()
+                        .expect("lease table")
+                        .leased
+                        .contains_key(&id)
                 });
                 if !messages.is_empty() {
-                    table.next_client[lane.index()] = turn + 1;
+                    taken_turn = turn + 1;
                     break;
                 }
             }
             if messages.is_empty() {
                 continue;
             }
+            let mut table = self.table.lock().expect("lease table");
+            table.next_client[lane.index()] = taken_turn;
             if i == 0 {
                 table.credit = credit;
             } else {
@@ -140,15 +156,29 @@ impl Scheduler {
         None
     }
 
-    /// Waits for a lease; None once `stop` is true.
-    pub async fn next_lease(&self, stop: &tokio::sync::watch::Receiver<bool>) -> Option<Lease> {
+    /// Waits for a lease; None once `stop` is true. The scan runs on a
+    /// blocking thread, never on the runtime's workers. A worker that got
+    /// a full batch wakes one more: more may be due (one wake per enqueue
+    /// would otherwise leave the others asleep until their poll).
+    pub async fn next_lease(
+        self: &Arc<Self>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Option<Lease> {
         let mut stop = stop.clone();
         loop {
             if *stop.borrow() {
                 return None;
             }
             let notified = self.work.notified();
-            if let Some(lease) = self.try_lease() {
+            let this = self.clone();
+            let lease = tokio::task::spawn_blocking(move || this.try_lease())
+                .await
+                .ok()
+                .flatten();
+            if let Some(lease) = lease {
+                if lease.messages.len() >= self.batch {
+                    self.work.notify_one();
+                }
                 return Some(lease);
             }
             tokio::select! {
@@ -159,9 +189,10 @@ impl Scheduler {
         }
     }
 
-    /// New mail was stored: wake idle workers.
+    /// New mail was stored, or leases ended: wake one idle worker (it
+    /// wakes the next if it finds a full batch).
     pub fn wake(&self) {
-        self.work.notify_waiters();
+        self.work.notify_one();
     }
 
     /// Ends the lease of the messages given, one outcome each (a lease may

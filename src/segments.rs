@@ -7,8 +7,12 @@
 //!
 //! Invariants:
 //! - Only the committer thread writes. A group's bodies are written with one
-//!   `write_all` and `sync_data` *before* the sled batch that points at them
-//!   is applied: an index entry never points at bytes that are not durable.
+//!   positioned write (`write_all_at` at the segment's length, never
+//!   `O_APPEND`, so a failed or partial write is simply overwritten by the
+//!   next one and offsets stay true) and `sync_data`'d *before* the sled
+//!   batch that points at them is applied: nothing ever points at bytes that
+//!   are not durable, so no sled flush (ours or sled's background one) can
+//!   make such a pointer durable. `synced_len` is what `durable` checks.
 //! - A new process never appends to an old segment: it starts a new one, so a
 //!   torn tail from a power cut is never followed by live data.
 //! - Each segment has a live count (persisted in sled by the store, in the
@@ -22,7 +26,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -35,6 +38,20 @@ pub struct BodyLoc {
     pub len: u32,
 }
 
+impl BodyLoc {
+    /// The offset just past this body's record in its segment.
+    pub fn end(&self) -> u64 {
+        self.offset + HEADER as u64 + u64::from(self.len)
+    }
+}
+
+/// The length of segment `id`'s file in `dir`, if it exists.
+pub fn segment_len(dir: &Path, id: u32) -> Option<u64> {
+    std::fs::metadata(dir.join(file_name(id)))
+        .ok()
+        .map(|m| m.len())
+}
+
 const HEADER: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +60,11 @@ pub enum SegmentError {
     Io(#[from] std::io::Error),
     #[error("segment {0} is missing")]
     Missing(u32),
+    /// The body lies (partly) beyond the end of its segment file: it was
+    /// never made durable, so it was never acknowledged (an index entry
+    /// written by an older binary that applied the index before the fsync).
+    #[error("body at segment {segment} offset {offset} lies beyond the end of the file")]
+    Beyond { segment: u32, offset: u64 },
     #[error("body at segment {segment} offset {offset} is corrupt: {why}")]
     Corrupt {
         segment: u32,
@@ -68,7 +90,16 @@ impl SegmentReader {
             .cloned();
         let file = file.ok_or(SegmentError::Missing(loc.segment))?;
         let mut buf = vec![0u8; HEADER + loc.len as usize];
-        file.read_exact_at(&mut buf, loc.offset)?;
+        match file.read_exact_at(&mut buf, loc.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(SegmentError::Beyond {
+                    segment: loc.segment,
+                    offset: loc.offset,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        }
         let corrupt = |why| SegmentError::Corrupt {
             segment: loc.segment,
             offset: loc.offset,
@@ -97,7 +128,13 @@ pub struct Segments {
     reader: SegmentReader,
     active: Arc<File>,
     active_id: u32,
+    /// Bytes written to the active segment (the next body's offset).
     active_len: u64,
+    /// Bytes of the active segment known durable (`sync_data` returned).
+    synced_len: u64,
+    /// The number the next new segment gets; advanced on every attempt, so
+    /// a failed create never makes later ones collide with its file.
+    next_id: u32,
     max_bytes: u64,
     /// Bytes of the group being built, written by `sync`.
     pending: Vec<u8>,
@@ -125,7 +162,7 @@ impl Segments {
         live: BTreeMap<u32, u64>,
         max_bytes: u64,
     ) -> Result<Segments, SegmentError> {
-        std::fs::create_dir_all(dir)?;
+        crate::fsutil::create_dir_durable(dir, 0o700)?;
         let reader = SegmentReader::default();
         let mut max_id = live.keys().next_back().copied().unwrap_or(0);
         let mut removed = false;
@@ -155,7 +192,8 @@ impl Segments {
                 );
             }
         }
-        let (active, active_id) = Self::create(dir, &reader, max_id + 1)?;
+        let mut next_id = max_id + 1;
+        let (active, active_id) = Self::create(dir, &reader, &mut next_id)?;
         if removed {
             File::open(dir)?.sync_all()?;
         }
@@ -165,6 +203,8 @@ impl Segments {
             active: Arc::new(active),
             active_id,
             active_len: 0,
+            synced_len: 0,
+            next_id,
             max_bytes,
             pending: Vec::new(),
             live,
@@ -172,12 +212,22 @@ impl Segments {
         })
     }
 
-    fn create(dir: &Path, reader: &SegmentReader, id: u32) -> Result<(File, u32), SegmentError> {
+    /// A new, empty segment whose directory entry is durable.
+    fn create(
+        dir: &Path,
+        reader: &SegmentReader,
+        next_id: &mut u32,
+    ) -> Result<(File, u32), SegmentError> {
+        let id = *next_id;
+        *next_id += 1;
         let path = dir.join(file_name(id));
         let file = OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .read(true)
+            .write(true)
             .open(&path)?;
+        // If this fails the file stays, unreferenced (deleted at the next
+        // open); the next attempt uses the next number.
         File::open(dir)?.sync_all()?;
         reader
             .files
@@ -211,31 +261,43 @@ impl Segments {
         }
     }
 
-    /// Writes the bodies appended since the last call (into the page
-    /// cache). Returns the file to `sync_data` before they count as durable,
-    /// or None if nothing was written.
-    pub fn write(&mut self) -> Result<Option<Arc<File>>, SegmentError> {
+    /// Writes the bodies appended since the last call at the segment's
+    /// length. On an error nothing is counted as written: the group's
+    /// bodies are dropped and the next write goes to the same offset,
+    /// overwriting whatever part reached the file.
+    pub fn write(&mut self) -> Result<(), SegmentError> {
         if self.pending.is_empty() {
-            return Ok(None);
+            return Ok(());
         }
-        if let Err(e) = (&*self.active).write_all(&self.pending) {
-            // Part may be on disk, unreferenced: continue in a new segment
-            // so that offsets stay true.
-            self.pending.clear();
-            self.rotate()?;
-            return Err(e.into());
-        }
-        self.active_len += self.pending.len() as u64;
+        let result = self.active.write_all_at(&self.pending, self.active_len);
+        let n = self.pending.len() as u64;
         self.pending.clear();
-        Ok(Some(self.active.clone()))
+        result?;
+        self.active_len += n;
+        Ok(())
     }
 
-    /// `write` and `sync_data` in one step.
+    /// Makes everything written to the active segment durable. An error
+    /// here is an fsync failure: the caller must not acknowledge anything
+    /// it covered, nor trust the page cache afterwards.
     pub fn sync(&mut self) -> Result<(), SegmentError> {
-        if let Some(f) = self.write()? {
-            f.sync_data()?;
+        self.write()?;
+        if self.active_len > self.synced_len {
+            self.active.sync_data()?;
+            self.synced_len = self.active_len;
         }
         Ok(())
+    }
+
+    /// Whether everything written to the active segment is durable.
+    pub fn synced_all(&self) -> bool {
+        self.active_len == self.synced_len
+    }
+
+    /// Whether `loc`'s bytes are durable: in an older segment (synced
+    /// before it was rotated out), or within the active one's synced length.
+    pub fn durable(&self, loc: &BodyLoc) -> bool {
+        loc.segment != self.active_id || loc.end() <= self.synced_len
     }
 
     /// Drops bodies appended but not synced (their group failed).
@@ -253,14 +315,15 @@ impl Segments {
     }
 
     fn rotate(&mut self) -> Result<(), SegmentError> {
-        // Whatever was written to the old segment is durable before the
-        // syncing stage moves on to the new file.
-        let _ = self.active.sync_data();
-        let (file, id) = Self::create(&self.dir, &self.reader, self.active_id + 1)?;
+        // Groups sync before they apply, so this is normally a no-op; an
+        // error is an fsync failure and goes up.
+        self.sync()?;
+        let (file, id) = Self::create(&self.dir, &self.reader, &mut self.next_id)?;
         let old = self.active_id;
         self.active = Arc::new(file);
         self.active_id = id;
         self.active_len = 0;
+        self.synced_len = 0;
         if self.live(old) == 0 {
             self.live.remove(&old);
             self.doomed.push(old);
@@ -286,23 +349,21 @@ impl Segments {
         self.active_id
     }
 
+    /// Segments whose live count reached zero in batches already applied.
+    /// Delete them (`Doomed::delete`) only after a sled flush and fsync
+    /// that began after this call: then no durable pointer to them remains.
+    pub fn take_doomed(&mut self) -> Doomed {
+        Doomed {
+            dir: self.dir.clone(),
+            reader: self.reader.clone(),
+            ids: std::mem::take(&mut self.doomed),
+        }
+    }
+
     /// Call after a sled flush that covers every release so far: deletes the
     /// segments no index entry can point at any more.
     pub fn delete_doomed(&mut self) -> Result<usize, SegmentError> {
-        if self.doomed.is_empty() {
-            return Ok(0);
-        }
-        let n = self.doomed.len();
-        for id in self.doomed.drain(..) {
-            self.reader.files.write().expect("segments").remove(&id);
-            match std::fs::remove_file(self.dir.join(file_name(id))) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        File::open(&self.dir)?.sync_all()?;
-        Ok(n)
+        self.take_doomed().delete()
     }
 
     pub fn has_doomed(&self) -> bool {
@@ -319,6 +380,36 @@ impl Segments {
                     .sum()
             })
             .unwrap_or(0)
+    }
+}
+
+/// Segments to delete once a flush covers the release of their last body.
+pub struct Doomed {
+    dir: PathBuf,
+    reader: SegmentReader,
+    ids: Vec<u32>,
+}
+
+impl Doomed {
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Unlinks the files and fsyncs the directory; returns how many.
+    pub fn delete(self) -> Result<usize, SegmentError> {
+        if self.ids.is_empty() {
+            return Ok(0);
+        }
+        for &id in &self.ids {
+            self.reader.files.write().expect("segments").remove(&id);
+            match std::fs::remove_file(self.dir.join(file_name(id))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(self.ids.len())
     }
 }
 

@@ -67,6 +67,8 @@ pub struct ServerHandle {
     /// The TLS configuration, when gRPC is served over TLS.
     tls: Option<crate::tls::ReloadableTls>,
     authenticator: Arc<Authenticator>,
+    /// Watched for a failed fsync, after which the process must restart.
+    store: Store,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -121,6 +123,7 @@ impl Server {
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
+        let store_handle = store.clone();
         let scheduler = Arc::new(Scheduler::new(
             store.clone(),
             config.lease_batch,
@@ -348,6 +351,7 @@ impl Server {
             metrics_addr,
             tls,
             authenticator: auth.clone(),
+            store: store_handle,
             relay: relay.describe(),
             stop: stop_tx,
             task,
@@ -358,11 +362,10 @@ impl Server {
 /// Creates the data directory readable by its owner only (mail is
 /// personal data), and tightens an existing one that is not.
 pub fn secure_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    // Durable: a power cut soon after the first start must not undo the
+    // mkdir, and with it everything acknowledged so far.
+    crate::fsutil::create_dir_durable(dir, 0o700)?;
     let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -431,6 +434,13 @@ impl ServerHandle {
             Some(t) => t.reload().map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// Resolves when the spool has failed (an fsync error): the server
+    /// refuses every write from then on and should be shut down and the
+    /// process exit non-zero, so that its supervisor restarts it from disk.
+    pub async fn spool_failed(&self) -> String {
+        self.store.failed().await
     }
 
     /// Graceful shutdown; returns when the spool is flushed and closed.

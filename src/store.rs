@@ -5,8 +5,16 @@
 //! - A message is queued exactly when it has an index entry under `m/<id>`
 //!   and one due key `d/<lane><due_ms><id>`; both are written and removed in
 //!   the same sled batch (one tree, key prefixes, so a batch is atomic across
-//!   them). Its body is in a segment file (`segments`), written and fsynced
-//!   before the batch that points at it.
+//!   them). Its body is in a segment file (`segments`).
+//! - The ordering rule: nothing points at bytes that are not durable, and
+//!   nothing is deleted while a durable pointer to it may exist. A group's
+//!   bodies (new, relocated, requeued) are written and `sync_data`'d before
+//!   its batch is applied, because any applied batch may be made durable by
+//!   the next flush, ours or sled's own (checked by a debug assertion); a
+//!   segment is unlinked only after a flush that began after the batch that
+//!   released its last body.
+//! - A failed fsync fails the spool for good (`StoreError::Failed`): what
+//!   it covered is never acknowledged, nor is anything after it.
 //! - All writes go through one committer thread, in order. `append` answers
 //!   only after its bodies are fsynced, the batch holding its index entries
 //!   has been applied, sled has been flushed, and sled's data file and any
@@ -21,8 +29,11 @@
 //!   `flush_every_ms`. A lost ack means a redelivery, never a loss.
 //! - Counters are written in the same batch as the changes they count, so
 //!   after a crash they agree with the records.
-//! - Decoding never panics; an undecodable record is moved to `q/` and
-//!   counted (quarantine), and the rest of the spool keeps flowing.
+//! - Decoding never panics; an undecodable record, or one whose body fails
+//!   its checksum, is moved to `q/` and counted (quarantine), and the rest
+//!   of the spool keeps flowing; a body that cannot be read for an I/O
+//!   error stays queued and is tried again. Counters never wrap.
+//! - Idempotency keys are scoped by client: `j/<slot><key>`.
 //!
 //! Key layout (one sled tree):
 //! ```text
@@ -31,8 +42,9 @@
 //! z <id:8>                      → DeadRecord      dead letter, with its bytes
 //! g <segment:4>                 → u64             live bodies in a segment
 //! s <id:8>                      → DeliveredRecord delivered, kept for retention
-//! i <idempotency key>           → IdemEntry
-//! x <expires_ms:8> <kind:1> <k> → ()              expiry index for i and s
+//! j <client:2> <idempotency key> → IdemEntry     keys are scoped by client
+//! i <idempotency key>           → IdemEntry       (older spools: global; migrated at open)
+//! x <expires_ms:8> <kind:1> <k> → ()              expiry index for j, s and k
 //! q <original key>              → raw bytes       quarantined record
 //! k <id:8>                      → CancelledRecord cancelled or transferred, kept for retention
 //! c                             → Counters
@@ -57,7 +69,7 @@ use crate::codec;
 use crate::model::{
     now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Outcome, Record,
 };
-use crate::segments::{SegmentError, SegmentReader, Segments};
+use crate::segments::{BodyLoc, Doomed, SegmentError, SegmentReader, Segments};
 
 /// Most operations taken into one group commit.
 const MAX_GROUP_OPS: usize = 4096;
@@ -67,8 +79,11 @@ const RELOCATE_BELOW: u64 = 256;
 /// Index bytes per message counted against `max_spool_bytes` (sled's
 /// footprint for an entry and its due key, measured about 400).
 pub const INDEX_BYTES_PER_MESSAGE: u64 = 512;
-/// Most expired entries removed per housekeeping round.
+/// Expired entries removed per housekeeping batch.
 const HOUSEKEEPING_BATCH: usize = 10_000;
+/// Longest a housekeeping round sweeps before the committer goes back to
+/// its queue (the next round continues).
+const HOUSEKEEPING_BUDGET: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +97,23 @@ pub enum StoreError {
     NewerFormat(u8),
     #[error("{0}")]
     Segment(#[from] SegmentError),
+    /// An fsync failed: what it covered may not be on disk, and the page
+    /// cache can no longer be trusted ("fsyncgate"). Nothing is accepted
+    /// after it; the process must restart and read the spool from disk.
+    #[error(
+        "the spool stopped after a failed fsync ({0}); restart mailspool to recover from disk"
+    )]
+    Failed(String),
+}
+
+/// Subtracts without wrapping: a counter that would go below zero was
+/// already wrong (a lost record), and a wrapped one (≈ 2⁶⁴ queued) would
+/// make admission refuse everything.
+fn less(v: &mut u64, by: u64) {
+    if *v < by {
+        tracing::debug!(value = *v, by, "counter would go below zero; kept at 0");
+    }
+    *v = v.saturating_sub(by);
 }
 
 /// Settings the store needs.
@@ -264,6 +296,9 @@ pub struct StoreSnapshot {
     pub oldest_queued_ms: Option<u64>,
     pub group_commits: u64,
     pub fsyncs: u64,
+    /// Index entries dropped at open because their bodies never reached
+    /// the disk (never acknowledged; written by an older binary).
+    pub unacknowledged_dropped: u64,
 }
 
 #[derive(Debug, Clone, bincode::Encode, bincode::Decode)]
@@ -272,6 +307,30 @@ struct IdemEntry {
     message_id: String,
     expires_ms: u64,
 }
+
+/// Why a queued message could not be read, and so what becomes of it.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// The index entry does not decode: quarantined.
+    Undecodable,
+    /// The body fails its checksum, or its segment is gone: quarantined.
+    Corrupt(String),
+    /// An I/O error reading the body: it stays queued, due again later,
+    /// its body and segment untouched.
+    Transient(String),
+}
+
+impl Fault {
+    fn of(e: &SegmentError) -> Fault {
+        match e {
+            SegmentError::Io(e) => Fault::Transient(e.to_string()),
+            other => Fault::Corrupt(other.to_string()),
+        }
+    }
+}
+
+/// How long a message whose body could not be read waits before the next try.
+const UNREADABLE_RETRY_MS: u64 = 30_000;
 
 enum Op {
     Append {
@@ -282,9 +341,13 @@ enum Op {
         outcomes: Vec<(MessageId, Outcome)>,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    Quarantine {
+    /// A queued message that could not be read when leased: `value` is the
+    /// index entry as it was read, acted on only if it is still the same.
+    Unreadable {
         message_key: Vec<u8>,
         due_key: Vec<u8>,
+        value: Vec<u8>,
+        fault: Fault,
     },
     Admin {
         op: AdminOp,
@@ -309,6 +372,33 @@ struct Shared {
     metrics: Arc<crate::metrics::Metrics>,
     /// Published by the committer after each group.
     clients: Mutex<Clients>,
+    /// Set once, when an fsync fails: then nothing more is accepted.
+    failure: tokio::sync::watch::Sender<Option<String>>,
+    /// Index entries dropped because their body never became durable
+    /// (never acknowledged), since this process started.
+    ghosts_dropped: AtomicU64,
+}
+
+impl Shared {
+    fn failed(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Marks the spool failed (once) and says why, once.
+    fn fail(&self, why: String) {
+        self.failure.send_if_modified(|f| {
+            if f.is_some() {
+                return false;
+            }
+            tracing::error!(
+                error = %why,
+                "SpoolFailed: an fsync failed, so what it covered may not be on disk; \
+                 refusing everything from now on; restart mailspool to recover from the spool on disk"
+            );
+            *f = Some(why.clone());
+            true
+        });
+    }
 }
 
 /// Handle to the spool. Cloning is cheap.
@@ -393,15 +483,29 @@ mod key {
         let b = slot.to_be_bytes();
         [b'w', b[0], b[1]]
     }
-    pub fn idem(k: &str) -> Vec<u8> {
-        idem_bytes(k.as_bytes())
+    /// An idempotency key, scoped by the client that sent it: two
+    /// clients using the same key are two messages.
+    pub fn idem(client: u16, k: &str) -> Vec<u8> {
+        let mut v = vec![b'j'];
+        v.extend_from_slice(&client.to_be_bytes());
+        v.extend_from_slice(k.as_bytes());
+        v
     }
-    pub fn idem_bytes(k: &[u8]) -> Vec<u8> {
+    /// The scope and key of `idem`, without the prefix (the expiry index's
+    /// `rest`).
+    pub fn idem_rest(k: &[u8]) -> Vec<u8> {
+        let mut v = vec![b'j'];
+        v.extend_from_slice(k);
+        v
+    }
+    /// A key of the global (unscoped) idempotency keys of older spools.
+    pub fn idem_legacy(k: &[u8]) -> Vec<u8> {
         let mut v = vec![b'i'];
         v.extend_from_slice(k);
         v
     }
-    pub const EXPIRY_IDEM: u8 = b'i';
+    pub const EXPIRY_IDEM_LEGACY: u8 = b'i';
+    pub const EXPIRY_IDEM: u8 = b'j';
     pub const EXPIRY_DELIVERED: u8 = b's';
     pub const EXPIRY_CANCELLED: u8 = b'k';
     pub fn expiry(expires_ms: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
@@ -427,7 +531,7 @@ mod key {
 impl Store {
     /// Opens (or creates) the spool under `dir` and starts the committer.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)?;
+        crate::fsutil::create_dir_durable(dir, 0o700)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_capacity_bytes)
@@ -483,22 +587,46 @@ impl Store {
             .get(key::COUNTERS)?
             .map(|v| codec::decode::<Counters>(&v));
         let mut live = BTreeMap::new();
+        let mut malformed_live = false;
         for item in tree.scan_prefix(b"g") {
             let (k, v) = item?;
-            if let (Ok(seg), Ok(n)) = (<[u8; 4]>::try_from(&k[1..]), <[u8; 8]>::try_from(&v[..])) {
-                live.insert(u32::from_be_bytes(seg), u64::from_be_bytes(n));
+            match (<[u8; 4]>::try_from(&k[1..]), <[u8; 8]>::try_from(&v[..])) {
+                (Ok(seg), Ok(n)) => {
+                    live.insert(u32::from_be_bytes(seg), u64::from_be_bytes(n));
+                }
+                _ => malformed_live = true,
             }
         }
         let mut counters = match stored {
-            Some(Ok(c)) => c,
-            None => Counters::default(),
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "spool counters undecodable; recounting the spool");
-                let (c, l) = recount(&tree)?;
+            Some(Ok(c)) if !malformed_live => c,
+            None if !malformed_live => Counters::default(),
+            stored => {
+                // Never guess a segment's count: one taken for 0 would have
+                // its file, and the live bodies in it, deleted.
+                match &stored {
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "spool counters undecodable; recounting the spool")
+                    }
+                    _ => tracing::error!("a segment count is malformed; recounting the spool"),
+                }
+                let old = match stored {
+                    Some(Ok(c)) => c,
+                    _ => Counters::default(),
+                };
+                let (c, l) = recount(&tree, old, &mut clients)?;
                 live = l;
                 c
             }
         };
+        counters.last_id = counters.last_id.max(highest_id(&tree)?);
+        migrate_idempotency_keys(&tree, &clients)?;
+        let ghosts = drop_ghosts(
+            &tree,
+            &dir.join("segments"),
+            &mut counters,
+            &mut clients,
+            &mut live,
+        )?;
         let segments = Segments::open(&dir.join("segments"), live, options.segment_bytes)?;
         let anchored = crate::model::anchor_clock(counters.clock_ms);
         if anchored < counters.clock_ms {
@@ -528,11 +656,6 @@ impl Store {
                 }
             }
         }
-        if let Some(Ok((k, _))) = tree.scan_prefix(b"m").next_back() {
-            if let Ok(b) = <[u8; 8]>::try_from(&k[1..]) {
-                counters.last_id = counters.last_id.max(u64::from_be_bytes(b));
-            }
-        }
         let shared = Arc::new(Shared {
             tree,
             counters: Mutex::new(counters),
@@ -545,6 +668,8 @@ impl Store {
             node_id,
             metrics: options.metrics.clone(),
             clients: Mutex::new(clients.clone()),
+            failure: tokio::sync::watch::channel(None).0,
+            ghosts_dropped: AtomicU64::new(ghosts),
         });
         let syncer = Arc::new(Mutex::new(Syncer::new(dir)?));
         let (tx, rx) = mpsc::channel();
@@ -586,7 +711,7 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         rx.await
             .map_err(|_| StoreError::Closed)?
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+            .map_err(|e| self.reply_error(e))
     }
 
     /// Records how leases ended. Applied in order; not fsynced by itself.
@@ -597,7 +722,7 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         rx.await
             .map_err(|_| StoreError::Closed)?
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+            .map_err(|e| self.reply_error(e))
     }
 
     /// Up to `max` queued messages of `lane` due at or before `now_ms`, oldest
@@ -629,19 +754,23 @@ impl Store {
             let Ok(Some(v)) = self.shared.tree.get(mkey) else {
                 continue;
             };
-            let read = codec::decode::<Record>(&v)
-                .map_err(|e| e.to_string())
-                .and_then(|record| match self.shared.bodies.read(id.0, record.body) {
+            let read = match codec::decode::<Record>(&v) {
+                Err(_) => Err(Fault::Undecodable),
+                // Rescheduled since its due key was read: not due yet.
+                Ok(record) if record.due_ms > now_ms => continue,
+                Ok(record) => match self.shared.bodies.read(id.0, record.body) {
                     Ok(raw) => Ok(Leased { id, record, raw }),
-                    Err(e) => Err(e.to_string()),
-                });
+                    Err(e) => Err(Fault::of(&e)),
+                },
+            };
             match read {
                 Ok(m) => out.push(m),
-                Err(error) => {
-                    tracing::error!(%id, %error, "unreadable message moved to quarantine");
-                    let _ = self.tx.send(Op::Quarantine {
+                Err(fault) => {
+                    let _ = self.tx.send(Op::Unreadable {
                         message_key: mkey.to_vec(),
                         due_key: k.to_vec(),
+                        value: v.to_vec(),
+                        fault,
                     });
                 }
             }
@@ -656,7 +785,10 @@ impl Store {
     pub fn status(&self, id: MessageId) -> Result<Option<Status>, StoreError> {
         let t = &self.shared.tree;
         if let Some(v) = t.get(key::message(id))? {
-            return Ok(codec::decode(&v).ok().map(Status::Queued));
+            // An entry that does not decode is quarantined when next leased.
+            return Ok(Some(
+                codec::decode(&v).map_or(Status::Quarantined, Status::Queued),
+            ));
         }
         if let Some(v) = t.get(key::dead(id))? {
             return Ok(codec::decode(&v).ok().map(Status::Dead));
@@ -686,7 +818,7 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         rx.await
             .map_err(|_| StoreError::Closed)?
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))
+            .map_err(|e| self.reply_error(e))
     }
 
     /// The client registry and per-client counters, as last committed.
@@ -764,6 +896,31 @@ impl Store {
         Ok(self.shared.bodies.read(id.0, record.body)?)
     }
 
+    /// The error a caller gets for a failed group: the spool's failure if
+    /// it has failed (set before any reply is sent), else what went wrong.
+    fn reply_error(&self, e: String) -> StoreError {
+        match self.shared.failed() {
+            Some(why) => StoreError::Failed(why),
+            None => StoreError::Io(std::io::Error::other(e)),
+        }
+    }
+
+    /// Why the spool stopped, once an fsync failed (then every write is
+    /// refused and the process should exit and restart from disk).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed()
+    }
+
+    /// Waits until the spool fails (forever, if it never does).
+    pub async fn failed(&self) -> String {
+        let mut rx = self.shared.failure.subscribe();
+        let why = rx.wait_for(|f| f.is_some()).await.map(|f| f.clone());
+        match why {
+            Ok(f) => f.unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// The counters as of the last committed group. Cheap.
     pub fn counters(&self) -> Counters {
         *self.shared.counters.lock().expect("counters lock")
@@ -794,6 +951,7 @@ impl Store {
             oldest_queued_ms,
             group_commits: self.shared.group_commits.load(Ordering::Relaxed),
             fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
+            unacknowledged_dropped: self.shared.ghosts_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -855,17 +1013,37 @@ pub struct ScanPage {
     pub exhausted: bool,
 }
 
-/// Rebuilds the gauges and segment counts from the keys when the stored
-/// counters are lost (totals restart from zero). Costs a scan of the index.
-fn recount(tree: &sled::Tree) -> Result<(Counters, BTreeMap<u32, u64>), StoreError> {
-    let mut c = Counters::default();
-    let mut live = BTreeMap::new();
+/// Rebuilds the gauges, the segment counts (`g/`, rewritten) and the
+/// clients' queued figures from the keys when the stored counters or a
+/// segment count are lost; totals are kept from `old` (zero if it was
+/// lost too). Costs a scan of the index; written and flushed before the
+/// spool opens.
+fn recount(
+    tree: &sled::Tree,
+    old: Counters,
+    clients: &mut Clients,
+) -> Result<(Counters, BTreeMap<u32, u64>), StoreError> {
+    let mut c = Counters {
+        queued: [0; 3],
+        queued_bytes: 0,
+        dead: 0,
+        dead_bytes: 0,
+        ..old
+    };
+    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
+    for cc in clients.counters.values_mut() {
+        cc.queued = 0;
+        cc.queued_bytes = 0;
+    }
     for item in tree.scan_prefix(b"m") {
         let (_, v) = item?;
         if let Ok(r) = codec::decode::<Record>(&v) {
             c.queued[r.lane.index()] += 1;
             c.queued_bytes += u64::from(r.body.len);
             *live.entry(r.body.segment).or_insert(0) += 1;
+            let cc = clients.counters.entry(r.client).or_default();
+            cc.queued += 1;
+            cc.queued_bytes += u64::from(r.body.len);
         }
     }
     for item in tree.scan_prefix(b"z") {
@@ -874,7 +1052,169 @@ fn recount(tree: &sled::Tree) -> Result<(Counters, BTreeMap<u32, u64>), StoreErr
         c.dead_bytes += v.len() as u64;
     }
     c.quarantined = tree.scan_prefix(b"q").keys().count() as u64;
+    c.last_id = c.last_id.max(highest_id(tree)?);
+    let mut batch = sled::Batch::default();
+    for item in tree.scan_prefix(b"g") {
+        batch.remove(item?.0);
+    }
+    for (&seg, &n) in &live {
+        batch.insert(&key::segment(seg), &n.to_be_bytes());
+    }
+    for (&slot, cc) in &clients.counters {
+        batch.insert(&key::client_counters(slot), codec::encode(cc));
+    }
+    batch.insert(key::COUNTERS, codec::encode(&c));
+    tree.apply_batch(batch)?;
+    tree.flush()?;
     Ok((c, live))
+}
+
+/// How far back from the spool's last commit an index entry whose body
+/// lies beyond its segment's end is taken for one that was never
+/// acknowledged. An older binary applied the index before the body's
+/// fsync: at a power cut, entries of the last moments could survive their
+/// bodies. Further back, a body beyond the end is damage, and quarantined
+/// when leased.
+const GHOST_WINDOW_MS: u64 = 10_000;
+
+/// Drops, before the spool opens, the index entries of the last moments
+/// whose bodies never became durable (beyond the end of their segment):
+/// they were never acknowledged (an acknowledgement waits for the body's
+/// fsync), so they are not mail anyone was promised, and their idempotency
+/// keys must not answer a client's retry with them. Counted and logged
+/// once; the rest of the spool is not read.
+fn drop_ghosts(
+    tree: &sled::Tree,
+    segments_dir: &Path,
+    counters: &mut Counters,
+    clients: &mut Clients,
+    live: &mut BTreeMap<u32, u64>,
+) -> Result<u64, StoreError> {
+    let since = counters.clock_ms.saturating_sub(GHOST_WINDOW_MS) << 20;
+    let mut lens: HashMap<u32, Option<u64>> = HashMap::new();
+    let mut batch = sled::Batch::default();
+    let mut n = 0u64;
+    for item in tree.range(key::message(MessageId(since)).as_slice()..b"n".as_slice()) {
+        let (k, v) = item?;
+        let (Some(id), Ok(r)) = (key::id_of(&k), codec::decode::<Record>(&v)) else {
+            continue;
+        };
+        let len = *lens
+            .entry(r.body.segment)
+            .or_insert_with(|| crate::segments::segment_len(segments_dir, r.body.segment));
+        if len.is_none_or(|l| r.body.end() <= l) {
+            continue;
+        }
+        batch.remove(k);
+        batch.remove(&key::due(r.lane, r.client, r.due_ms, id));
+        if !r.idempotency_key.is_empty() {
+            let ik = key::idem(r.client, &r.idempotency_key);
+            let points_here = tree
+                .get(&ik)?
+                .and_then(|v| codec::decode::<IdemEntry>(&v).ok())
+                .is_some_and(|e| e.id == id.0);
+            if points_here {
+                batch.remove(ik);
+            }
+        }
+        less(&mut counters.queued[r.lane.index()], 1);
+        less(&mut counters.queued_bytes, u64::from(r.body.len));
+        let c = clients.counters.entry(r.client).or_default();
+        less(&mut c.queued, 1);
+        less(&mut c.queued_bytes, u64::from(r.body.len));
+        batch.insert(&key::client_counters(r.client), codec::encode(&*c));
+        if let Some(count) = live.get_mut(&r.body.segment) {
+            less(count, 1);
+            batch.insert(&key::segment(r.body.segment), &count.to_be_bytes());
+        }
+        n += 1;
+    }
+    if n > 0 {
+        batch.insert(key::COUNTERS, codec::encode(&*counters));
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+        tracing::info!(
+            dropped = n,
+            "UnacknowledgedDropped: index entries whose bodies never reached the disk (never acknowledged) were removed"
+        );
+    }
+    Ok(n)
+}
+
+/// The highest message id the spool holds anywhere (queued, dead,
+/// delivered, cancelled, quarantined), so no new id can collide with one.
+fn highest_id(tree: &sled::Tree) -> Result<u64, StoreError> {
+    let mut max = 0;
+    for prefix in [&b"m"[..], b"z", b"s", b"k", b"qm"] {
+        if let Some(item) = tree.scan_prefix(prefix).keys().next_back() {
+            let k = item?;
+            if let Some(id) = key::id_of(&k[prefix.len() - 1..]) {
+                max = max.max(id.0);
+            }
+        }
+    }
+    Ok(max)
+}
+
+/// Moves the global idempotency keys of older spools (`i <key>`) under the
+/// scope of the client that sent them (`j <client> <key>`), in chunks;
+/// idempotent, so a crash midway is finished at the next open. The owner
+/// is read from the message (queued or dead); with no clients registered
+/// every key is the anonymous client's. A key whose owner is unknown
+/// (its message delivered or cancelled, with several clients) is dropped:
+/// a retry of it within the window makes a second copy, never a loss.
+fn migrate_idempotency_keys(tree: &sled::Tree, clients: &Clients) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    let (mut moved, mut dropped, mut n) = (0u64, 0u64, 0);
+    for item in tree.scan_prefix(b"i") {
+        let (k, v) = item?;
+        let rest = &k[1..];
+        batch.remove(k.clone());
+        let entry = codec::decode::<IdemEntry>(&v).ok();
+        let owner = entry.as_ref().and_then(|e| {
+            let id = MessageId(e.id);
+            if let Ok(Some(r)) = tree.get(key::message(id)) {
+                if let Ok(r) = codec::decode::<Record>(&r) {
+                    return Some(r.client);
+                }
+            }
+            if let Ok(Some(d)) = tree.get(key::dead(id)) {
+                if let Ok(d) = codec::decode::<DeadRecord>(&d) {
+                    return Some(d.record.client);
+                }
+            }
+            clients.names.is_empty().then_some(0)
+        });
+        if let (Some(e), Some(owner)) = (entry, owner) {
+            let key_str = String::from_utf8_lossy(rest);
+            let scoped = key::idem(owner, &key_str);
+            batch.remove(key::expiry(e.expires_ms, key::EXPIRY_IDEM_LEGACY, rest));
+            batch.insert(
+                key::expiry(e.expires_ms, key::EXPIRY_IDEM, &scoped[1..]),
+                &[],
+            );
+            batch.insert(scoped, v);
+            moved += 1;
+        } else {
+            dropped += 1;
+        }
+        n += 1;
+        if n == 10_000 {
+            tree.apply_batch(std::mem::take(&mut batch))?;
+            n = 0;
+        }
+    }
+    if moved + dropped == 0 {
+        return Ok(());
+    }
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    tracing::info!(
+        moved,
+        dropped,
+        "SpoolMigrated: idempotency keys are now scoped by client"
+    );
+    Ok(())
 }
 
 /// fsyncs what sled's flush leaves in the page cache: its data file, blob
@@ -954,8 +1294,11 @@ struct Group {
     segments: BTreeMap<u32, i64>,
     /// Records changed earlier in this group (None = removed).
     overlay: HashMap<MessageId, Option<Record>>,
-    /// Idempotency keys first seen in this group.
-    new_keys: HashMap<String, Appended>,
+    /// Idempotency keys (client slot, key) first seen in this group.
+    new_keys: HashMap<(u16, String), Appended>,
+    /// Body locations the batch points at (new or moved): each must be
+    /// durable before the batch is applied.
+    bodies: Vec<BodyLoc>,
     /// Dead letters removed earlier in this group.
     gone_dead: HashSet<MessageId>,
     /// Appends in the group: flush and fsync before answering.
@@ -1006,14 +1349,17 @@ impl Reply {
 /// A committed group whose appends wait for durability.
 struct SyncJob {
     replies: Vec<Reply>,
-    /// The segment file its bodies were written to.
-    segment: Option<Arc<File>>,
+    /// Segments whose last reference was released in batches applied
+    /// before this job was sent: deleted once this round's flush is done.
+    doomed: Doomed,
 }
 
-/// The second stage of the pipeline: while the committer applies group
-/// N+1, this thread makes group N durable (segment `sync_data`, sled flush,
-/// fsync of sled's files) and then answers its callers. Jobs that queue up
-/// meanwhile share one round.
+/// The second stage of the pipeline: while the committer writes, syncs and
+/// applies group N+1, this thread makes group N's index durable (sled
+/// flush, fsync of sled's files) and then answers its callers. The bodies
+/// were `sync_data`'d by the committer before their index was applied.
+/// Jobs that queue up meanwhile share one round. A failed round fails the
+/// spool: nothing after it is acknowledged.
 fn sync_stage(
     db: sled::Db,
     syncer: Arc<Mutex<Syncer>>,
@@ -1025,28 +1371,34 @@ fn sync_stage(
         while let Ok(j) = rx.try_recv() {
             jobs.push(j);
         }
-        let segment = jobs.iter().rev().find_map(|j| j.segment.clone());
         let started = Instant::now();
-        let result = (|| -> Result<(), StoreError> {
-            if let Some(f) = segment {
-                f.sync_data()?;
-            }
-            db.flush()?;
-            syncer.lock().expect("syncer").sync()?;
-            Ok(())
-        })();
+        let result = match shared.failed() {
+            Some(why) => Err(StoreError::Failed(why)),
+            None => (|| -> Result<(), StoreError> {
+                db.flush()?;
+                syncer.lock().expect("syncer").sync()?;
+                Ok(())
+            })(),
+        };
         shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         shared
             .metrics
             .fsync_duration
             .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
-            tracing::error!(error = %e, "spool fsync failed; callers get an error");
+            if !matches!(e, StoreError::Failed(_)) {
+                shared.fail(format!("flush and fsync of the index: {e}"));
+            }
         }
         let result = result.map_err(|e| e.to_string());
         for job in jobs {
             for r in job.replies {
                 r.send(result.clone());
+            }
+            if result.is_ok() {
+                if let Err(e) = job.doomed.delete() {
+                    tracing::warn!(error = %e, "could not delete an emptied segment file; it is removed at the next start");
+                }
             }
         }
     }
@@ -1084,13 +1436,15 @@ impl Committer {
         if let Some(h) = self.sync_stage.take() {
             let _ = h.join();
         }
-        if let Err(e) = self.flush_and_sync() {
-            tracing::error!(error = %e, "final spool flush failed");
+        if self.shared.failed().is_none() {
+            if let Err(e) = self.flush_and_sync() {
+                tracing::error!(error = %e, "final spool flush failed");
+            }
         }
     }
 
-    /// sled flush + fsync of its files, then deletion of segments whose
-    /// last reference is now durably gone.
+    /// Bodies synced, sled flush + fsync of its files, then deletion of
+    /// segments whose last reference is now durably gone.
     fn flush_and_sync(&mut self) -> Result<(), StoreError> {
         self.segments.sync()?;
         self.db.flush()?;
@@ -1100,7 +1454,32 @@ impl Committer {
         Ok(())
     }
 
+    /// Hands a job to the fsync stage; if it has stopped, answers it.
+    fn send_job(&mut self, replies: Vec<Reply>) {
+        let job = SyncJob {
+            replies,
+            doomed: self.segments.take_doomed(),
+        };
+        if let Some(Err(mpsc::SendError(job))) = self.sync_tx.as_ref().map(|tx| tx.send(job)) {
+            for r in job.replies {
+                r.send(Err("the spool is closing".into()));
+            }
+        }
+    }
+
     fn commit_group(&mut self, ops: Vec<Op>) {
+        if let Some(why) = self.shared.failed() {
+            let msg = StoreError::Failed(why).to_string();
+            for op in ops {
+                match op {
+                    Op::Append { reply, .. } => drop(reply.send(Err(msg.clone()))),
+                    Op::Complete { reply, .. } => drop(reply.send(Err(msg.clone()))),
+                    Op::Admin { reply, .. } => drop(reply.send(Err(msg.clone()))),
+                    Op::Unreadable { .. } | Op::Close => {}
+                }
+            }
+            return;
+        }
         let before = self.counters;
         let admin_before = self.admin;
         let clients_before = self.clients.clone();
@@ -1124,10 +1503,12 @@ impl Committer {
                     }
                     replies.push(Reply::Complete(reply));
                 }
-                Op::Quarantine {
+                Op::Unreadable {
                     message_key,
                     due_key,
-                } => self.quarantine(message_key, due_key, &mut g),
+                    value,
+                    fault,
+                } => self.unreadable(&message_key, &due_key, &value, fault, now, &mut g),
                 Op::Admin { op, reply } => {
                     g.needs_sync = true;
                     let result = self.admin_op(op, now, &mut g);
@@ -1157,16 +1538,30 @@ impl Committer {
         }
         let needs_sync = g.needs_sync;
         let batch = std::mem::take(&mut g.batch);
+        // The ordering rule: bodies written and synced, then the index that
+        // points at them applied. A write error fails the group (the next
+        // write reuses the offset); a sync error fails the spool.
         let written = self
             .segments
             .write()
             .map_err(StoreError::from)
-            .and_then(|segment| {
-                self.shared.tree.apply_batch(batch)?;
-                Ok(segment)
+            .and_then(|()| {
+                self.segments.sync().map_err(|e| {
+                    let why = format!("fsync of a segment file: {e}");
+                    self.shared.fail(why.clone());
+                    StoreError::Failed(why)
+                })
             });
+        let written = written.and_then(|()| {
+            debug_assert!(
+                g.bodies.iter().all(|loc| self.segments.durable(loc)),
+                "an index entry would point at bytes not yet durable"
+            );
+            self.shared.tree.apply_batch(batch)?;
+            Ok(())
+        });
         match written {
-            Ok(segment) => {
+            Ok(()) => {
                 self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
                 if g.appended > 0 {
                     self.shared.metrics.group_commit.observe(g.appended as f64);
@@ -1191,19 +1586,17 @@ impl Committer {
                     self.segments.apply(segment, delta);
                 }
                 if let Err(e) = self.segments.maybe_rotate() {
-                    tracing::error!(error = %e, "cannot start a new segment file");
+                    if matches!(&e, SegmentError::Io(_)) && self.segments.synced_all() {
+                        tracing::warn!(error = %e, "cannot start a new segment file; the active one grows until a new one can be made");
+                    } else {
+                        self.shared
+                            .fail(format!("fsync before a segment rotation: {e}"));
+                    }
                 }
                 if needs_sync {
                     // Outcomes in this group are answered with it, after the
                     // fsync; they never wait for more than that.
-                    let job = SyncJob { replies, segment };
-                    if let Some(Err(mpsc::SendError(job))) =
-                        self.sync_tx.as_ref().map(|tx| tx.send(job))
-                    {
-                        for r in job.replies {
-                            r.send(Err("the spool is closing".into()));
-                        }
-                    }
+                    self.send_job(replies);
                 } else {
                     for r in replies {
                         r.send(Ok(()));
@@ -1225,15 +1618,16 @@ impl Committer {
     }
 
     fn append_one(&mut self, m: NewMessage, now: u64, g: &mut Group) -> Appended {
+        let client = self.client_slot(&m.client, g);
         if !m.idempotency_key.is_empty() {
-            if let Some(first) = g.new_keys.get(&m.idempotency_key) {
+            if let Some(first) = g.new_keys.get(&(client, m.idempotency_key.clone())) {
                 self.counters.duplicates_total += 1;
                 return Appended {
                     duplicate: true,
                     ..first.clone()
                 };
             }
-            if let Ok(Some(v)) = self.shared.tree.get(key::idem(&m.idempotency_key)) {
+            if let Ok(Some(v)) = self.shared.tree.get(key::idem(client, &m.idempotency_key)) {
                 if let Ok(e) = codec::decode::<IdemEntry>(&v) {
                     if e.expires_ms > now {
                         self.counters.duplicates_total += 1;
@@ -1255,7 +1649,7 @@ impl Committer {
         };
         let body = self.segments.append(id.0, &m.raw);
         g.segment(body.segment, 1);
-        let client = self.client_slot(&m.client, g);
+        g.bodies.push(body);
         let record = Record {
             lane: m.lane,
             enqueued_ms: now,
@@ -1282,18 +1676,12 @@ impl Committer {
                 message_id: record.message_id.clone(),
                 expires_ms,
             };
+            let idem = key::idem(client, &record.idempotency_key);
             g.batch
-                .insert(key::idem(&record.idempotency_key), codec::encode(&entry));
-            g.batch.insert(
-                key::expiry(
-                    expires_ms,
-                    key::EXPIRY_IDEM,
-                    record.idempotency_key.as_bytes(),
-                ),
-                &[],
-            );
+                .insert(key::expiry(expires_ms, key::EXPIRY_IDEM, &idem[1..]), &[]);
+            g.batch.insert(idem, codec::encode(&entry));
             g.new_keys
-                .insert(record.idempotency_key.clone(), appended.clone());
+                .insert((client, record.idempotency_key.clone()), appended.clone());
         }
         g.batch
             .insert(&key::due(record.lane, client, due_ms, id), &[]);
@@ -1319,6 +1707,15 @@ impl Committer {
         // Already gone (acked by an earlier lease, or cancelled): nothing to do.
         let Some(mut record) = self.current(id, g) else {
             return;
+        };
+        // Dead letters keep their bytes in sled, not in a segment: without
+        // them there is no dead letter to keep (nor to requeue).
+        let dead_raw = match &outcome {
+            Outcome::Dead { .. } => match self.shared.bodies.read(id.0, record.body) {
+                Ok(raw) => raw,
+                Err(e) => return self.fault(id, record, Fault::of(&e), now, g),
+            },
+            _ => Vec::new(),
         };
         let lane = record.lane.index();
         g.batch
@@ -1356,7 +1753,7 @@ impl Committer {
                     key::expiry(expires, key::EXPIRY_DELIVERED, &id.0.to_be_bytes()),
                     &[],
                 );
-                self.counters.queued[lane] -= 1;
+                less(&mut self.counters.queued[lane], 1);
                 self.counters.queued_bytes = self
                     .counters
                     .queued_bytes
@@ -1379,6 +1776,7 @@ impl Committer {
                         g.segment(record.body.segment, -1);
                         record.body = self.segments.append(id.0, &raw);
                         g.segment(record.body.segment, 1);
+                        g.bodies.push(record.body);
                     }
                 }
                 g.batch
@@ -1391,14 +1789,7 @@ impl Committer {
             Outcome::Dead { reason } => {
                 self.client_add(record.client, -1, -i64::from(record.body.len), g)
                     .dead_total += 1;
-                // Dead letters keep their bytes in sled, not in a segment.
-                let raw = match self.shared.bodies.read(id.0, record.body) {
-                    Ok(raw) => raw,
-                    Err(e) => {
-                        tracing::error!(%id, error = %e, "dead letter without a readable body");
-                        Vec::new()
-                    }
-                };
+                let raw = dead_raw;
                 g.batch.remove(&key::message(id));
                 g.segment(record.body.segment, -1);
                 self.counters.queued_bytes = self
@@ -1414,7 +1805,7 @@ impl Committer {
                     reason,
                 };
                 g.batch.insert(&key::dead(id), codec::encode(&dead));
-                self.counters.queued[lane] -= 1;
+                less(&mut self.counters.queued[lane], 1);
                 self.counters.dead += 1;
                 self.counters.dead_total += 1;
                 g.overlay.insert(id, None);
@@ -1502,7 +1893,7 @@ impl Committer {
                         Some(dead) => {
                             g.batch.remove(&key::dead(id));
                             g.gone_dead.insert(id);
-                            self.counters.dead -= 1;
+                            less(&mut self.counters.dead, 1);
                             self.counters.dead_bytes = self
                                 .counters
                                 .dead_bytes
@@ -1537,7 +1928,7 @@ impl Committer {
         g.batch.remove(&key::message(id));
         g.segment(record.body.segment, -1);
         self.client_add(record.client, -1, -i64::from(record.body.len), g);
-        self.counters.queued[record.lane.index()] -= 1;
+        less(&mut self.counters.queued[record.lane.index()], 1);
         self.counters.queued_bytes = self
             .counters
             .queued_bytes
@@ -1570,6 +1961,7 @@ impl Committer {
         let mut record = dead.record;
         record.body = self.segments.append(id.0, &dead.raw);
         g.segment(record.body.segment, 1);
+        g.bodies.push(record.body);
         record.attempts = 0;
         record.last_error = String::new();
         record.due_ms = now;
@@ -1581,7 +1973,7 @@ impl Committer {
         g.due_add(now);
         g.batch.insert(&key::message(id), codec::encode(&record));
         self.client_add(record.client, 1, i64::from(record.body.len), g);
-        self.counters.dead -= 1;
+        less(&mut self.counters.dead, 1);
         self.counters.dead_bytes = self
             .counters
             .dead_bytes
@@ -1592,69 +1984,134 @@ impl Committer {
         true
     }
 
-    /// Moves an unreadable message aside: its index entry (bytes as they
-    /// are) to `q/`, its due key removed, its body reference released.
-    fn quarantine(&mut self, mkey: Vec<u8>, due_key: Vec<u8>, g: &mut Group) {
-        let Ok(Some(bytes)) = self.shared.tree.get(&mkey) else {
-            return;
-        };
-        let Ok(idb) = <[u8; 8]>::try_from(&mkey[1..]) else {
-            return;
-        };
-        let id = MessageId(u64::from_be_bytes(idb));
-        if g.overlay.get(&id).is_some_and(|r| r.is_none()) {
+    /// A message that could not be read when leased (`Op::Unreadable`):
+    /// acted on only if its index entry is still the bytes that failed, so
+    /// a record changed meanwhile (retried, moved) is never touched.
+    fn unreadable(
+        &mut self,
+        mkey: &[u8],
+        due_key: &[u8],
+        value: &[u8],
+        fault: Fault,
+        now: u64,
+        g: &mut Group,
+    ) {
+        let Some(id) = key::id_of(mkey) else { return };
+        if g.overlay.contains_key(&id) {
             return;
         }
-        if let Some((lane, _, due_ms, _)) = key::parse_due(&due_key) {
-            if matches!(self.shared.tree.contains_key(&due_key), Ok(true)) {
+        match self.shared.tree.get(mkey) {
+            Ok(Some(v)) if v == value => {}
+            _ => return,
+        }
+        if let Ok(record) = codec::decode::<Record>(value) {
+            return self.fault(id, record, fault, now, g);
+        }
+        // Undecodable: the due key still says its lane and client; its
+        // size is unknown (the byte gauges may drift by it).
+        if let Some((lane, client, due_ms, _)) = key::parse_due(due_key) {
+            if matches!(self.shared.tree.contains_key(due_key), Ok(true)) {
                 g.batch.remove(due_key);
                 g.due_remove(due_ms);
-                self.counters.queued[lane.index()] -= 1;
+                less(&mut self.counters.queued[lane.index()], 1);
+                self.client_add(client, -1, 0, g);
             }
         }
-        if let Ok(r) = codec::decode::<Record>(&bytes) {
-            self.client_add(r.client, -1, -i64::from(r.body.len), g);
-            g.segment(r.body.segment, -1);
-            self.counters.queued_bytes = self
-                .counters
-                .queued_bytes
-                .saturating_sub(u64::from(r.body.len));
-        }
-        g.batch.insert(key::quarantine(&mkey), bytes);
+        g.batch.insert(key::quarantine(mkey), value);
         g.batch.remove(mkey);
         self.counters.quarantined += 1;
         g.overlay.insert(id, None);
     }
 
-    /// Removes idempotency keys and delivered statuses past their time.
+    /// A decodable queued message whose body cannot be read. A transient
+    /// error leaves it queued (body, segment and attempts untouched), due
+    /// again in 30 s; a corrupt or missing body moves its index entry to
+    /// `q/` (quarantine) and releases what it counted.
+    fn fault(&mut self, id: MessageId, mut record: Record, fault: Fault, now: u64, g: &mut Group) {
+        let due = key::due(record.lane, record.client, record.due_ms, id);
+        g.batch.remove(&due);
+        g.due_remove(record.due_ms);
+        match fault {
+            Fault::Transient(error) => {
+                tracing::warn!(%id, %error, "MessageUnreadable: the body could not be read; it stays queued and is tried again in 30 s");
+                record.due_ms = now + UNREADABLE_RETRY_MS;
+                record.last_error = format!("the body could not be read ({error}); trying again");
+                g.batch.insert(
+                    &key::due(record.lane, record.client, record.due_ms, id),
+                    &[],
+                );
+                g.due_add(record.due_ms);
+                g.batch.insert(&key::message(id), codec::encode(&record));
+                g.overlay.insert(id, Some(record));
+            }
+            Fault::Corrupt(_) | Fault::Undecodable => {
+                let why = match &fault {
+                    Fault::Corrupt(why) => why.as_str(),
+                    _ => "its index entry does not decode",
+                };
+                tracing::warn!(%id, error = why, "MessageQuarantined: it cannot be read, so it will not be delivered; see `mailspool queue list --state quarantined`");
+                g.batch.remove(&key::message(id));
+                g.segment(record.body.segment, -1);
+                self.client_add(record.client, -1, -i64::from(record.body.len), g);
+                less(&mut self.counters.queued[record.lane.index()], 1);
+                less(&mut self.counters.queued_bytes, u64::from(record.body.len));
+                g.batch
+                    .insert(key::quarantine(&key::message(id)), codec::encode(&record));
+                self.counters.quarantined += 1;
+                g.overlay.insert(id, None);
+            }
+        }
+    }
+
+    /// Removes idempotency keys and delivered statuses past their time, in
+    /// chunks, until none is left or the round's time is up (so the sweep
+    /// keeps up with any rate of keyed enqueues and acks); asks the fsync
+    /// stage to delete emptied segments after its next flush.
     fn housekeep(&mut self) {
         self.last_housekeeping = Instant::now();
         let now = now_ms();
         let end = key::expiry(now, 0, &[]);
+        loop {
+            let swept = self.sweep_expired(now, &end);
+            if swept < HOUSEKEEPING_BATCH || self.last_housekeeping.elapsed() > HOUSEKEEPING_BUDGET
+            {
+                break;
+            }
+        }
+        if self.segments.has_doomed() && self.shared.failed().is_none() {
+            self.send_job(Vec::new());
+        }
+    }
+
+    /// One chunk of the expiry sweep; returns how many entries it removed.
+    fn sweep_expired(&mut self, now: u64, end: &[u8]) -> usize {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for item in self.shared.tree.range(b"x".as_slice()..end.as_slice()) {
+        for item in self.shared.tree.range(b"x".as_slice()..end) {
             let Ok((k, _)) = item else { break };
             batch.remove(k.clone());
             if k.len() >= 10 {
                 let rest = &k[10..];
-                match k[9] {
-                    key::EXPIRY_IDEM => {
-                        if let Ok(Some(v)) = self.shared.tree.get(key::idem_bytes(rest)) {
-                            if codec::decode::<IdemEntry>(&v)
-                                .map(|e| e.expires_ms <= now)
-                                .unwrap_or(true)
-                            {
-                                batch.remove(key::idem_bytes(rest));
-                            }
-                        }
-                    }
+                let idem = match k[9] {
+                    key::EXPIRY_IDEM => Some(key::idem_rest(rest)),
+                    key::EXPIRY_IDEM_LEGACY => Some(key::idem_legacy(rest)),
                     kind @ (key::EXPIRY_DELIVERED | key::EXPIRY_CANCELLED) => {
                         let mut dk = vec![kind];
                         dk.extend_from_slice(rest);
                         batch.remove(dk);
+                        None
                     }
-                    _ => {}
+                    _ => None,
+                };
+                if let Some(ik) = idem {
+                    if let Ok(Some(v)) = self.shared.tree.get(&ik) {
+                        if codec::decode::<IdemEntry>(&v)
+                            .map(|e| e.expires_ms <= now)
+                            .unwrap_or(true)
+                        {
+                            batch.remove(ik);
+                        }
+                    }
                 }
             }
             n += 1;
@@ -1665,14 +2122,10 @@ impl Committer {
         if n > 0 {
             if let Err(e) = self.shared.tree.apply_batch(batch) {
                 tracing::warn!(error = %e, "housekeeping failed; will try again");
+                return 0;
             }
         }
-        // Segments emptied by acks are deleted once a flush covers the acks.
-        if self.segments.has_doomed() {
-            if let Err(e) = self.flush_and_sync() {
-                tracing::warn!(error = %e, "could not flush before deleting segments; will try again");
-            }
-        }
+        n
     }
 }
 
@@ -1763,5 +2216,216 @@ mod tests {
         assert_eq!((c.queued, c.enqueued_total, c.delivered_total), (1, 2, 1));
         assert_eq!(store.client_slots().len(), 3);
         store.close();
+    }
+
+    fn keyed(client: &str, key: &str) -> NewMessage {
+        NewMessage {
+            idempotency_key: key.into(),
+            ..message(client)
+        }
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_are_scoped_by_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let a = store
+            .append(vec![keyed("billing", "reset-42")])
+            .await
+            .unwrap();
+        let b = store.append(vec![keyed("ads", "reset-42")]).await.unwrap();
+        assert!(!a[0].duplicate && !b[0].duplicate, "{a:?} {b:?}");
+        assert_ne!(a[0].id, b[0].id, "two clients, two messages");
+        // Within one client the key still deduplicates, also in one group.
+        let again = store
+            .append(vec![
+                keyed("ads", "reset-42"),
+                keyed("ads", "x"),
+                keyed("ads", "x"),
+            ])
+            .await
+            .unwrap();
+        assert!(again[0].duplicate && again[0].id == b[0].id);
+        assert!(!again[1].duplicate && again[2].duplicate);
+        assert_eq!(store.counters().queued_total(), 3);
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn global_keys_of_an_older_spool_move_to_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let a = store.append(vec![keyed("billing", "k1")]).await.unwrap()[0].clone();
+        // Make it what an older binary wrote: `i <key>`, no scope.
+        let t = &store.shared.tree;
+        let slot = store.client_slot("billing").unwrap();
+        let scoped = key::idem(slot, "k1");
+        let v = t.get(&scoped).unwrap().unwrap();
+        let e: IdemEntry = codec::decode(&v).unwrap();
+        t.remove(&scoped).unwrap();
+        t.remove(key::expiry(e.expires_ms, key::EXPIRY_IDEM, &scoped[1..]))
+            .unwrap();
+        t.insert(key::idem_legacy(b"k1"), v).unwrap();
+        store.close();
+        drop(store);
+        let store = Store::open(dir.path(), options()).unwrap();
+        let same = store.append(vec![keyed("billing", "k1")]).await.unwrap();
+        assert!(same[0].duplicate && same[0].id == a.id, "{same:?}");
+        let other = store.append(vec![keyed("ads", "k1")]).await.unwrap();
+        assert!(!other[0].duplicate, "another client's key is its own");
+        assert!(store.shared.tree.scan_prefix(b"i").next().is_none());
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn lost_counters_are_rebuilt_without_reusing_ids_or_wrapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let ids: Vec<_> = store
+            .append(vec![message(""), message(""), message("")])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        // The newest message dies, the oldest is delivered: no `m/` key
+        // holds the highest id any more.
+        store
+            .complete(vec![
+                (
+                    ids[2],
+                    Outcome::Dead {
+                        reason: "550 no".into(),
+                    },
+                ),
+                (ids[0], Outcome::Ack),
+            ])
+            .await
+            .unwrap();
+        store.close();
+        let t = store.shared.tree.clone();
+        drop(store);
+        t.insert(key::COUNTERS, b"\x02garbage".to_vec()).unwrap();
+        t.flush().unwrap();
+        drop(t);
+        let store = Store::open(dir.path(), options()).unwrap();
+        let c = store.counters();
+        assert_eq!((c.queued_total(), c.dead), (1, 1), "{c:?}");
+        assert!(
+            c.last_id >= ids[2].0,
+            "last_id {} < {}",
+            c.last_id,
+            ids[2].0
+        );
+        let next = store.append(vec![message("")]).await.unwrap()[0].id;
+        assert!(next > ids[2], "a new id never collides with a dead letter");
+        // A counter that drifted below the truth never wraps.
+        let mut drifted = store.counters();
+        drifted.queued = [0; 3];
+        store.close();
+        let t = store.shared.tree.clone();
+        drop(store);
+        t.insert(key::COUNTERS, codec::encode(&drifted)).unwrap();
+        t.flush().unwrap();
+        drop(t);
+        let store = Store::open(dir.path(), options()).unwrap();
+        store
+            .complete(vec![(ids[1], Outcome::Ack), (next, Outcome::Ack)])
+            .await
+            .unwrap();
+        assert_eq!(store.counters().queued, [0; 3], "saturates at 0");
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn a_malformed_segment_count_never_deletes_live_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let id = store.append(vec![message("")]).await.unwrap()[0].id;
+        store.close();
+        let t = store.shared.tree.clone();
+        drop(store);
+        let (k, _) = t.scan_prefix(b"g").next().unwrap().unwrap();
+        t.insert(k, b"bad".to_vec()).unwrap();
+        t.flush().unwrap();
+        drop(t);
+        let store = Store::open(dir.path(), options()).unwrap();
+        let due = store.due(Lane::Bulk, 0, now_ms(), 10, |_| false);
+        assert_eq!(due.len(), 1, "the body is still there");
+        assert_eq!(due[0].id, id);
+        assert_eq!(due[0].raw, message("").raw);
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn entries_whose_bodies_never_reached_the_disk_are_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let kept = store.append(vec![keyed("", "kept")]).await.unwrap()[0].id;
+        let ghost = store.append(vec![keyed("", "ghost")]).await.unwrap()[0].id;
+        store.close();
+        let t = store.shared.tree.clone();
+        drop(store);
+        // What an older binary could leave after a power cut: the index
+        // entry durable, its body cut off the end of the segment.
+        let mut r: Record = codec::decode(&t.get(key::message(ghost)).unwrap().unwrap()).unwrap();
+        r.body.offset += 1 << 20;
+        t.insert(key::message(ghost), codec::encode(&r)).unwrap();
+        t.flush().unwrap();
+        drop(t);
+        let store = Store::open(dir.path(), options()).unwrap();
+        assert_eq!(store.snapshot(now_ms()).unacknowledged_dropped, 1);
+        assert_eq!(store.counters().queued_total(), 1);
+        assert!(store.status(ghost).unwrap().is_none());
+        assert!(matches!(
+            store.status(kept).unwrap(),
+            Some(Status::Queued(_))
+        ));
+        // The client's retry with the same key is stored afresh.
+        let again = store.append(vec![keyed("", "ghost")]).await.unwrap();
+        assert!(!again[0].duplicate, "{again:?}");
+        assert_eq!(store.counters().quarantined, 0);
+        store.close();
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_queued_entry_is_quarantined_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), options()).unwrap();
+        let ids: Vec<_> = store
+            .append(vec![message("c"), message("c")])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        store
+            .shared
+            .tree
+            .insert(key::message(ids[0]), b"\x02\xff\xff".to_vec())
+            .unwrap();
+        // GetMessage must not say NOT_FOUND for a message that is there.
+        assert!(matches!(
+            store.status(ids[0]).unwrap(),
+            Some(Status::Quarantined)
+        ));
+        let due = store.due(Lane::Bulk, 1, now_ms(), 10, |_| false);
+        assert_eq!(due.len(), 1);
+        assert!(wait(|| store.counters().quarantined == 1).await);
+        // Its due key went with it; its client's count too.
+        assert_eq!(store.counters().queued_total(), 1);
+        assert_eq!(store.clients().counters_of("c").queued, 1);
+        assert_eq!(store.shared.tree.scan_prefix(b"d").count(), 1);
+        store.close();
+    }
+
+    async fn wait(f: impl Fn() -> bool) -> bool {
+        for _ in 0..200 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
     }
 }

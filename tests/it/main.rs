@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod corruption;
 mod delivery;
+mod durability;
 mod faults;
 mod limits;
 mod ops;

@@ -1000,3 +1000,48 @@ async fn sighup_replaces_the_clients() {
     works(OPS).await.expect("the previous clients stay");
     server.stop().await.unwrap();
 }
+
+/// Idempotency keys belong to the client that sent them: another tenant
+/// using the same natural key (`reset-<user>`) gets its own message, and
+/// both are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_with_the_same_idempotency_key_both_deliver() {
+    let dir = tempdir();
+    let peer = SmtpPeer::start(Mode::Accept).await;
+    let mut cfg = config(dir.path(), Some(peer.url()));
+    cfg.clients = vec![
+        client("svc", SVC, &[Role::Enqueue]),
+        client("other", OTHER, &[Role::Enqueue]),
+    ];
+    let s = TestServer::start(cfg).await;
+    let h = s.handle.as_ref().unwrap();
+    let (mut a, _) = clients(url(h), Some(SVC)).await;
+    let (mut b, _) = clients(url(h), Some(OTHER)).await;
+    let first = a
+        .enqueue(with_key(request("from svc"), "reset-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = b
+        .enqueue(with_key(request("from other"), "reset-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!second.duplicate, "another client's key: {second:?}");
+    assert_ne!(first.id, second.id);
+    assert_ne!(first.message_id, second.message_id);
+    // Each client's own retry is still a duplicate of its own message.
+    let again = b
+        .enqueue(with_key(request("from other"), "reset-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate && again.id == second.id, "{again:?}");
+    let both = wait_until(Duration::from_secs(30), || async {
+        let got: Vec<String> = peer.received().into_iter().map(|m| m.subject).collect();
+        got.contains(&"from svc".to_string()) && got.contains(&"from other".to_string())
+    })
+    .await;
+    s.shutdown().await;
+    assert!(both, "received {:?}", peer.received());
+}
