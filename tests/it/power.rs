@@ -1,4 +1,4 @@
-//! Power loss: the spool on LazyFs (support/lazyfs.rs), which drops every
+//! Power loss: the spool on LazyFs (`mailspool::lazyfs`), which drops every
 //! write not fsynced when a crash is simulated. Crashed repeatedly during
 //! enqueue and delivery: no acknowledged message may be lost.
 
