@@ -1,0 +1,463 @@
+//! The committer and fsync threads: group commit, in the order the
+//! durability rule requires.
+
+use super::key;
+use super::*;
+
+/// Most operations taken into one group commit.
+pub(super) const MAX_GROUP_OPS: usize = 4096;
+/// Expired entries removed per housekeeping batch.
+pub(super) const HOUSEKEEPING_BATCH: usize = 10_000;
+/// Longest a housekeeping round sweeps before the committer goes back to
+/// its queue (the next round continues).
+pub(super) const HOUSEKEEPING_BUDGET: Duration = Duration::from_millis(100);
+
+/// Why a queued message could not be read, and so what becomes of it.
+#[derive(Debug, Clone)]
+pub(super) enum Fault {
+    /// The index entry does not decode: quarantined.
+    Undecodable,
+    /// The body fails its checksum, or its segment is gone: quarantined.
+    Corrupt(String),
+    /// An I/O error reading the body: it stays queued, due again later,
+    /// its body and segment untouched.
+    Transient(String),
+}
+
+impl Fault {
+    pub(super) fn of(e: &SegmentError) -> Fault {
+        match e {
+            SegmentError::Io(e) => Fault::Transient(e.to_string()),
+            other => Fault::Corrupt(other.to_string()),
+        }
+    }
+}
+
+/// How long a message whose body could not be read waits before the next try.
+pub(super) const UNREADABLE_RETRY_MS: u64 = 30_000;
+
+pub(super) enum Op {
+    Append {
+        messages: Vec<NewMessage>,
+        reply: oneshot::Sender<Result<Vec<Appended>, String>>,
+    },
+    Complete {
+        outcomes: Vec<(MessageId, Outcome)>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A queued message that could not be read when leased: `value` is the
+    /// index entry as it was read, acted on only if it is still the same.
+    Unreadable {
+        message_key: Vec<u8>,
+        due_key: Vec<u8>,
+        value: Vec<u8>,
+        fault: Fault,
+    },
+    Admin {
+        op: AdminOp,
+        reply: oneshot::Sender<Result<AdminResult, String>>,
+    },
+    /// Final flush and fsync, then the committer stops.
+    Close,
+}
+
+/// fsyncs what sled's flush leaves in the page cache: its data file, blob
+/// files it created, and the directories that name them.
+pub(super) struct Syncer {
+    pub(super) db_file: File,
+    pub(super) blobs_dir: PathBuf,
+    pub(super) synced_blobs: HashSet<std::ffi::OsString>,
+}
+
+impl Syncer {
+    pub(super) fn new(dir: &Path) -> Result<Syncer, StoreError> {
+        let db_file = File::open(dir.join("db"))?;
+        // Make the spool's own directory entries durable once.
+        File::open(dir)?.sync_all()?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(Syncer {
+            db_file,
+            blobs_dir: dir.join("blobs"),
+            synced_blobs: HashSet::new(),
+        })
+    }
+
+    pub(super) fn sync(&mut self) -> std::io::Result<()> {
+        self.db_file.sync_data()?;
+        let Ok(entries) = std::fs::read_dir(&self.blobs_dir) else {
+            return Ok(());
+        };
+        let mut present = HashSet::new();
+        let mut new_blob = false;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                // A blob removed meanwhile by sled is fine to miss.
+                if let Ok(f) = File::open(entry.path()) {
+                    f.sync_all()?;
+                    new_blob = true;
+                }
+            }
+            present.insert(name);
+        }
+        if new_blob {
+            File::open(&self.blobs_dir)?.sync_all()?;
+        }
+        self.synced_blobs = present;
+        Ok(())
+    }
+}
+
+/// The single writer.
+pub(super) struct Committer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) db: sled::Db,
+    pub(super) syncer: Arc<Mutex<Syncer>>,
+    /// Groups waiting for durability go to the fsync stage.
+    pub(super) sync_tx: Option<mpsc::Sender<SyncJob>>,
+    pub(super) sync_stage: Option<JoinHandle<()>>,
+    pub(super) segments: Segments,
+    pub(super) options: StoreOptions,
+    /// The committer's own copy; published to `shared` after each group.
+    pub(super) counters: Counters,
+    pub(super) admin: AdminState,
+    pub(super) clients: Clients,
+    pub(super) last_housekeeping: Instant,
+}
+
+/// Everything one group commit changes, applied to memory only once the
+/// group is durable (or dropped if it fails).
+#[derive(Default)]
+pub(super) struct Group {
+    pub(super) batch: sled::Batch,
+    /// (due second, ±1) for the `scheduled` histogram.
+    pub(super) due: Vec<(u64, i64)>,
+    /// Live-count changes per segment.
+    pub(super) segments: BTreeMap<u32, i64>,
+    /// Records changed earlier in this group (None = removed).
+    pub(super) overlay: HashMap<MessageId, Option<Record>>,
+    /// Idempotency keys (client slot, key) first seen in this group.
+    pub(super) new_keys: HashMap<(u16, String), Appended>,
+    /// Body locations the batch points at (new or moved): each must be
+    /// durable before the batch is applied.
+    pub(super) bodies: Vec<BodyLoc>,
+    /// Dead letters removed earlier in this group.
+    pub(super) gone_dead: HashSet<MessageId>,
+    /// Appends in the group: flush and fsync before answering.
+    pub(super) needs_sync: bool,
+    /// Messages appended in the group.
+    pub(super) appended: usize,
+    /// Client slots whose counters changed.
+    pub(super) clients_touched: BTreeSet<u16>,
+}
+
+impl Group {
+    pub(super) fn due_add(&mut self, due_ms: u64) {
+        self.due.push((due_ms / 1000, 1));
+    }
+    pub(super) fn due_remove(&mut self, due_ms: u64) {
+        self.due.push((due_ms / 1000, -1));
+    }
+    pub(super) fn segment(&mut self, segment: u32, delta: i64) {
+        *self.segments.entry(segment).or_insert(0) += delta;
+    }
+}
+
+pub(super) enum Reply {
+    Append(
+        oneshot::Sender<Result<Vec<Appended>, String>>,
+        Vec<Appended>,
+    ),
+    Complete(oneshot::Sender<Result<(), String>>),
+    Admin(oneshot::Sender<Result<AdminResult, String>>, AdminResult),
+}
+
+impl Reply {
+    pub(super) fn send(self, result: Result<(), String>) {
+        match self {
+            Reply::Append(tx, results) => {
+                let _ = tx.send(result.map(|()| results));
+            }
+            Reply::Complete(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Admin(tx, changed) => {
+                let _ = tx.send(result.map(|()| changed));
+            }
+        }
+    }
+}
+
+/// A committed group whose appends wait for durability.
+pub(super) struct SyncJob {
+    pub(super) replies: Vec<Reply>,
+    /// Segments whose last reference was released in batches applied
+    /// before this job was sent: deleted once this round's flush is done.
+    pub(super) doomed: Doomed,
+}
+
+/// The second stage of the pipeline: while the committer writes, syncs and
+/// applies group N+1, this thread makes group N's index durable (sled
+/// flush, fsync of sled's files) and then answers its callers. The bodies
+/// were `sync_data`'d by the committer before their index was applied.
+/// Jobs that queue up meanwhile share one round. A failed round fails the
+/// spool: nothing after it is acknowledged.
+pub(super) fn sync_stage(
+    db: sled::Db,
+    syncer: Arc<Mutex<Syncer>>,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<SyncJob>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        let started = Instant::now();
+        let result = match shared.failed() {
+            Some(why) => Err(StoreError::Failed(why)),
+            None => (|| -> Result<(), StoreError> {
+                db.flush()?;
+                syncer.lock().expect("syncer").sync()?;
+                Ok(())
+            })(),
+        };
+        shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .fsync_duration
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            if !matches!(e, StoreError::Failed(_)) {
+                shared.fail(format!("flush and fsync of the index: {e}"));
+            }
+        }
+        let result = result.map_err(|e| e.to_string());
+        for job in jobs {
+            for r in job.replies {
+                r.send(result.clone());
+            }
+            if result.is_ok() {
+                if let Err(e) = job.doomed.delete() {
+                    tracing::warn!(error = %e, "could not delete an emptied segment file; it is removed at the next start");
+                }
+            }
+        }
+    }
+}
+
+impl Committer {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Op>) {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.housekeep();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut ops = vec![first];
+            while ops.len() < MAX_GROUP_OPS {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let close = ops.iter().any(|op| matches!(op, Op::Close));
+            self.commit_group(ops);
+            if close {
+                break;
+            }
+            if self.last_housekeeping.elapsed() > Duration::from_secs(1) {
+                self.housekeep();
+            }
+        }
+        // Let the fsync stage answer everything it holds.
+        drop(self.sync_tx.take());
+        if let Some(h) = self.sync_stage.take() {
+            let _ = h.join();
+        }
+        if self.shared.failed().is_none() {
+            if let Err(e) = self.flush_and_sync() {
+                tracing::error!(error = %e, "final spool flush failed");
+            }
+        }
+    }
+
+    /// Bodies synced, sled flush + fsync of its files, then deletion of
+    /// segments whose last reference is now durably gone.
+    pub(super) fn flush_and_sync(&mut self) -> Result<(), StoreError> {
+        self.segments.sync()?;
+        self.db.flush()?;
+        self.syncer.lock().expect("syncer").sync()?;
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.segments.delete_doomed()?;
+        Ok(())
+    }
+
+    /// Hands a job to the fsync stage; if it has stopped, answers it.
+    pub(super) fn send_job(&mut self, replies: Vec<Reply>) {
+        let job = SyncJob {
+            replies,
+            doomed: self.segments.take_doomed(),
+        };
+        if let Some(Err(mpsc::SendError(job))) = self.sync_tx.as_ref().map(|tx| tx.send(job)) {
+            for r in job.replies {
+                r.send(Err("the spool is closing".into()));
+            }
+        }
+    }
+
+    pub(super) fn commit_group(&mut self, ops: Vec<Op>) {
+        if let Some(why) = self.shared.failed() {
+            let msg = StoreError::Failed(why).to_string();
+            for op in ops {
+                match op {
+                    Op::Append { reply, .. } => drop(reply.send(Err(msg.clone()))),
+                    Op::Complete { reply, .. } => drop(reply.send(Err(msg.clone()))),
+                    Op::Admin { reply, .. } => drop(reply.send(Err(msg.clone()))),
+                    Op::Unreadable { .. } | Op::Close => {}
+                }
+            }
+            return;
+        }
+        let before = self.counters;
+        let admin_before = self.admin;
+        let clients_before = self.clients.clone();
+        let now = now_ms();
+        let mut g = Group::default();
+        let mut replies = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Append { messages, reply } => {
+                    g.needs_sync = true;
+                    g.appended += messages.len();
+                    let results = messages
+                        .into_iter()
+                        .map(|m| self.append_one(m, now, &mut g))
+                        .collect();
+                    replies.push(Reply::Append(reply, results));
+                }
+                Op::Complete { outcomes, reply } => {
+                    for (id, outcome) in outcomes {
+                        self.complete_one(id, outcome, now, &mut g);
+                    }
+                    replies.push(Reply::Complete(reply));
+                }
+                Op::Unreadable {
+                    message_key,
+                    due_key,
+                    value,
+                    fault,
+                } => self.unreadable(&message_key, &due_key, &value, fault, now, &mut g),
+                Op::Admin { op, reply } => {
+                    g.needs_sync = true;
+                    let result = self.admin_op(op, now, &mut g);
+                    replies.push(Reply::Admin(reply, result));
+                }
+                Op::Close => {}
+            }
+        }
+        for (&segment, &delta) in &g.segments {
+            let n = self.segments.live(segment).saturating_add_signed(delta);
+            if n == 0 {
+                g.batch.remove(&key::segment(segment));
+            } else {
+                g.batch.insert(&key::segment(segment), &n.to_be_bytes());
+            }
+        }
+        self.counters.clock_ms = self.counters.clock_ms.max(now);
+        g.batch.insert(key::COUNTERS, codec::encode(&self.counters));
+        for slot in std::mem::take(&mut g.clients_touched) {
+            if let Some(c) = self.clients.counters.get(&slot) {
+                g.batch
+                    .insert(&key::client_counters(slot), codec::encode(c));
+            }
+        }
+        if self.admin != admin_before {
+            g.batch.insert(key::ADMIN, codec::encode(&self.admin));
+        }
+        let needs_sync = g.needs_sync;
+        let batch = std::mem::take(&mut g.batch);
+        // The ordering rule: bodies written and synced, then the index that
+        // points at them applied. A write error fails the group (the next
+        // write reuses the offset); a sync error fails the spool.
+        let written = self
+            .segments
+            .write()
+            .map_err(StoreError::from)
+            .and_then(|()| {
+                self.segments.sync().map_err(|e| {
+                    let why = format!("fsync of a segment file: {e}");
+                    self.shared.fail(why.clone());
+                    StoreError::Failed(why)
+                })
+            });
+        let written = written.and_then(|()| {
+            debug_assert!(
+                g.bodies.iter().all(|loc| self.segments.durable(loc)),
+                "an index entry would point at bytes not yet durable"
+            );
+            self.shared.tree.apply_batch(batch)?;
+            Ok(())
+        });
+        match written {
+            Ok(()) => {
+                self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
+                if g.appended > 0 {
+                    self.shared.metrics.group_commit.observe(g.appended as f64);
+                }
+                *self.shared.counters.lock().expect("counters lock") = self.counters;
+                *self.shared.admin.lock().expect("admin lock") = self.admin;
+                let mut shared = self.shared.clients.lock().expect("clients lock");
+                if *shared != self.clients {
+                    shared.clone_from(&self.clients);
+                }
+                drop(shared);
+                let mut hist = self.shared.due_seconds.lock().expect("due lock");
+                for (sec, d) in g.due {
+                    let n = hist.entry(sec).or_insert(0);
+                    *n = n.saturating_add_signed(d);
+                    if *n == 0 {
+                        hist.remove(&sec);
+                    }
+                }
+                drop(hist);
+                for (segment, delta) in g.segments {
+                    self.segments.apply(segment, delta);
+                }
+                if let Err(e) = self.segments.maybe_rotate() {
+                    if matches!(&e, SegmentError::Io(_)) && self.segments.synced_all() {
+                        tracing::warn!(error = %e, "cannot start a new segment file; the active one grows until a new one can be made");
+                    } else {
+                        self.shared
+                            .fail(format!("fsync before a segment rotation: {e}"));
+                    }
+                }
+                if needs_sync {
+                    // Outcomes in this group are answered with it, after the
+                    // fsync; they never wait for more than that.
+                    self.send_job(replies);
+                } else {
+                    for r in replies {
+                        r.send(Ok(()));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "spool commit failed; callers get an error");
+                self.counters = before;
+                self.admin = admin_before;
+                self.clients = clients_before;
+                self.segments.abandon_pending();
+                let msg = e.to_string();
+                for r in replies {
+                    r.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}

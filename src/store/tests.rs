@@ -1,0 +1,295 @@
+//! The store's own tests, on a temporary spool.
+
+use super::*;
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        cache_capacity_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
+        idempotency_window: Duration::from_secs(60),
+        delivered_retention: Duration::from_secs(60),
+        metrics: Default::default(),
+    }
+}
+
+fn message(client: &str) -> NewMessage {
+    NewMessage {
+        lane: Lane::Bulk,
+        envelope_from: "a@x.example".into(),
+        envelope_to: vec!["b@y.example".into()],
+        message_id: "m@x.example".into(),
+        raw: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+        idempotency_key: String::new(),
+        not_before_ms: 0,
+        client: client.into(),
+    }
+}
+
+#[tokio::test]
+async fn a_format_1_spool_is_migrated_and_its_messages_stay_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let id = store.append(vec![message("")]).await.unwrap()[0].id;
+    // Turn the spool into what format 1 wrote: 18-byte due keys,
+    // records without the client, version byte 1.
+    let t = &store.shared.tree;
+    let (k, _) = t.scan_prefix(b"d").next().unwrap().unwrap();
+    let (lane, _, due, _) = key::parse_due(&k).unwrap();
+    t.remove(&k).unwrap();
+    let mut v1 = vec![b'd', lane.index() as u8];
+    v1.extend_from_slice(&due.to_be_bytes());
+    v1.extend_from_slice(&id.0.to_be_bytes());
+    t.insert(v1, &[]).unwrap();
+    let mut rec = t.get(key::message(id)).unwrap().unwrap().to_vec();
+    assert_eq!(rec.pop(), Some(0), "client slot 0 is one varint byte");
+    rec[0] = 1;
+    t.insert(key::message(id), rec).unwrap();
+    t.insert(key::FORMAT, &[1]).unwrap();
+    store.close();
+    drop(store);
+
+    let store = Store::open(dir.path(), options()).unwrap();
+    let due = store.due(Lane::Bulk, 0, now_ms(), 10, |_| false);
+    assert_eq!(due.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(due[0].record.client, 0);
+    assert_eq!(
+        store.shared.tree.get(key::FORMAT).unwrap().unwrap()[0],
+        codec::FORMAT_VERSION
+    );
+    store.close();
+}
+
+#[tokio::test]
+async fn clients_get_slots_and_counters_that_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let a = store
+        .append(vec![message("billing"), message("billing"), message("ads")])
+        .await
+        .unwrap();
+    let clients = store.clients();
+    let (billing, ads) = (
+        clients.slot("billing").unwrap(),
+        clients.slot("ads").unwrap(),
+    );
+    assert_ne!(billing, ads);
+    assert_ne!(billing, 0);
+    assert_eq!(clients.counters_of("billing").queued, 2);
+    let ads_due = store.due(Lane::Bulk, ads, now_ms(), 10, |_| false);
+    assert_eq!(ads_due.len(), 1, "each client has its own due range");
+    store.complete(vec![(a[0].id, Outcome::Ack)]).await.unwrap();
+    store.close();
+    drop(store);
+    let store = Store::open(dir.path(), options()).unwrap();
+    let c = store.clients().counters_of("billing");
+    assert_eq!((c.queued, c.enqueued_total, c.delivered_total), (1, 2, 1));
+    assert_eq!(store.client_slots().len(), 3);
+    store.close();
+}
+
+/// Closes `store`, lets `change` edit its tree as a crash or an older
+/// binary could have left it, and opens it again.
+fn reopen(dir: &Path, store: Store, change: impl FnOnce(&sled::Tree)) -> Store {
+    store.close();
+    let t = store.shared.tree.clone();
+    drop(store);
+    change(&t);
+    t.flush().unwrap();
+    drop(t);
+    Store::open(dir, options()).unwrap()
+}
+
+fn keyed(client: &str, key: &str) -> NewMessage {
+    NewMessage {
+        idempotency_key: key.into(),
+        ..message(client)
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let a = store
+        .append(vec![keyed("billing", "reset-42")])
+        .await
+        .unwrap();
+    let b = store.append(vec![keyed("ads", "reset-42")]).await.unwrap();
+    assert!(!a[0].duplicate && !b[0].duplicate, "{a:?} {b:?}");
+    assert_ne!(a[0].id, b[0].id, "two clients, two messages");
+    // Within one client the key still deduplicates, also in one group.
+    let again = store
+        .append(vec![
+            keyed("ads", "reset-42"),
+            keyed("ads", "x"),
+            keyed("ads", "x"),
+        ])
+        .await
+        .unwrap();
+    assert!(again[0].duplicate && again[0].id == b[0].id);
+    assert!(!again[1].duplicate && again[2].duplicate);
+    assert_eq!(store.counters().queued_total(), 3);
+    store.close();
+}
+
+#[tokio::test]
+async fn global_keys_of_an_older_spool_move_to_their_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let a = store.append(vec![keyed("billing", "k1")]).await.unwrap()[0].clone();
+    // Make it what an older binary wrote: `i <key>`, no scope.
+    let t = &store.shared.tree;
+    let slot = store.client_slot("billing").unwrap();
+    let scoped = key::idem(slot, "k1");
+    let v = t.get(&scoped).unwrap().unwrap();
+    let e: IdemEntry = codec::decode(&v).unwrap();
+    t.remove(&scoped).unwrap();
+    t.remove(key::expiry(e.expires_ms, key::EXPIRY_IDEM, &scoped[1..]))
+        .unwrap();
+    t.insert(key::idem_legacy(b"k1"), v).unwrap();
+    store.close();
+    drop(store);
+    let store = Store::open(dir.path(), options()).unwrap();
+    let same = store.append(vec![keyed("billing", "k1")]).await.unwrap();
+    assert!(same[0].duplicate && same[0].id == a.id, "{same:?}");
+    let other = store.append(vec![keyed("ads", "k1")]).await.unwrap();
+    assert!(!other[0].duplicate, "another client's key is its own");
+    assert!(store.shared.tree.scan_prefix(b"i").next().is_none());
+    store.close();
+}
+
+#[tokio::test]
+async fn lost_counters_are_rebuilt_without_reusing_ids_or_wrapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let ids: Vec<_> = store
+        .append(vec![message(""), message(""), message("")])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    // The newest message dies, the oldest is delivered: no `m/` key
+    // holds the highest id any more.
+    store
+        .complete(vec![
+            (
+                ids[2],
+                Outcome::Dead {
+                    reason: "550 no".into(),
+                },
+            ),
+            (ids[0], Outcome::Ack),
+        ])
+        .await
+        .unwrap();
+    let store = reopen(dir.path(), store, |t| {
+        t.insert(key::COUNTERS, b"\x02garbage".to_vec()).unwrap();
+    });
+    let c = store.counters();
+    assert_eq!((c.queued_total(), c.dead), (1, 1), "{c:?}");
+    assert!(
+        c.last_id >= ids[2].0,
+        "last_id {} < {}",
+        c.last_id,
+        ids[2].0
+    );
+    let next = store.append(vec![message("")]).await.unwrap()[0].id;
+    assert!(next > ids[2], "a new id never collides with a dead letter");
+    // A counter that drifted below the truth never wraps.
+    let mut drifted = store.counters();
+    drifted.queued = [0; 3];
+    let store = reopen(dir.path(), store, |t| {
+        t.insert(key::COUNTERS, codec::encode(&drifted)).unwrap();
+    });
+    store
+        .complete(vec![(ids[1], Outcome::Ack), (next, Outcome::Ack)])
+        .await
+        .unwrap();
+    assert_eq!(store.counters().queued, [0; 3], "saturates at 0");
+    store.close();
+}
+
+#[tokio::test]
+async fn a_malformed_segment_count_never_deletes_live_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let id = store.append(vec![message("")]).await.unwrap()[0].id;
+    let store = reopen(dir.path(), store, |t| {
+        let (k, _) = t.scan_prefix(b"g").next().unwrap().unwrap();
+        t.insert(k, b"bad".to_vec()).unwrap();
+    });
+    let due = store.due(Lane::Bulk, 0, now_ms(), 10, |_| false);
+    assert_eq!(due.len(), 1, "the body is still there");
+    assert_eq!(due[0].id, id);
+    assert_eq!(due[0].raw, message("").raw);
+    store.close();
+}
+
+#[tokio::test]
+async fn entries_whose_bodies_never_reached_the_disk_are_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let kept = store.append(vec![keyed("", "kept")]).await.unwrap()[0].id;
+    let ghost = store.append(vec![keyed("", "ghost")]).await.unwrap()[0].id;
+    let store = reopen(dir.path(), store, |t| {
+        // What an older binary could leave after a power cut: the index
+        // entry durable, its body cut off the end of the segment.
+        let mut r: Record = codec::decode(&t.get(key::message(ghost)).unwrap().unwrap()).unwrap();
+        r.body.offset += 1 << 20;
+        t.insert(key::message(ghost), codec::encode(&r)).unwrap();
+    });
+    assert_eq!(store.snapshot(now_ms()).unacknowledged_dropped, 1);
+    assert_eq!(store.counters().queued_total(), 1);
+    assert!(store.status(ghost).unwrap().is_none());
+    assert!(matches!(
+        store.status(kept).unwrap(),
+        Some(Status::Queued(_))
+    ));
+    // The client's retry with the same key is stored afresh.
+    let again = store.append(vec![keyed("", "ghost")]).await.unwrap();
+    assert!(!again[0].duplicate, "{again:?}");
+    assert_eq!(store.counters().quarantined, 0);
+    store.close();
+}
+
+#[tokio::test]
+async fn an_undecodable_queued_entry_is_quarantined_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let ids: Vec<_> = store
+        .append(vec![message("c"), message("c")])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    store
+        .shared
+        .tree
+        .insert(key::message(ids[0]), b"\x02\xff\xff".to_vec())
+        .unwrap();
+    // GetMessage must not say NOT_FOUND for a message that is there.
+    assert!(matches!(
+        store.status(ids[0]).unwrap(),
+        Some(Status::Quarantined)
+    ));
+    let due = store.due(Lane::Bulk, 1, now_ms(), 10, |_| false);
+    assert_eq!(due.len(), 1);
+    assert!(wait(|| store.counters().quarantined == 1).await);
+    // Its due key went with it; its client's count too.
+    assert_eq!(store.counters().queued_total(), 1);
+    assert_eq!(store.clients().counters_of("c").queued, 1);
+    assert_eq!(store.shared.tree.scan_prefix(b"d").count(), 1);
+    store.close();
+}
+
+async fn wait(f: impl Fn() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
