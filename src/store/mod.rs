@@ -134,6 +134,30 @@ impl Shared {
     }
 }
 
+/// Opens sled, waiting up to 2 s for its file lock: sled releases it
+/// from a background thread a moment after the last handle of a closed
+/// spool is dropped (an in-process restart). A lock still held after that
+/// belongs to another process, and its error says so.
+pub(crate) fn open_sled(config: &sled::Config) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::Io(std::io::Error::other(format!(
+                    "{e}: is another mailspool running on this data directory?"
+                ))))
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Handle to the spool. Cloning is cheap.
 #[derive(Clone)]
 pub struct Store {
@@ -146,12 +170,12 @@ impl Store {
     /// Opens (or creates) the spool under `dir` and starts the committer.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         crate::fsutil::create_dir_durable(dir, 0o700)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_capacity_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(200))
-            .open()?;
+            .flush_every_ms(Some(200));
+        let db = open_sled(&config)?;
         let tree = db.open_tree("spool")?;
         match tree.get(key::FORMAT)? {
             Some(v) if v.first().copied().unwrap_or(0) > codec::FORMAT_VERSION => {

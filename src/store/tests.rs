@@ -96,7 +96,7 @@ fn reopen(dir: &Path, store: Store, change: impl FnOnce(&sled::Tree)) -> Store {
     change(&t);
     t.flush().unwrap();
     drop(t);
-    Store::open(dir, options()).unwrap()
+    Store::open(dir, options()).unwrap_or_else(|e| panic!("reopen: {e:?}"))
 }
 
 fn keyed(client: &str, key: &str) -> NewMessage {
