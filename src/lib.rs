@@ -39,6 +39,7 @@ pub mod conn_limit;
 pub mod delivery;
 pub mod fsutil;
 pub mod grpc_codec;
+pub mod lanes;
 /// Test harness, used by the tests and by `mailspool torture --power-cuts` (never by the server): a FUSE filesystem that loses what was not fsynced.
 pub mod lazyfs;
 pub mod message;

@@ -9,9 +9,11 @@
 //!   keys never left the spool, are leased again.
 //! - An outcome from an expired lease is ignored, except an ack: the relay
 //!   took the message, so it is removed if it is still there.
-//! - Lanes are served by smooth weighted round robin (transactional 8,
-//!   normal 3, bulk 1): a bulk backlog never holds transactional mail for
-//!   more than a lease or two, and bulk still progresses.
+//! - Lanes are served by start-time fair queueing (`lanes::LaneClock`,
+//!   weights transactional 8, normal 3, bulk 1): while transactional mail
+//!   is due, at most 2 leases of other lanes come before its next one,
+//!   whatever the history (an idle lane banks nothing, a busy one owes
+//!   nothing for the others' idle time); bulk still progresses.
 //! - Within a lane, clients take turns (round robin over the client slots
 //!   with due mail): a flood from one client delays another client's mail
 //!   of the same lane by at most one lease per client with mail due.
@@ -26,11 +28,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::lanes::LaneClock;
 use crate::model::{now_ms, Lane, Leased, MessageId, Outcome};
 use crate::store::{Store, StoreError};
-
-/// Lane weights for the round robin, indexed by `Lane::index`.
-pub const LANE_WEIGHTS: [i64; 3] = [8, 3, 1];
 
 /// A batch of messages handed to one worker until `deadline`.
 #[derive(Debug)]
@@ -46,8 +46,8 @@ struct Table {
     /// id → (lease token, deadline)
     leased: HashMap<MessageId, (u64, Instant)>,
     next_token: u64,
-    /// Smooth weighted round robin credits per lane.
-    credit: [i64; 3],
+    /// Which lane the next lease serves (`lanes`: the bound, tested as data).
+    lanes: LaneClock,
     /// Per lane: the position in the client slots whose turn is next.
     next_client: [usize; 3],
 }
@@ -63,19 +63,6 @@ pub struct Scheduler {
     work: Notify,
     batch: usize,
     lease_timeout: Duration,
-}
-
-/// Lane order for the next lease, highest credit first; updates credits as
-/// if the first lane is taken (pure, so the weighting is testable).
-pub fn lane_order(credit: &mut [i64; 3]) -> [Lane; 3] {
-    let total: i64 = LANE_WEIGHTS.iter().sum();
-    for (c, w) in credit.iter_mut().zip(LANE_WEIGHTS) {
-        *c += w;
-    }
-    let mut order = Lane::ALL;
-    order.sort_by_key(|l| std::cmp::Reverse(credit[l.index()]));
-    credit[order[0].index()] -= total;
-    order
 }
 
 impl Scheduler {
@@ -96,16 +83,14 @@ impl Scheduler {
     pub fn try_lease(&self) -> Option<Lease> {
         let _leasing = self.leasing.lock().expect("leasing");
         let now = now_ms();
-        let (mut credit, next_client) = {
+        let (order, next_client) = {
             let t = self.table.lock().expect("lease table");
-            (t.credit, t.next_client)
+            (
+                t.lanes.order(self.store.admin_state().paused),
+                t.next_client,
+            )
         };
-        let order = lane_order(&mut credit);
-        let paused = self.store.admin_state().paused;
-        for (i, lane) in order.into_iter().enumerate() {
-            if paused & (1 << lane.index()) != 0 {
-                continue;
-            }
+        for lane in order {
             // Within the lane, clients take turns: one client's backlog
             // never holds another's mail for more than a lease per client.
             let slots = self.store.client_slots();
@@ -131,15 +116,7 @@ impl Scheduler {
             }
             let mut table = self.table.lock().expect("lease table");
             table.next_client[lane.index()] = taken_turn;
-            if i == 0 {
-                table.credit = credit;
-            } else {
-                // The lane whose turn it was had nothing: it does not bank credit.
-                let total: i64 = LANE_WEIGHTS.iter().sum();
-                credit[order[0].index()] = 0;
-                credit[lane.index()] -= total;
-                table.credit = credit;
-            }
+            table.lanes.taken(lane);
             table.next_token += 1;
             let token = table.next_token;
             let deadline = Instant::now() + self.lease_timeout;
@@ -267,33 +244,5 @@ impl Scheduler {
                 _ = stop.changed() => if *stop.borrow() { return },
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weights_share_turns_8_3_1() {
-        let mut credit = [0; 3];
-        let mut turns = [0; 3];
-        let mut longest_transactional_gap = 0;
-        let mut gap = 0;
-        for _ in 0..1200 {
-            let first = lane_order(&mut credit)[0];
-            turns[first.index()] += 1;
-            if first == Lane::Transactional {
-                gap = 0;
-            } else {
-                gap += 1;
-                longest_transactional_gap = longest_transactional_gap.max(gap);
-            }
-        }
-        assert_eq!(turns, [800, 300, 100]);
-        assert!(
-            longest_transactional_gap <= 2,
-            "{longest_transactional_gap}"
-        );
     }
 }

@@ -15,4 +15,5 @@ mod power;
 mod restart;
 mod security;
 mod smtp_sink;
+mod surge;
 mod transfer;

@@ -1,0 +1,98 @@
+//! The incident replayed small: a quiet spell of password resets alone, then
+//! a bulk surge far beyond what the relay takes, resets still arriving.
+//! Transactional mail must wait behind a bounded amount of bulk whatever
+//! came before (`lanes::MAX_WAIT_LEASES`), not behind the surge.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mailspool::lanes::MAX_WAIT_LEASES;
+use mailspool::pb;
+
+use crate::support::smtp::{Mode, SmtpPeer};
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spell() {
+    let dir = tempdir();
+    // A relay of limited capacity: 2 ms per message on 4 connections.
+    let peer = SmtpPeer::start(Mode::AcceptAfter(Duration::from_millis(2))).await;
+    let cfg = config(dir.path(), Some(peer.url()));
+    let (workers, batch) = (cfg.effective_workers(), cfg.lease_batch);
+    let s = TestServer::start(cfg).await;
+
+    // Resets all along, one every 20 ms; each remembers how much bulk the
+    // relay had taken when it was acknowledged.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+    let resets = {
+        let (q, peer, stop, sent) = (s.queue.clone(), peer.clone(), stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let subject = format!("reset-{i}");
+                let r = with_lane(request(&subject), pb::Lane::Transactional);
+                q.clone().enqueue(r).await.expect("reset acknowledged");
+                let bulk_before = peer
+                    .received()
+                    .iter()
+                    .filter(|m| m.subject.starts_with("bulk-"))
+                    .count();
+                sent.lock().unwrap().push((subject, bulk_before));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    // The quiet spell: under the old weighted round robin every lease of it
+    // put the transactional lane deeper in debt.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The surge: 6,000 bulk messages, about 5 s of the relay's time.
+    for chunk in 0..60 {
+        let requests = (0..100)
+            .map(|i| with_lane(request(&format!("bulk-{chunk}-{i}")), pb::Lane::Bulk))
+            .collect();
+        let results = s.enqueue_batch(requests).await;
+        assert!(results.iter().all(|r| r.code == 0));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    resets.await.unwrap();
+    let sent = sent.lock().unwrap().clone();
+    let all = wait_until(Duration::from_secs(60), || async {
+        peer.received_count() >= sent.len() + 6_000
+    })
+    .await;
+    assert!(all, "everything delivered");
+
+    // For each reset: the bulk messages the relay took between its
+    // acknowledgement and its own delivery.
+    let received = peer.received();
+    let mut bulk_seen = 0usize;
+    let mut delivered_after = std::collections::HashMap::new();
+    for m in &received {
+        if m.subject.starts_with("bulk-") {
+            bulk_seen += 1;
+        } else {
+            delivered_after.insert(m.subject.clone(), bulk_seen);
+        }
+    }
+    let worst = sent
+        .iter()
+        .map(|(subject, before)| delivered_after[subject].saturating_sub(*before))
+        .max()
+        .unwrap();
+    // In flight when it arrived (one lease per worker), then at most
+    // MAX_WAIT_LEASES of other lanes before its own lease.
+    let bound = (workers + MAX_WAIT_LEASES[0]) * batch;
+    println!(
+        "surge: {} resets, worst {worst} bulk messages delivered ahead of one (bound {bound})",
+        sent.len()
+    );
+    s.shutdown().await;
+    assert!(
+        worst <= bound,
+        "a reset waited behind {worst} bulk messages (bound {bound})"
+    );
+}
