@@ -138,7 +138,7 @@ impl Api {
         let s = queue_stats(
             &self.store.snapshot(now),
             self.scheduler.in_flight(),
-            self.rates.per_second(),
+            self.rates.view(),
             self.rates.uptime_seconds(),
             now,
         );
@@ -151,6 +151,8 @@ impl Api {
             delivery_rate: s.delivery_rate_per_second,
             uptime_secs: s.uptime_seconds,
             paused: admin.paused != 0,
+            warming_up: s.rates_warming_up,
+            rate_window_secs: s.rate_window_seconds,
         };
         let (level, reason) = assess(&signals, &self.thresholds);
         let (level, reason, since) = self.congestion.observe(level, reason, now);
@@ -193,6 +195,9 @@ impl Api {
             paused_lanes: paused_lanes(admin.paused),
             cancelled_total: admin.cancelled_total,
             clients: self.client_stats(),
+            net_drain_rate_per_second: s.net_drain_rate_per_second,
+            rate_window_seconds: s.rate_window_seconds as u32,
+            rates_warming_up: s.rates_warming_up,
         }
     }
 

@@ -578,6 +578,9 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "enqueue_rate_per_second": s.enqueue_rate_per_second,
             "delivery_rate_per_second": s.delivery_rate_per_second,
             "drain_eta_seconds": s.drain_eta_seconds,
+            "net_drain_rate_per_second": s.net_drain_rate_per_second,
+            "rate_window_seconds": s.rate_window_seconds,
+            "rates_warming_up": s.rates_warming_up,
             "queued_transactional": s.queued_transactional, "queued_normal": s.queued_normal,
             "queued_bulk": s.queued_bulk, "group_commits_total": s.group_commits_total,
             "uptime_seconds": s.uptime_seconds, "fsyncs_total": s.fsyncs_total,
@@ -635,6 +638,19 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             format!("{:.1} /s", s.delivery_rate_per_second),
         ),
         ("drain ETA", eta),
+        (
+            "rates over",
+            format!(
+                "{} s{} (net {:+.1} /s)",
+                s.rate_window_seconds,
+                if s.rates_warming_up {
+                    ", warming up"
+                } else {
+                    ""
+                },
+                s.net_drain_rate_per_second
+            ),
+        ),
         (
             "relay",
             format!(

@@ -65,6 +65,10 @@ pub struct Signals {
     pub uptime_secs: u64,
     /// Some lane's delivery is paused by an operator.
     pub paused: bool,
+    /// Up for less than the short rate window: rates are not yet trusted.
+    pub warming_up: bool,
+    /// The window the rates were averaged over.
+    pub rate_window_secs: u64,
 }
 
 /// The worst level any rule gives, and the reasons for it. Pure.
@@ -105,7 +109,9 @@ pub fn assess(s: &Signals, t: &Thresholds) -> (Level, String) {
             ),
         );
     }
-    if s.drain_eta_secs < 0.0 && s.ready > 0 && s.uptime_secs >= t.stall_after_secs {
+    // Stalled is nothing delivered, not "not draining": a queue that takes
+    // in as much as it sends is growing (below), not stalled.
+    if s.delivery_rate <= 0.0 && s.ready > 0 && s.uptime_secs >= t.stall_after_secs {
         if s.paused {
             rule(
                 Level::Warning,
@@ -121,12 +127,12 @@ pub fn assess(s: &Signals, t: &Thresholds) -> (Level, String) {
             );
         }
     }
-    if s.queued >= t.growth_min_depth && s.enqueue_rate > s.delivery_rate * 1.1 {
+    if !s.warming_up && s.queued >= t.growth_min_depth && s.enqueue_rate > s.delivery_rate * 1.1 {
         rule(
             Level::Warning,
             format!(
-                "queue growing: {:.0}/s in, {:.0}/s out over the last minute, {} queued",
-                s.enqueue_rate, s.delivery_rate, s.queued
+                "queue growing: {:.0}/s in, {:.0}/s out over the last {}s, {} queued",
+                s.enqueue_rate, s.delivery_rate, s.rate_window_secs, s.queued
             ),
         );
     }
@@ -199,6 +205,8 @@ mod tests {
             delivery_rate: 20.0,
             uptime_secs: 3600,
             paused: false,
+            warming_up: false,
+            rate_window_secs: 60,
         };
         check(base, Level::Ok, "");
         check(
@@ -237,14 +245,25 @@ mod tests {
         check(
             Signals {
                 drain_eta_secs: -1.0,
+                delivery_rate: 0.0,
                 ..base
             },
             Level::Critical,
             "delivery stalled",
         );
+        // Not draining (as much in as out) but delivering: not a stall.
         check(
             Signals {
                 drain_eta_secs: -1.0,
+                ..base
+            },
+            Level::Ok,
+            "",
+        );
+        check(
+            Signals {
+                drain_eta_secs: -1.0,
+                delivery_rate: 0.0,
                 paused: true,
                 ..base
             },
@@ -255,6 +274,7 @@ mod tests {
         check(
             Signals {
                 drain_eta_secs: -1.0,
+                delivery_rate: 0.0,
                 uptime_secs: 5,
                 ..base
             },
@@ -265,6 +285,7 @@ mod tests {
         check(
             Signals {
                 drain_eta_secs: -1.0,
+                delivery_rate: 0.0,
                 ready: 0,
                 ..base
             },
@@ -280,7 +301,22 @@ mod tests {
                 ..base
             },
             Level::Warning,
-            "queue growing",
+            "queue growing: 500/s in, 100/s out over the last 60s",
+        );
+        // Right after a restart the rate windows are nearly empty: a
+        // backlog of 74,913 is not "growing at 1/s in, 0/s out".
+        check(
+            Signals {
+                queued: 74_913,
+                enqueue_rate: 1.0,
+                delivery_rate: 0.0,
+                drain_eta_secs: -1.0,
+                uptime_secs: 1,
+                warming_up: true,
+                ..base
+            },
+            Level::Ok,
+            "",
         );
         // Growing but small: fine.
         check(

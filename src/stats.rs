@@ -7,6 +7,9 @@ use std::time::Instant;
 use crate::store::StoreSnapshot;
 
 const WINDOW: usize = 60;
+/// The short window, used when the rates changed (a surge began or ended):
+/// short enough that a drain of a few seconds is estimated from its own rate.
+const SHORT: u64 = 5;
 
 /// Per-second event counts for the last minute.
 pub struct Rates {
@@ -43,11 +46,86 @@ impl Ring {
     }
 
     fn sum(&self, now: u64, series: &[u64; WINDOW]) -> u64 {
+        self.sum_over(now, WINDOW as u64, series)
+    }
+
+    /// Events in the seconds `(now - window, now]`.
+    fn sum_over(&self, now: u64, window: u64, series: &[u64; WINDOW]) -> u64 {
         (0..WINDOW)
-            .filter(|&i| self.second[i] + (WINDOW as u64) > now && self.second[i] <= now)
+            .filter(|&i| self.second[i] + window > now && self.second[i] <= now)
             .map(|i| series[i])
             .sum()
     }
+
+    /// The rates for the drain ETA, at second `now` after `elapsed` seconds
+    /// up (pure). Over the last minute; over the last 5 s when either rate
+    /// there differs from the minute's by more than half (at least 1/s):
+    /// a surge that began 3 s ago must not be averaged with the quiet
+    /// minute before it. Warming up while the short window is not full.
+    fn view(&self, now: u64, elapsed: f64) -> RateView {
+        let long_span = elapsed.clamp(1.0, WINDOW as f64);
+        let short_span = elapsed.clamp(1.0, SHORT as f64);
+        let long = (
+            self.sum(now, &self.enqueued) as f64 / long_span,
+            self.sum(now, &self.delivered) as f64 / long_span,
+        );
+        let short = (
+            self.sum_over(now, SHORT, &self.enqueued) as f64 / short_span,
+            self.sum_over(now, SHORT, &self.delivered) as f64 / short_span,
+        );
+        let changed = |l: f64, s: f64| (s - l).abs() > 0.5 * l.max(s).max(2.0);
+        let (rates, window) = if changed(long.0, short.0) || changed(long.1, short.1) {
+            (short, short_span)
+        } else {
+            (long, long_span)
+        };
+        let window_secs = window.round() as u64;
+        RateView {
+            enqueue: rates.0,
+            delivery: rates.1,
+            inflow: self.median(now, window_secs),
+            window_secs,
+            warming_up: elapsed < SHORT as f64,
+        }
+    }
+
+    /// The median of the per-second enqueue counts over the last `window`
+    /// seconds: the inflow that goes on. A batch of 6,000 that arrived in
+    /// one second is in the queue, not in the future.
+    fn median(&self, now: u64, window: u64) -> f64 {
+        let mut per_second: Vec<u64> = (0..window.max(1))
+            .filter_map(|back| now.checked_sub(back))
+            .map(|sec| {
+                let i = (sec % WINDOW as u64) as usize;
+                if self.second[i] == sec {
+                    self.enqueued[i]
+                } else {
+                    0
+                }
+            })
+            .collect();
+        per_second.sort_unstable();
+        let n = per_second.len();
+        if n % 2 == 1 {
+            per_second[n / 2] as f64
+        } else {
+            (per_second[n / 2 - 1] + per_second[n / 2]) as f64 / 2.0
+        }
+    }
+}
+
+/// Rates over the window the drain ETA uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateView {
+    pub enqueue: f64,
+    pub delivery: f64,
+    /// The inflow that goes on (median per second over the window): what
+    /// the drain ETA subtracts from the delivery rate.
+    pub inflow: f64,
+    /// 60 s, or 5 s right after the rates changed (less while starting).
+    pub window_secs: u64,
+    /// Up for less than 5 s: the rates only know that much.
+    pub warming_up: bool,
 }
 
 impl Default for Rates {
@@ -89,6 +167,12 @@ impl Rates {
         )
     }
 
+    /// The rates the drain ETA and the congestion state use.
+    pub fn view(&self) -> RateView {
+        let r = self.ring.lock().expect("rates");
+        r.view(self.now(), self.start.elapsed().as_secs_f64())
+    }
+
     pub fn uptime_seconds(&self) -> u64 {
         self.now()
     }
@@ -110,6 +194,10 @@ pub struct QueueStats {
     pub oldest_queued_age_seconds: f64,
     pub enqueue_rate_per_second: f64,
     pub delivery_rate_per_second: f64,
+    /// Delivery rate minus the inflow that goes on, over `rate_window_seconds`.
+    pub net_drain_rate_per_second: f64,
+    pub rate_window_seconds: u64,
+    pub rates_warming_up: bool,
     pub drain_eta_seconds: f64,
     pub queued_by_lane: [u64; 3],
     pub group_commits_total: u64,
@@ -123,7 +211,7 @@ pub struct QueueStats {
 pub fn queue_stats(
     snap: &StoreSnapshot,
     in_flight: u64,
-    rates: (f64, f64),
+    rates: RateView,
     uptime: u64,
     now_ms: u64,
 ) -> QueueStats {
@@ -131,7 +219,7 @@ pub fn queue_stats(
     let queued = c.queued_total();
     let scheduled = snap.scheduled.min(queued);
     let in_flight = in_flight.min(queued - scheduled);
-    let (enq, del) = rates;
+    let (enq, del) = (rates.enqueue, rates.delivery);
     QueueStats {
         queued,
         ready: queued - scheduled - in_flight,
@@ -150,7 +238,10 @@ pub fn queue_stats(
             .unwrap_or(0.0),
         enqueue_rate_per_second: enq,
         delivery_rate_per_second: del,
-        drain_eta_seconds: drain_eta(queued, del),
+        net_drain_rate_per_second: del - rates.inflow,
+        rate_window_seconds: rates.window_secs,
+        rates_warming_up: rates.warming_up,
+        drain_eta_seconds: drain_eta(queued, rates.inflow, del),
         queued_by_lane: c.queued,
         group_commits_total: snap.group_commits,
         fsyncs_total: snap.fsyncs,
@@ -160,14 +251,17 @@ pub fn queue_stats(
     }
 }
 
-/// queued / rate; 0 when empty; -1 when queued but nothing drains.
-pub fn drain_eta(queued: u64, delivery_rate: f64) -> f64 {
+/// queued ÷ (delivery rate − the inflow that goes on): the mail that keeps
+/// arriving is mail still to drain. 0 when empty; -1 when not draining (nothing
+/// delivered, or as much arriving as leaving).
+pub fn drain_eta(queued: u64, enqueue_rate: f64, delivery_rate: f64) -> f64 {
+    let net = delivery_rate - enqueue_rate;
     if queued == 0 {
         0.0
-    } else if delivery_rate <= 0.0 {
+    } else if net <= 0.0 {
         -1.0
     } else {
-        queued as f64 / delivery_rate
+        queued as f64 / net
     }
 }
 
@@ -177,10 +271,55 @@ mod tests {
     use crate::store::Counters;
 
     #[test]
-    fn eta() {
-        assert_eq!(drain_eta(0, 0.0), 0.0);
-        assert_eq!(drain_eta(10, 0.0), -1.0);
-        assert_eq!(drain_eta(100, 50.0), 2.0);
+    fn eta_counts_the_inflow() {
+        assert_eq!(drain_eta(0, 0.0, 0.0), 0.0);
+        assert_eq!(drain_eta(10, 0.0, 0.0), -1.0);
+        assert_eq!(drain_eta(100, 0.0, 50.0), 2.0);
+        // 100 queued, 40/s in, 50/s out: 10 s, not 2.
+        assert_eq!(drain_eta(100, 40.0, 50.0), 10.0);
+        assert_eq!(drain_eta(100, 50.0, 50.0), -1.0, "as much in as out");
+        assert_eq!(drain_eta(100, 80.0, 50.0), -1.0, "growing");
+    }
+
+    /// A ring with these (second, enqueued, delivered) counts.
+    fn ring(counts: &[(u64, u64, u64)]) -> Ring {
+        let mut r = Ring::default();
+        for &(sec, e, d) in counts {
+            let i = r.slot(sec);
+            r.enqueued[i] += e;
+            r.delivered[i] += d;
+        }
+        r
+    }
+
+    #[test]
+    fn the_window_adapts_when_the_rates_change() {
+        // A steady minute: 100/s out, 20/s in; the minute's average.
+        let steady: Vec<_> = (41..=100).map(|s| (s, 20, 100)).collect();
+        let v = ring(&steady).view(100, 3600.0);
+        assert_eq!((v.window_secs, v.enqueue, v.delivery), (60, 20.0, 100.0));
+        // A surge began 3 s ago: 5,000/s in. The minute says 268/s; the
+        // last 5 s say 3,008/s: the short window is taken.
+        let mut surge = steady.clone();
+        surge.extend((101..=103).map(|s| (s, 5_000, 100)));
+        let v = ring(&surge).view(103, 3600.0);
+        assert_eq!(v.window_secs, 5);
+        assert!((v.enqueue - 3_008.0).abs() < 1.0, "{v:?}");
+        // Delivery stopped 5 s ago after a quiet minute: 0/s, not 92/s.
+        let mut stalled = steady;
+        stalled.extend((101..=105).map(|s| (s, 0, 0)));
+        let v = ring(&stalled).view(105, 3600.0);
+        assert_eq!((v.window_secs, v.delivery), (5, 0.0));
+        // A batch of 6,000 in one second, then 50/s: the inflow that goes
+        // on is 50/s, not the 650/s average.
+        let mut burst: Vec<_> = (1..=59).map(|s| (s, 50, 800)).collect();
+        burst.push((60, 6_000, 800));
+        let v = ring(&burst).view(60, 3600.0);
+        assert_eq!(v.inflow, 50.0, "{v:?}");
+        // Just started: what is known, and it says so.
+        let v = ring(&[(0, 30, 10), (1, 30, 10)]).view(1, 2.0);
+        assert!(v.warming_up);
+        assert_eq!((v.enqueue, v.delivery), (30.0, 10.0));
     }
 
     #[test]
@@ -196,7 +335,14 @@ mod tests {
             oldest_queued_ms: Some(1_000),
             ..StoreSnapshot::default()
         };
-        let s = queue_stats(&snap, 2, (1.0, 2.0), 5, 11_000);
+        let rates = RateView {
+            enqueue: 1.0,
+            inflow: 1.0,
+            delivery: 3.0,
+            window_secs: 60,
+            warming_up: false,
+        };
+        let s = queue_stats(&snap, 2, rates, 5, 11_000);
         assert_eq!((s.queued, s.scheduled, s.in_flight, s.ready), (10, 3, 2, 5));
         assert_eq!(s.oldest_queued_age_seconds, 10.0);
         assert_eq!(s.drain_eta_seconds, 5.0);

@@ -181,8 +181,16 @@ pub fn render_view(
         &mut out,
         "rates",
         &format!(
-            "in {:.1}/s  out {:.1}/s",
-            s.enqueue_rate_per_second, s.delivery_rate_per_second
+            "in {:.1}/s  out {:.1}/s  net {:+.1}/s over {}s{}",
+            s.enqueue_rate_per_second,
+            s.delivery_rate_per_second,
+            s.net_drain_rate_per_second,
+            s.rate_window_seconds,
+            if s.rates_warming_up {
+                " (warming up)"
+            } else {
+                ""
+            }
         ),
     );
     line(&mut out, "drain ETA", &eta_text(s));
@@ -340,6 +348,8 @@ mod tests {
             oldest_queued_age_seconds: 723.4,
             enqueue_rate_per_second: 120.46,
             delivery_rate_per_second: 98.2,
+            net_drain_rate_per_second: -22.26,
+            rate_window_seconds: 10,
             drain_eta_seconds: 252.0,
             relay_state: "throttled".into(),
             relay_consecutive_failures: 3,
@@ -373,7 +383,7 @@ mod tests {
             "by lane\n  transactional           10\n  normal               1,200\n",
             "  bulk                   112  PAUSED\n",
             "oldest          12m 3s\n",
-            "rates           in 120.5/s  out 98.2/s\n",
+            "rates           in 120.5/s  out 98.2/s  net -22.3/s over 10s\n",
             "drain ETA       4m 12s\n",
             "relay           throttled (3 failures, next try in 2s)\n",
             "spool           12.0 MiB of 1.0 GiB; disk free 45.0 GiB\n",

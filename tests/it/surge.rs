@@ -16,8 +16,9 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spell() {
     let dir = tempdir();
-    // A relay of limited capacity: 2 ms per message on 4 connections.
-    let peer = SmtpPeer::start(Mode::AcceptAfter(Duration::from_millis(2))).await;
+    // A relay of limited capacity, as in the incident: 10 ms per message
+    // on 4 connections, about 400 messages/s.
+    let peer = SmtpPeer::start(Mode::AcceptAfter(Duration::from_millis(10))).await;
     let cfg = config(dir.path(), Some(peer.url()));
     let (workers, batch) = (cfg.effective_workers(), cfg.lease_batch);
     let s = TestServer::start(cfg).await;
@@ -48,7 +49,7 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
     // The quiet spell: under the old weighted round robin every lease of it
     // put the transactional lane deeper in debt.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // The surge: 6,000 bulk messages, about 5 s of the relay's time.
+    // The surge: 6,000 bulk messages, about 17 s of the relay's time.
     for chunk in 0..60 {
         let requests = (0..100)
             .map(|i| with_lane(request(&format!("bulk-{chunk}-{i}")), pb::Lane::Bulk))
@@ -56,7 +57,32 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
         let results = s.enqueue_batch(requests).await;
         assert!(results.iter().all(|r| r.code == 0));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The drain ETA, sampled while the surge drains and the resets go on
+    // (until the last bulk message is out).
+    let started = std::time::Instant::now();
+    let mut samples = Vec::new();
+    let mut emptied = None;
+    while started.elapsed() < Duration::from_secs(90) {
+        let st = s.stats().await;
+        if st.queued == 0 {
+            emptied = Some(started.elapsed().as_secs_f64());
+            break;
+        }
+        samples.push((
+            started.elapsed().as_secs_f64(),
+            st.drain_eta_seconds,
+            st.queued,
+        ));
+        let bulk_out = peer
+            .received()
+            .iter()
+            .filter(|m| m.subject.starts_with("bulk-"))
+            .count();
+        if bulk_out >= 6_000 {
+            stop.store(true, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     resets.await.unwrap();
     let sent = sent.lock().unwrap().clone();
@@ -65,6 +91,20 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
     })
     .await;
     assert!(all, "everything delivered");
+    let emptied = emptied.expect("the queue emptied");
+    // Once the drain has run one short rate window (5 s), and while more
+    // than 2 s remain, the ETA is within 2× of the time it really took.
+    let mut worst_factor: f64 = 1.0;
+    for (t, eta, queued) in &samples {
+        let actual = emptied - t;
+        println!("t={t:.1}s queued={queued} eta={eta:.1}s actual={actual:.1}s");
+        if *t >= 5.0 && actual >= 2.0 {
+            assert!(*eta > 0.0, "t={t:.1}s: draining, yet the ETA says {eta}");
+            worst_factor = worst_factor.max(eta / actual).max(actual / eta);
+        }
+    }
+    println!("drain ETA: worst factor {worst_factor:.2} against the actual remaining time");
+    assert!(worst_factor <= 2.0, "ETA off by {worst_factor:.2}×");
 
     // For each reset: the bulk messages the relay took between its
     // acknowledgement and its own delivery.
