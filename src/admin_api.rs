@@ -153,6 +153,7 @@ impl Api {
             paused: admin.paused != 0,
             warming_up: s.rates_warming_up,
             rate_window_secs: s.rate_window_seconds,
+            waiting_secs: s.waiting_by_lane_seconds,
         };
         let (level, reason) = assess(&signals, &self.thresholds);
         let (level, reason, since) = self.congestion.observe(level, reason, now);
@@ -198,6 +199,9 @@ impl Api {
             net_drain_rate_per_second: s.net_drain_rate_per_second,
             rate_window_seconds: s.rate_window_seconds as u32,
             rates_warming_up: s.rates_warming_up,
+            waiting_transactional_seconds: s.waiting_by_lane_seconds[0],
+            waiting_normal_seconds: s.waiting_by_lane_seconds[1],
+            waiting_bulk_seconds: s.waiting_by_lane_seconds[2],
         }
     }
 

@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// [default: 60]
     #[arg(long, env = "MAILSPOOL_CONGESTION_STALL_AFTER_SECS")]
     pub congestion_stall_after_secs: Option<u64>,
+    /// Congestion WARNING when a transactional message has been due this long [default: 30]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_TRANSACTIONAL_WARN_WAIT_SECS")]
+    pub congestion_transactional_warn_wait_secs: Option<u64>,
+    /// [default: 120]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_TRANSACTIONAL_CRITICAL_WAIT_SECS")]
+    pub congestion_transactional_critical_wait_secs: Option<u64>,
     /// Spool directory [default: ./mailspool-data]
     #[arg(long, env = "MAILSPOOL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -216,6 +222,8 @@ impl ServeArgs {
             congestion_critical_eta_secs,
             congestion_growth_min_depth,
             congestion_stall_after_secs,
+            congestion_transactional_warn_wait_secs,
+            congestion_transactional_critical_wait_secs,
             data_dir,
             relay_max_connections,
             lease_batch,
@@ -581,6 +589,9 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "net_drain_rate_per_second": s.net_drain_rate_per_second,
             "rate_window_seconds": s.rate_window_seconds,
             "rates_warming_up": s.rates_warming_up,
+            "waiting_transactional_seconds": s.waiting_transactional_seconds,
+            "waiting_normal_seconds": s.waiting_normal_seconds,
+            "waiting_bulk_seconds": s.waiting_bulk_seconds,
             "queued_transactional": s.queued_transactional, "queued_normal": s.queued_normal,
             "queued_bulk": s.queued_bulk, "group_commits_total": s.group_commits_total,
             "uptime_seconds": s.uptime_seconds, "fsyncs_total": s.fsyncs_total,
@@ -621,9 +632,27 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         ("  ready", s.ready.to_string()),
         ("  scheduled", s.scheduled.to_string()),
         ("  in flight", s.in_flight.to_string()),
-        ("  transactional", s.queued_transactional.to_string()),
-        ("  normal", s.queued_normal.to_string()),
-        ("  bulk", s.queued_bulk.to_string()),
+        (
+            "  transactional",
+            format!(
+                "{} (longest wait {:.1} s)",
+                s.queued_transactional, s.waiting_transactional_seconds
+            ),
+        ),
+        (
+            "  normal",
+            format!(
+                "{} (longest wait {:.1} s)",
+                s.queued_normal, s.waiting_normal_seconds
+            ),
+        ),
+        (
+            "  bulk",
+            format!(
+                "{} (longest wait {:.1} s)",
+                s.queued_bulk, s.waiting_bulk_seconds
+            ),
+        ),
         ("dead", s.dead.to_string()),
         (
             "oldest queued",

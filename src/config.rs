@@ -97,6 +97,11 @@ pub struct Config {
     /// Nothing delivered for a minute with ready mail is CRITICAL once the
     /// server has been up this long.
     pub congestion_stall_after_secs: u64,
+    /// A transactional message due this long and not delivered is a
+    /// WARNING (password resets wait seconds, not minutes) ...
+    pub congestion_transactional_warn_wait_secs: u64,
+    /// ... and this long a CRITICAL.
+    pub congestion_transactional_critical_wait_secs: u64,
     /// Serve without authentication on a non-loopback address (refused
     /// otherwise). Contradicts `[[clients]]`.
     pub insecure_no_auth: bool,
@@ -158,6 +163,8 @@ impl Default for Config {
             congestion_critical_eta_secs: 1800,
             congestion_growth_min_depth: 10_000,
             congestion_stall_after_secs: 60,
+            congestion_transactional_warn_wait_secs: 30,
+            congestion_transactional_critical_wait_secs: 120,
             insecure_no_auth: false,
             clients: Vec::new(),
             tls_cert_file: None,
@@ -344,6 +351,14 @@ impl Config {
                 "must be at least congestion_warn_age_secs",
             ));
         }
+        if self.congestion_transactional_critical_wait_secs
+            < self.congestion_transactional_warn_wait_secs
+        {
+            return Err(bad(
+                "congestion_transactional_critical_wait_secs",
+                "must be at least congestion_transactional_warn_wait_secs",
+            ));
+        }
         if self.congestion_critical_eta_secs < self.congestion_warn_eta_secs {
             return Err(bad(
                 "congestion_critical_eta_secs",
@@ -462,6 +477,9 @@ impl Config {
             critical_eta_secs: self.congestion_critical_eta_secs as f64,
             growth_min_depth: self.congestion_growth_min_depth,
             stall_after_secs: self.congestion_stall_after_secs,
+            transactional_warn_wait_secs: self.congestion_transactional_warn_wait_secs as f64,
+            transactional_critical_wait_secs: self.congestion_transactional_critical_wait_secs
+                as f64,
         }
     }
 

@@ -18,6 +18,10 @@ pub struct Thresholds {
     pub growth_min_depth: u64,
     /// Stalled delivery counts only after this long up (rates need a minute).
     pub stall_after_secs: u64,
+    /// A transactional message due this long and not yet delivered (password
+    /// resets, OTPs: far tighter than the others, which use the age ones).
+    pub transactional_warn_wait_secs: f64,
+    pub transactional_critical_wait_secs: f64,
 }
 
 impl Default for Thresholds {
@@ -29,6 +33,8 @@ impl Default for Thresholds {
             critical_eta_secs: 1800.0,
             growth_min_depth: 10_000,
             stall_after_secs: 60,
+            transactional_warn_wait_secs: 30.0,
+            transactional_critical_wait_secs: 120.0,
         }
     }
 }
@@ -69,6 +75,9 @@ pub struct Signals {
     pub warming_up: bool,
     /// The window the rates were averaged over.
     pub rate_window_secs: u64,
+    /// Per lane (`Lane::index`): how long its longest-waiting message has
+    /// been due.
+    pub waiting_secs: [f64; 3],
 }
 
 /// The worst level any rule gives, and the reasons for it. Pure.
@@ -89,6 +98,39 @@ pub fn assess(s: &Signals, t: &Thresholds) -> (Level, String) {
             format!(
                 "oldest message {:.0}s old (warning at {:.0}s)",
                 s.oldest_age_secs, t.warn_age_secs
+            ),
+        );
+    }
+    // Each lane on its own: the oldest-message rule sees the whole queue,
+    // so a transactional lane stuck behind a healthy bulk backlog (or a
+    // normal lane behind nothing at all) would otherwise pass unnoticed.
+    for (i, lane) in ["transactional", "normal", "bulk"].into_iter().enumerate() {
+        let (warn, critical) = if i == 0 {
+            (
+                t.transactional_warn_wait_secs,
+                t.transactional_critical_wait_secs,
+            )
+        } else {
+            (t.warn_age_secs, t.critical_age_secs)
+        };
+        let waited = s.waiting_secs[i];
+        let level = if waited >= critical {
+            Level::Critical
+        } else if waited >= warn {
+            Level::Warning
+        } else {
+            continue;
+        };
+        let at = if level == Level::Critical {
+            critical
+        } else {
+            warn
+        };
+        rule(
+            level,
+            format!(
+                "{lane} lane: a message has waited {waited:.0}s since it was due ({} at {at:.0}s)",
+                level.name().to_lowercase()
             ),
         );
     }
@@ -207,8 +249,35 @@ mod tests {
             paused: false,
             warming_up: false,
             rate_window_secs: 60,
+            waiting_secs: [1.0, 2.0, 200.0],
         };
         check(base, Level::Ok, "");
+        // Password resets stuck behind a healthy-looking queue: the lane
+        // has its own, tighter thresholds, and the reason names it.
+        check(
+            Signals {
+                waiting_secs: [45.0, 2.0, 200.0],
+                ..base
+            },
+            Level::Warning,
+            "transactional lane: a message has waited 45s since it was due (warning at 30s)",
+        );
+        check(
+            Signals {
+                waiting_secs: [130.0, 2.0, 2.0],
+                ..base
+            },
+            Level::Critical,
+            "transactional lane",
+        );
+        check(
+            Signals {
+                waiting_secs: [0.0, 2.0, 301.0],
+                ..base
+            },
+            Level::Warning,
+            "bulk lane: a message has waited 301s",
+        );
         check(
             Signals {
                 oldest_age_secs: 301.0,

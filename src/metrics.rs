@@ -30,6 +30,7 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     queue: Family<Labels, Gauge>,
     lane: Family<Labels, Gauge>,
+    lane_waiting: Family<Labels, FGauge>,
     dead: Gauge,
     quarantined: Gauge,
     oldest_age: FGauge,
@@ -70,6 +71,7 @@ impl Default for Metrics {
             registry: Mutex::new(Registry::default()),
             queue: Family::default(),
             lane: Family::default(),
+            lane_waiting: Family::default(),
             dead: Gauge::default(),
             quarantined: Gauge::default(),
             oldest_age: FGauge::default(),
@@ -146,6 +148,11 @@ impl Default for Metrics {
                 "mailspool_quarantined_messages",
                 "Messages moved aside as unreadable",
                 m.quarantined.clone(),
+            );
+            r.register(
+                "mailspool_lane_waiting_seconds",
+                "Per lane: how long its longest-waiting message has been due (0 when none is)",
+                m.lane_waiting.clone(),
             );
             r.register(
                 "mailspool_oldest_message_age_seconds",
@@ -293,12 +300,19 @@ impl Metrics {
                 .get_or_create(&vec![("state", state)])
                 .set(v as i64);
         }
-        for (lane, v) in [
-            ("transactional", s.queued_transactional),
-            ("normal", s.queued_normal),
-            ("bulk", s.queued_bulk),
+        for (lane, v, waiting) in [
+            (
+                "transactional",
+                s.queued_transactional,
+                s.waiting_transactional_seconds,
+            ),
+            ("normal", s.queued_normal, s.waiting_normal_seconds),
+            ("bulk", s.queued_bulk, s.waiting_bulk_seconds),
         ] {
             self.lane.get_or_create(&vec![("lane", lane)]).set(v as i64);
+            self.lane_waiting
+                .get_or_create(&vec![("lane", lane)])
+                .set(waiting);
             let paused = s.paused_lanes.iter().any(|&l| lane_label(l) == lane);
             self.paused
                 .get_or_create(&vec![("lane", lane)])

@@ -200,6 +200,9 @@ pub struct QueueStats {
     pub rates_warming_up: bool,
     pub drain_eta_seconds: f64,
     pub queued_by_lane: [u64; 3],
+    /// Per lane: how long its longest-waiting message has been due (0 when
+    /// none is): mail stuck in one lane shows here, whatever the others do.
+    pub waiting_by_lane_seconds: [f64; 3],
     pub group_commits_total: u64,
     pub fsyncs_total: u64,
     pub quarantined: u64,
@@ -243,6 +246,9 @@ pub fn queue_stats(
         rates_warming_up: rates.warming_up,
         drain_eta_seconds: drain_eta(queued, rates.inflow, del),
         queued_by_lane: c.queued,
+        waiting_by_lane_seconds: snap
+            .oldest_due_ms
+            .map(|d| d.map_or(0.0, |d| now_ms.saturating_sub(d) as f64 / 1000.0)),
         group_commits_total: snap.group_commits,
         fsyncs_total: snap.fsyncs,
         quarantined: c.quarantined,
@@ -333,6 +339,7 @@ mod tests {
             },
             scheduled: 3,
             oldest_queued_ms: Some(1_000),
+            oldest_due_ms: [Some(9_000), None, Some(1_000)],
             ..StoreSnapshot::default()
         };
         let rates = RateView {
@@ -347,6 +354,7 @@ mod tests {
         assert_eq!(s.oldest_queued_age_seconds, 10.0);
         assert_eq!(s.drain_eta_seconds, 5.0);
         assert_eq!(s.queued_by_lane, [1, 5, 4]);
+        assert_eq!(s.waiting_by_lane_seconds, [2.0, 0.0, 10.0]);
     }
 
     #[test]

@@ -159,13 +159,23 @@ pub fn render_view(
         line(&mut out, k, &count(n));
     }
     out.push_str("by lane\n");
-    for (lane, n) in [
-        (pb::Lane::Transactional, s.queued_transactional),
-        (pb::Lane::Normal, s.queued_normal),
-        (pb::Lane::Bulk, s.queued_bulk),
+    for (lane, n, waiting) in [
+        (
+            pb::Lane::Transactional,
+            s.queued_transactional,
+            s.waiting_transactional_seconds,
+        ),
+        (pb::Lane::Normal, s.queued_normal, s.waiting_normal_seconds),
+        (pb::Lane::Bulk, s.queued_bulk, s.waiting_bulk_seconds),
     ] {
         let paused = s.paused_lanes.contains(&(lane as i32));
         let mut v = count(n);
+        if waiting >= 1.0 {
+            v.push_str(&format!(
+                "  waiting {}",
+                human_duration(waiting.max(0.0) as u64)
+            ));
+        }
         if paused {
             v.push_str(&format!("  {}", paint("PAUSED", "33", view.color)));
         }

@@ -587,10 +587,29 @@ impl Store {
             counters,
             scheduled,
             oldest_queued_ms,
+            oldest_due_ms: self.oldest_due(now_ms),
             group_commits: self.shared.group_commits.load(Ordering::Relaxed),
             fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
             unacknowledged_dropped: self.shared.ghosts_dropped.load(Ordering::Relaxed),
         }
+    }
+
+    /// Per lane, the earliest due time of a message due by `now_ms` (the
+    /// one that has waited longest since it became due, in flight or not).
+    /// One seek per lane and client.
+    fn oldest_due(&self, now_ms: u64) -> [Option<u64>; 3] {
+        let slots = self.client_slots();
+        Lane::ALL.map(|lane| {
+            slots
+                .iter()
+                .filter_map(|&slot| {
+                    let from = key::due(lane, slot, 0, MessageId(0));
+                    let to = key::due(lane, slot, now_ms.saturating_add(1), MessageId(0));
+                    let (k, _) = self.shared.tree.range(from..to).next()?.ok()?;
+                    key::parse_due(&k).map(|(_, _, due, _)| due)
+                })
+                .min()
+        })
     }
 
     /// Stops the committer after it has written everything sent before,

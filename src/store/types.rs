@@ -214,6 +214,8 @@ pub struct StoreSnapshot {
     pub scheduled: u64,
     /// Enqueue time of the oldest queued message.
     pub oldest_queued_ms: Option<u64>,
+    /// Per lane: the earliest due time among messages already due.
+    pub oldest_due_ms: [Option<u64>; 3],
     pub group_commits: u64,
     pub fsyncs: u64,
     /// Index entries dropped at open because their bodies never reached

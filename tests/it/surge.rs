@@ -136,3 +136,30 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
         "a reset waited behind {worst} bulk messages (bound {bound})"
     );
 }
+
+/// A transactional message stuck at the relay turns congestion to WARNING
+/// on its own lane's threshold, naming the lane, while the queue as a
+/// whole looks small and young.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_password_reset_raises_a_warning_that_names_its_lane() {
+    let dir = tempdir();
+    let peer = SmtpPeer::start(Mode::Stall).await;
+    let mut cfg = config(dir.path(), Some(peer.url()));
+    cfg.congestion_transactional_warn_wait_secs = 1;
+    cfg.congestion_transactional_critical_wait_secs = 600;
+    let s = TestServer::start(cfg).await;
+    s.enqueue(with_lane(request("reset"), pb::Lane::Transactional))
+        .await
+        .unwrap();
+    let warned = wait_until(Duration::from_secs(20), || async {
+        let st = s.stats().await;
+        st.congestion() == pb::Congestion::Warning
+            && st.congestion_reason.contains("transactional lane")
+    })
+    .await;
+    let st = s.stats().await;
+    s.shutdown().await;
+    assert!(warned, "{:?}: {}", st.congestion(), st.congestion_reason);
+    assert!(st.waiting_transactional_seconds >= 1.0, "{st:?}");
+    assert_eq!(st.waiting_bulk_seconds, 0.0);
+}
