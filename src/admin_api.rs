@@ -156,7 +156,9 @@ impl Api {
             waiting_secs: s.waiting_by_lane_seconds,
         };
         let (level, reason) = assess(&signals, &self.thresholds);
-        let (level, reason, since) = self.congestion.observe(level, reason, now);
+        let (level, reason, since) =
+            self.congestion
+                .observe(level, reason, s.queued, now, &self.thresholds);
         pb::QueueStatsResponse {
             queued: s.queued,
             ready: s.ready,

@@ -188,38 +188,124 @@ pub fn assess(s: &Signals, t: &Thresholds) -> (Level, String) {
     (level, reason)
 }
 
+/// How long a lower assessment must hold before the state steps down.
+pub const CLEAR_AFTER_MS: u64 = 30_000;
+
+/// The state the early warning is in: what it says, since when, and what
+/// it needs to clear.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    pub level: Level,
+    pub reason: String,
+    pub since_ms: u64,
+    /// The most queued while at this level (the backlog it warned about).
+    pub peak_queued: u64,
+    /// Since when the assessment has been lower than `level`.
+    pub lower_since_ms: Option<u64>,
+}
+
+/// One step of the early warning (pure). Up at once; down only once the
+/// lower assessment has held for [`CLEAR_AFTER_MS`] *and* the backlog is
+/// down to half its peak (or below the growth depth): a draining incident
+/// is one incident, one page, and a state never flaps within seconds.
+/// While held, the reason says what it waits for.
+pub fn step(
+    state: &State,
+    assessed: Level,
+    reason: String,
+    queued: u64,
+    now_ms: u64,
+    t: &Thresholds,
+) -> State {
+    if state.since_ms == 0 || assessed >= state.level {
+        let same = assessed == state.level && state.since_ms != 0;
+        return State {
+            level: assessed,
+            reason,
+            since_ms: if same { state.since_ms } else { now_ms },
+            peak_queued: if same {
+                state.peak_queued.max(queued)
+            } else {
+                queued
+            },
+            lower_since_ms: None,
+        };
+    }
+    let lower_since = state.lower_since_ms.unwrap_or(now_ms);
+    let held = now_ms.saturating_sub(lower_since) >= CLEAR_AFTER_MS;
+    let drained = queued <= state.peak_queued / 2 || queued < t.growth_min_depth;
+    if held && drained {
+        return State {
+            level: assessed,
+            reason,
+            since_ms: now_ms,
+            peak_queued: queued,
+            lower_since_ms: None,
+        };
+    }
+    let waiting_for = if !drained {
+        format!(
+            "{} queued, clears below {}",
+            queued,
+            (state.peak_queued / 2).max(t.growth_min_depth)
+        )
+    } else {
+        format!(
+            "better for {}s, clears after {}s",
+            now_ms.saturating_sub(lower_since) / 1000,
+            CLEAR_AFTER_MS / 1000
+        )
+    };
+    let cause = state.reason.split(" [holding: ").next().unwrap_or("");
+    State {
+        level: state.level,
+        reason: format!("{cause} [holding: {waiting_for}]"),
+        since_ms: state.since_ms,
+        peak_queued: state.peak_queued.max(queued),
+        lower_since_ms: Some(lower_since),
+    }
+}
+
 /// The current state and since when; logs changes once.
 #[derive(Default)]
 pub struct Tracker {
-    state: Mutex<(Level, String, u64)>,
+    state: Mutex<State>,
 }
 
 impl Tracker {
     /// Records an assessment; returns (level, reason, since_ms).
-    pub fn observe(&self, level: Level, reason: String, now_ms: u64) -> (Level, String, u64) {
+    pub fn observe(
+        &self,
+        level: Level,
+        reason: String,
+        queued: u64,
+        now_ms: u64,
+        t: &Thresholds,
+    ) -> (Level, String, u64) {
         let mut st = self.state.lock().expect("congestion");
-        if st.2 == 0 {
-            st.2 = now_ms;
-        }
-        if st.0 != level {
-            let from = st.0;
-            *st = (level, reason.clone(), now_ms);
-            match level {
+        let next = step(&st, level, reason, queued, now_ms, t);
+        if next.level != st.level {
+            let from = st.level;
+            match next.level {
                 Level::Ok => {
-                    tracing::info!(from = from.name(), to = level.name(), "CongestionChanged")
+                    tracing::info!(
+                        from = from.name(),
+                        to = next.level.name(),
+                        "CongestionChanged"
+                    )
                 }
                 _ => {
-                    tracing::warn!(from = from.name(), to = level.name(), %reason, "CongestionChanged")
+                    tracing::warn!(from = from.name(), to = next.level.name(), reason = %next.reason, "CongestionChanged")
                 }
             }
-        } else {
-            st.1 = reason;
         }
-        st.clone()
+        *st = next;
+        (st.level, st.reason.clone(), st.since_ms)
     }
 
     pub fn current(&self) -> (Level, String, u64) {
-        self.state.lock().expect("congestion").clone()
+        let st = self.state.lock().expect("congestion");
+        (st.level, st.reason.clone(), st.since_ms)
     }
 }
 
@@ -401,12 +487,106 @@ mod tests {
 
     #[test]
     fn tracker_keeps_since_until_the_level_changes() {
-        let t = Tracker::default();
-        assert_eq!(t.observe(Level::Ok, String::new(), 1_000).2, 1_000);
-        assert_eq!(t.observe(Level::Ok, String::new(), 2_000).2, 1_000);
-        let (l, r, since) = t.observe(Level::Warning, "x".into(), 3_000);
+        let (t, th) = (Tracker::default(), Thresholds::default());
+        assert_eq!(t.observe(Level::Ok, String::new(), 0, 1_000, &th).2, 1_000);
+        assert_eq!(t.observe(Level::Ok, String::new(), 0, 2_000, &th).2, 1_000);
+        let (l, r, since) = t.observe(Level::Warning, "x".into(), 0, 3_000, &th);
         assert_eq!((l, r.as_str(), since), (Level::Warning, "x", 3_000));
-        assert_eq!(t.observe(Level::Warning, "y".into(), 4_000).2, 3_000);
+        assert_eq!(
+            t.observe(Level::Warning, "y".into(), 0, 4_000, &th).2,
+            3_000
+        );
         assert_eq!(t.current().1, "y");
+    }
+
+    /// The incident's timeline, one assessment per second: (second, what
+    /// the rules say, queued) → the state shown.
+    #[test]
+    fn one_incident_one_state_no_flapping() {
+        use Level::*;
+        let th = Thresholds::default();
+        let timeline: Vec<(u64, Level, u64)> = vec![
+            (0, Ok, 100),
+            // The surge: WARNING at once.
+            (30, Warning, 40_000),
+            // ETA crossing its threshold back and forth: CRITICAL holds.
+            (31, Critical, 80_000),
+            (32, Warning, 90_000),
+            (33, Critical, 100_000),
+            (34, Warning, 110_000),
+            // Draining: the rules say OK at 130,000 → still WARNING...
+            (94, Ok, 130_000),
+            (200, Ok, 80_000),
+            // ... until below half the peak and 30 s after it got better.
+            (300, Ok, 70_000),
+            (333, Ok, 40_000),
+        ];
+        let mut st = State::default();
+        let mut shown = Vec::new();
+        for (sec, level, queued) in timeline {
+            st = step(
+                &st,
+                level,
+                format!("{level:?}"),
+                queued,
+                sec * 1000 + 1,
+                &th,
+            );
+            shown.push((sec, st.level));
+        }
+        assert_eq!(
+            shown,
+            vec![
+                (0, Ok),
+                (30, Warning),
+                (31, Critical),
+                (32, Critical),
+                (33, Critical),
+                (34, Critical),
+                (94, Critical),
+                (200, Critical),
+                (300, Critical),
+                (333, Ok),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_held_state_says_what_it_waits_for() {
+        let th = Thresholds::default();
+        let st = step(
+            &State::default(),
+            Level::Warning,
+            "queue growing".into(),
+            50_000,
+            1,
+            &th,
+        );
+        let st = step(&st, Level::Ok, String::new(), 45_000, 10_000, &th);
+        assert_eq!(st.level, Level::Warning);
+        assert_eq!(
+            st.reason,
+            "queue growing [holding: 45000 queued, clears below 25000]"
+        );
+        let st = step(&st, Level::Ok, String::new(), 100, 20_000, &th);
+        assert!(
+            st.reason
+                .ends_with("[holding: better for 10s, clears after 30s]"),
+            "{}",
+            st.reason
+        );
+        let st = step(&st, Level::Ok, String::new(), 100, 40_001, &th);
+        assert_eq!(st.level, Level::Ok);
+        // A small queue whose oldest message got old: clears 30 s after.
+        let st = step(&State::default(), Level::Warning, "old".into(), 10, 1, &th);
+        assert_eq!(
+            step(&st, Level::Ok, String::new(), 10, 30_001, &th).level,
+            Level::Warning
+        );
+        let st = step(&st, Level::Ok, String::new(), 10, 2, &th);
+        assert_eq!(
+            step(&st, Level::Ok, String::new(), 10, 30_002, &th).level,
+            Level::Ok
+        );
     }
 }
