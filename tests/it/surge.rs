@@ -19,7 +19,9 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
     // A relay of limited capacity, as in the incident: 10 ms per message
     // on 4 connections, about 400 messages/s.
     let peer = SmtpPeer::start(Mode::AcceptAfter(Duration::from_millis(10))).await;
-    let cfg = config(dir.path(), Some(peer.url()));
+    let mut cfg = config(dir.path(), Some(peer.url()));
+    // The surge here is 6,000, not 150,000: growth counts from 1,000 queued.
+    cfg.congestion_growth_min_depth = 1_000;
     let (workers, batch) = (cfg.effective_workers(), cfg.lease_batch);
     let s = TestServer::start(cfg).await;
 
@@ -61,6 +63,7 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
     // (until the last bulk message is out).
     let started = std::time::Instant::now();
     let mut samples = Vec::new();
+    let mut states = Vec::new();
     let mut emptied = None;
     while started.elapsed() < Duration::from_secs(90) {
         let st = s.stats().await;
@@ -71,6 +74,12 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
         samples.push((
             started.elapsed().as_secs_f64(),
             st.drain_eta_seconds,
+            st.queued,
+        ));
+        states.push((
+            started.elapsed().as_secs_f64(),
+            st.congestion(),
+            st.congestion_reason.clone(),
             st.queued,
         ));
         let bulk_out = peer
@@ -104,6 +113,25 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
         }
     }
     println!("drain ETA: worst factor {worst_factor:.2} against the actual remaining time");
+    // Congestion: WARNING within a few seconds of the surge, naming the
+    // growth; it does not clear while the backlog is above half its peak.
+    let first_warning = states
+        .iter()
+        .find(|(_, level, _, _)| *level != pb::Congestion::Ok)
+        .map(|(t, _, reason, _)| (*t, reason.clone()));
+    println!("congestion: first not OK at {first_warning:?}");
+    let (at, reason) = first_warning.expect("the surge raised the congestion state");
+    assert!(at <= 5.0, "WARNING only {at:.1}s after the surge");
+    assert!(reason.contains("queue growing"), "{reason}");
+    let peak = states.iter().map(|s| s.3).max().unwrap();
+    let cleared_early = states
+        .iter()
+        .skip_while(|(t, _, _, _)| *t < at)
+        .find(|(_, level, _, queued)| *level == pb::Congestion::Ok && *queued > peak / 2);
+    assert!(
+        cleared_early.is_none(),
+        "cleared mid-incident: {cleared_early:?}"
+    );
     assert!(worst_factor <= 2.0, "ETA off by {worst_factor:.2}×");
 
     // For each reset: the bulk messages the relay took between its
