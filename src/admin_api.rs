@@ -155,6 +155,7 @@ impl Api {
             rate_window_secs: s.rate_window_seconds,
             waiting_secs: s.waiting_by_lane_seconds,
         };
+        let inbox = self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0)));
         let (level, reason) = assess(&signals, &self.thresholds);
         let (level, reason, since) =
             self.congestion
@@ -204,6 +205,12 @@ impl Api {
             waiting_transactional_seconds: s.waiting_by_lane_seconds[0],
             waiting_normal_seconds: s.waiting_by_lane_seconds[1],
             waiting_bulk_seconds: s.waiting_by_lane_seconds[2],
+            time_to_inbox_p50_transactional_seconds: inbox[0].0,
+            time_to_inbox_p99_transactional_seconds: inbox[0].1,
+            time_to_inbox_p50_normal_seconds: inbox[1].0,
+            time_to_inbox_p99_normal_seconds: inbox[1].1,
+            time_to_inbox_p50_bulk_seconds: inbox[2].0,
+            time_to_inbox_p99_bulk_seconds: inbox[2].1,
         }
     }
 

@@ -94,6 +94,9 @@ pub struct ServeArgs {
     /// [default: 120]
     #[arg(long, env = "MAILSPOOL_CONGESTION_TRANSACTIONAL_CRITICAL_WAIT_SECS")]
     pub congestion_transactional_critical_wait_secs: Option<u64>,
+    /// A congestion state clears only after this long better [default: 30]
+    #[arg(long, env = "MAILSPOOL_CONGESTION_CLEAR_AFTER_SECS")]
+    pub congestion_clear_after_secs: Option<u64>,
     /// Spool directory [default: ./mailspool-data]
     #[arg(long, env = "MAILSPOOL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -224,6 +227,7 @@ impl ServeArgs {
             congestion_stall_after_secs,
             congestion_transactional_warn_wait_secs,
             congestion_transactional_critical_wait_secs,
+            congestion_clear_after_secs,
             data_dir,
             relay_max_connections,
             lease_batch,
@@ -607,6 +611,35 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "cancelled_total": s.cancelled_total,
         });
         v["clients"] = s.clients.iter().map(ac::client_json).collect();
+        // Outside the json! literal, whose macro recursion has its limit.
+        for (k, x) in [
+            (
+                "time_to_inbox_p50_transactional_seconds",
+                s.time_to_inbox_p50_transactional_seconds,
+            ),
+            (
+                "time_to_inbox_p99_transactional_seconds",
+                s.time_to_inbox_p99_transactional_seconds,
+            ),
+            (
+                "time_to_inbox_p50_normal_seconds",
+                s.time_to_inbox_p50_normal_seconds,
+            ),
+            (
+                "time_to_inbox_p99_normal_seconds",
+                s.time_to_inbox_p99_normal_seconds,
+            ),
+            (
+                "time_to_inbox_p50_bulk_seconds",
+                s.time_to_inbox_p50_bulk_seconds,
+            ),
+            (
+                "time_to_inbox_p99_bulk_seconds",
+                s.time_to_inbox_p99_bulk_seconds,
+            ),
+        ] {
+            v[k] = x.into();
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -635,22 +668,31 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         (
             "  transactional",
             format!(
-                "{} (longest wait {:.1} s)",
-                s.queued_transactional, s.waiting_transactional_seconds
+                "{} (longest wait {:.1} s; to inbox p50 {} s, p99 {} s)",
+                s.queued_transactional,
+                s.waiting_transactional_seconds,
+                s.time_to_inbox_p50_transactional_seconds,
+                s.time_to_inbox_p99_transactional_seconds
             ),
         ),
         (
             "  normal",
             format!(
-                "{} (longest wait {:.1} s)",
-                s.queued_normal, s.waiting_normal_seconds
+                "{} (longest wait {:.1} s; to inbox p50 {} s, p99 {} s)",
+                s.queued_normal,
+                s.waiting_normal_seconds,
+                s.time_to_inbox_p50_normal_seconds,
+                s.time_to_inbox_p99_normal_seconds
             ),
         ),
         (
             "  bulk",
             format!(
-                "{} (longest wait {:.1} s)",
-                s.queued_bulk, s.waiting_bulk_seconds
+                "{} (longest wait {:.1} s; to inbox p50 {} s, p99 {} s)",
+                s.queued_bulk,
+                s.waiting_bulk_seconds,
+                s.time_to_inbox_p50_bulk_seconds,
+                s.time_to_inbox_p99_bulk_seconds
             ),
         ),
         ("dead", s.dead.to_string()),

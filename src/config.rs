@@ -102,6 +102,9 @@ pub struct Config {
     pub congestion_transactional_warn_wait_secs: u64,
     /// ... and this long a CRITICAL.
     pub congestion_transactional_critical_wait_secs: u64,
+    /// A congestion state steps down only after the better assessment has
+    /// held this long (and the backlog is below half its peak).
+    pub congestion_clear_after_secs: u64,
     /// Serve without authentication on a non-loopback address (refused
     /// otherwise). Contradicts `[[clients]]`.
     pub insecure_no_auth: bool,
@@ -165,6 +168,7 @@ impl Default for Config {
             congestion_stall_after_secs: 60,
             congestion_transactional_warn_wait_secs: 30,
             congestion_transactional_critical_wait_secs: 120,
+            congestion_clear_after_secs: 30,
             insecure_no_auth: false,
             clients: Vec::new(),
             tls_cert_file: None,
@@ -480,6 +484,7 @@ impl Config {
             transactional_warn_wait_secs: self.congestion_transactional_warn_wait_secs as f64,
             transactional_critical_wait_secs: self.congestion_transactional_critical_wait_secs
                 as f64,
+            clear_after_ms: self.congestion_clear_after_secs.saturating_mul(1000),
         }
     }
 

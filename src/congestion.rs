@@ -22,6 +22,8 @@ pub struct Thresholds {
     /// resets, OTPs: far tighter than the others, which use the age ones).
     pub transactional_warn_wait_secs: f64,
     pub transactional_critical_wait_secs: f64,
+    /// How long a lower assessment must hold before the state steps down.
+    pub clear_after_ms: u64,
 }
 
 impl Default for Thresholds {
@@ -35,6 +37,7 @@ impl Default for Thresholds {
             stall_after_secs: 60,
             transactional_warn_wait_secs: 30.0,
             transactional_critical_wait_secs: 120.0,
+            clear_after_ms: 30_000,
         }
     }
 }
@@ -188,9 +191,6 @@ pub fn assess(s: &Signals, t: &Thresholds) -> (Level, String) {
     (level, reason)
 }
 
-/// How long a lower assessment must hold before the state steps down.
-pub const CLEAR_AFTER_MS: u64 = 30_000;
-
 /// The state the early warning is in: what it says, since when, and what
 /// it needs to clear.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -205,7 +205,7 @@ pub struct State {
 }
 
 /// One step of the early warning (pure). Up at once; down only once the
-/// lower assessment has held for [`CLEAR_AFTER_MS`] *and* the backlog is
+/// lower assessment has held for `clear_after_ms` *and* the backlog is
 /// down to half its peak (or below the growth depth): a draining incident
 /// is one incident, one page, and a state never flaps within seconds.
 /// While held, the reason says what it waits for.
@@ -232,7 +232,7 @@ pub fn step(
         };
     }
     let lower_since = state.lower_since_ms.unwrap_or(now_ms);
-    let held = now_ms.saturating_sub(lower_since) >= CLEAR_AFTER_MS;
+    let held = now_ms.saturating_sub(lower_since) >= t.clear_after_ms;
     let drained = queued <= state.peak_queued / 2 || queued < t.growth_min_depth;
     if held && drained {
         return State {
@@ -253,7 +253,7 @@ pub fn step(
         format!(
             "better for {}s, clears after {}s",
             now_ms.saturating_sub(lower_since) / 1000,
-            CLEAR_AFTER_MS / 1000
+            t.clear_after_ms / 1000
         )
     };
     let cause = state.reason.split(" [holding: ").next().unwrap_or("");

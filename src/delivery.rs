@@ -54,8 +54,9 @@ pub async fn run_worker(
                         decide(result, &m.record, &policy, now, rand::rng().random::<f64>());
                     if outcome == Outcome::Ack {
                         delivered += 1;
-                        let latency_ms = now.saturating_sub(m.record.enqueued_ms);
-                        metrics.delivery_latency.observe(latency_ms as f64 / 1000.0);
+                        let latency = now.saturating_sub(m.record.enqueued_ms) as f64 / 1000.0;
+                        metrics.delivered_after(m.record.lane.index(), latency);
+                        rates.inbox(m.record.lane.index(), latency);
                     }
                     (m.id, outcome)
                 })

@@ -19,6 +19,11 @@ use prometheus_client::registry::Registry;
 
 use crate::pb;
 
+/// 10 ms .. ~1.5 days.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 3.0, 17))
+}
+
 type Labels = Vec<(&'static str, &'static str)>;
 type FGauge = Gauge<f64, AtomicU64>;
 /// Labels with a client name.
@@ -57,8 +62,8 @@ pub struct Metrics {
     pub smtp_replies: Family<Labels, Counter>,
     /// Per Enqueue / EnqueueBatch call, seconds.
     pub enqueue_duration: Histogram,
-    /// Enqueue to relay acceptance, seconds.
-    pub delivery_latency: Histogram,
+    /// Enqueue to relay acceptance (time to inbox), seconds, per lane.
+    delivery_latency: Family<Labels, Histogram, fn() -> Histogram>,
     /// Messages made durable per group commit.
     pub group_commit: Histogram,
     /// One durability round (segment sync, sled flush, fsyncs), seconds.
@@ -98,7 +103,7 @@ impl Default for Metrics {
             // 100 µs .. ~1.6 s
             enqueue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
             // 10 ms .. ~1.5 days
-            delivery_latency: Histogram::new(exponential_buckets(0.01, 3.0, 17)),
+            delivery_latency: Family::new_with_constructor(latency_histogram),
             group_commit: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             fsync_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
         };
@@ -241,7 +246,7 @@ impl Default for Metrics {
             );
             r.register(
                 "mailspool_delivery_latency_seconds",
-                "Enqueue to relay acceptance",
+                "Enqueue to relay acceptance (time to inbox), by lane",
                 m.delivery_latency.clone(),
             );
             r.register(
@@ -283,6 +288,14 @@ fn lane_label(l: i32) -> &'static str {
 }
 
 impl Metrics {
+    /// A message of lane `lane` (`Lane::index`) reached the relay after `seconds`.
+    pub fn delivered_after(&self, lane: usize, seconds: f64) {
+        let name = ["transactional", "normal", "bulk"][lane.min(2)];
+        self.delivery_latency
+            .get_or_create(&vec![("lane", name)])
+            .observe(seconds);
+    }
+
     pub fn smtp_reply(&self, class: &'static str) {
         self.smtp_replies
             .get_or_create(&vec![("class", class)])

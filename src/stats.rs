@@ -17,11 +17,20 @@ pub struct Rates {
     ring: Mutex<Ring>,
 }
 
+/// Upper bounds (seconds) of the time-to-inbox buckets; the last is open.
+pub const INBOX_BUCKETS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+const NB: usize = INBOX_BUCKETS.len() + 1;
+
 struct Ring {
     /// Which second since start each slot holds.
     second: [u64; WINDOW],
     enqueued: [u64; WINDOW],
     delivered: [u64; WINDOW],
+    /// Per second and lane: deliveries by time to inbox (enqueue → the
+    /// relay's 2xx), in `INBOX_BUCKETS`.
+    inbox: [[[u32; NB]; 3]; WINDOW],
 }
 
 impl Default for Ring {
@@ -30,6 +39,7 @@ impl Default for Ring {
             second: [0; WINDOW],
             enqueued: [0; WINDOW],
             delivered: [0; WINDOW],
+            inbox: [[[0; NB]; 3]; WINDOW],
         }
     }
 }
@@ -41,8 +51,39 @@ impl Ring {
             self.second[i] = now;
             self.enqueued[i] = 0;
             self.delivered[i] = 0;
+            self.inbox[i] = [[0; NB]; 3];
         }
         i
+    }
+
+    /// (p50, p99) time to inbox of `lane` over the last minute, each the
+    /// upper bound of its bucket (the last bound for the open one); None
+    /// when nothing of the lane was delivered.
+    fn time_to_inbox(&self, now: u64, lane: usize) -> Option<(f64, f64)> {
+        let mut counts = [0u64; NB];
+        for i in 0..WINDOW {
+            if self.second[i] + WINDOW as u64 > now && self.second[i] <= now {
+                for (c, n) in counts.iter_mut().zip(self.inbox[i][lane]) {
+                    *c += u64::from(n);
+                }
+            }
+        }
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let quantile = |q: f64| {
+            let rank = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (b, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return INBOX_BUCKETS[b.min(INBOX_BUCKETS.len() - 1)];
+                }
+            }
+            INBOX_BUCKETS[INBOX_BUCKETS.len() - 1]
+        };
+        Some((quantile(0.5), quantile(0.99)))
     }
 
     fn sum(&self, now: u64, series: &[u64; WINDOW]) -> u64 {
@@ -165,6 +206,25 @@ impl Rates {
             r.sum(now, &r.enqueued) as f64 / elapsed,
             r.sum(now, &r.delivered) as f64 / elapsed,
         )
+    }
+
+    /// A message of `lane` reached the relay `seconds` after it was enqueued.
+    pub fn inbox(&self, lane: usize, seconds: f64) {
+        let now = self.now();
+        let b = INBOX_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(INBOX_BUCKETS.len());
+        let mut r = self.ring.lock().expect("rates");
+        let i = r.slot(now);
+        r.inbox[i][lane.min(2)][b] += 1;
+    }
+
+    /// Per lane: (p50, p99) time to inbox over the last minute.
+    pub fn time_to_inbox(&self) -> [Option<(f64, f64)>; 3] {
+        let now = self.now();
+        let r = self.ring.lock().expect("rates");
+        [0, 1, 2].map(|lane| r.time_to_inbox(now, lane))
     }
 
     /// The rates the drain ETA and the congestion state use.
@@ -355,6 +415,22 @@ mod tests {
         assert_eq!(s.drain_eta_seconds, 5.0);
         assert_eq!(s.queued_by_lane, [1, 5, 4]);
         assert_eq!(s.waiting_by_lane_seconds, [2.0, 0.0, 10.0]);
+    }
+
+    #[test]
+    fn time_to_inbox_percentiles_per_lane() {
+        let r = Rates::default();
+        for _ in 0..98 {
+            r.inbox(0, 0.3);
+        }
+        r.inbox(0, 4.0);
+        r.inbox(0, 7_200.0);
+        r.inbox(2, 40.0);
+        let [t, n, b] = r.time_to_inbox();
+        // 100 resets: half within 0.5 s, the 99th within 5 s.
+        assert_eq!(t, Some((0.5, 5.0)));
+        assert_eq!(n, None, "nothing normal delivered");
+        assert_eq!(b, Some((60.0, 60.0)));
     }
 
     #[test]

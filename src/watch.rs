@@ -159,14 +159,25 @@ pub fn render_view(
         line(&mut out, k, &count(n));
     }
     out.push_str("by lane\n");
-    for (lane, n, waiting) in [
+    for (lane, n, waiting, p99) in [
         (
             pb::Lane::Transactional,
             s.queued_transactional,
             s.waiting_transactional_seconds,
+            s.time_to_inbox_p99_transactional_seconds,
         ),
-        (pb::Lane::Normal, s.queued_normal, s.waiting_normal_seconds),
-        (pb::Lane::Bulk, s.queued_bulk, s.waiting_bulk_seconds),
+        (
+            pb::Lane::Normal,
+            s.queued_normal,
+            s.waiting_normal_seconds,
+            s.time_to_inbox_p99_normal_seconds,
+        ),
+        (
+            pb::Lane::Bulk,
+            s.queued_bulk,
+            s.waiting_bulk_seconds,
+            s.time_to_inbox_p99_bulk_seconds,
+        ),
     ] {
         let paused = s.paused_lanes.contains(&(lane as i32));
         let mut v = count(n);
@@ -175,6 +186,9 @@ pub fn render_view(
                 "  waiting {}",
                 human_duration(waiting.max(0.0) as u64)
             ));
+        }
+        if p99 > 0.0 {
+            v.push_str(&format!("  to inbox p99 ≤{p99}s"));
         }
         if paused {
             v.push_str(&format!("  {}", paint("PAUSED", "33", view.color)));

@@ -488,8 +488,19 @@ async fn congestion_turns_on_at_thresholds_and_metrics_show_it() {
         sample(&m, "mailspool_smtp_replies_total{class=\"2xx\"}"),
         1.0
     );
-    assert_eq!(sample(&m, "mailspool_delivery_latency_seconds_count"), 1.0);
-    assert!(sample(&m, "mailspool_delivery_latency_seconds_sum") >= 2.0);
+    assert_eq!(
+        sample(
+            &m,
+            "mailspool_delivery_latency_seconds_count{lane=\"normal\"}"
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &m,
+            "mailspool_delivery_latency_seconds_sum{lane=\"normal\"}"
+        ) >= 2.0
+    );
     s.shutdown().await;
 }
 

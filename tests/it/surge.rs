@@ -95,6 +95,20 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
     stop.store(true, Ordering::Relaxed);
     resets.await.unwrap();
     let sent = sent.lock().unwrap().clone();
+    // Time to inbox per lane over the last minute, as QueueStats tells it.
+    let st = s.stats().await;
+    println!(
+        "time to inbox, last minute: transactional p50 ≤{} s p99 ≤{} s; bulk p50 ≤{} s p99 ≤{} s",
+        st.time_to_inbox_p50_transactional_seconds,
+        st.time_to_inbox_p99_transactional_seconds,
+        st.time_to_inbox_p50_bulk_seconds,
+        st.time_to_inbox_p99_bulk_seconds
+    );
+    assert!(st.time_to_inbox_p99_transactional_seconds > 0.0, "{st:?}");
+    assert!(
+        st.time_to_inbox_p99_transactional_seconds < st.time_to_inbox_p99_bulk_seconds,
+        "{st:?}"
+    );
     let all = wait_until(Duration::from_secs(60), || async {
         peer.received_count() >= sent.len() + 6_000
     })

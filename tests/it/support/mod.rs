@@ -31,6 +31,8 @@ pub fn config(dir: &Path, relay: Option<String>) -> Config {
         // Build machines can be short of disk; the limits have their own tests.
         min_free_bytes: 1 << 20,
         metrics_listen: "127.0.0.1:0".into(),
+        // Tests that wait for OK do not wait out the production dwell.
+        congestion_clear_after_secs: 1,
         ..Config::default()
     }
 }
