@@ -1,0 +1,141 @@
+//! The small client commands: `enqueue`, `status`, `compact`, and the flags of `stats`.
+
+use super::*;
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long)]
+    pub from: String,
+    #[arg(long, required = true)]
+    pub to: Vec<String>,
+    #[arg(long)]
+    pub cc: Vec<String>,
+    #[arg(long)]
+    pub bcc: Vec<String>,
+    #[arg(long, default_value = "")]
+    pub subject: String,
+    #[arg(long, default_value = "")]
+    pub text: String,
+    #[arg(long, default_value = "")]
+    pub html: String,
+    #[arg(long, value_parser = ["transactional", "normal", "bulk"], default_value = "normal")]
+    pub lane: String,
+    #[arg(long, default_value = "")]
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactArgs {
+    /// The server's data directory.
+    #[arg(long, env = "MAILSPOOL_DATA_DIR", default_value = "./mailspool-data")]
+    pub data_dir: PathBuf,
+}
+
+pub fn compact(a: CompactArgs) -> ClientResult {
+    eprintln!("compacting {} ...", a.data_dir.display());
+    let c = crate::compact::compact(&a.data_dir).map_err(|e| e.to_string())?;
+    println!(
+        "index: {:.1} MiB → {:.1} MiB in {:.1} s",
+        c.before as f64 / 1048576.0,
+        c.after as f64 / 1048576.0,
+        c.seconds
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print JSON instead of a table.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// A live view, redrawn every --interval until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between refreshes with --watch: 1s, 10s, 2m, or seconds.
+    #[arg(long, default_value = "1s", value_parser = ac::parse_interval, requires = "watch")]
+    pub interval: Duration,
+    /// With --watch: stop after this many refreshes (0: until Ctrl-C).
+    #[arg(long, default_value_t = 0, requires = "watch")]
+    pub count: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
+    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client).await?);
+    let lane = match a.lane.as_str() {
+        "transactional" => pb::Lane::Transactional,
+        "bulk" => pb::Lane::Bulk,
+        _ => pb::Lane::Normal,
+    };
+    let resp = client
+        .enqueue(pb::EnqueueRequest {
+            email: Some(pb::Email {
+                from: a.from,
+                to: a.to,
+                cc: a.cc,
+                bcc: a.bcc,
+                subject: a.subject,
+                text_body: a.text,
+                html_body: a.html,
+                ..Default::default()
+            }),
+            lane: lane as i32,
+            idempotency_key: a.idempotency_key,
+            not_before_unix_ms: 0,
+            raw: None,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if resp.duplicate {
+        println!("{} (duplicate: idempotency key seen before)", resp.id);
+    } else {
+        println!("{}", resp.id);
+    }
+    Ok(())
+}
+
+pub async fn status(a: StatusArgs) -> ClientResult {
+    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client).await?);
+    let m = client
+        .get_message(pb::GetMessageRequest { id: a.id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let state = m.state().as_str_name();
+    let lane = m.lane().as_str_name();
+    if a.json {
+        let v = serde_json::json!({
+            "id": m.id, "state": state, "attempts": m.attempts, "last_error": m.last_error,
+            "next_attempt_unix_ms": m.next_attempt_unix_ms, "lane": lane,
+            "enqueued_unix_ms": m.enqueued_unix_ms, "finished_unix_ms": m.finished_unix_ms,
+            "message_id": m.message_id,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("id            {}", m.id);
+    println!("state         {state}");
+    println!("lane          {lane}");
+    println!("attempts      {}", m.attempts);
+    println!("message-id    <{}>", m.message_id);
+    if !m.last_error.is_empty() {
+        println!("last error    {}", m.last_error);
+    }
+    if m.next_attempt_unix_ms > 0 && matches!(m.state(), pb::MessageState::Queued) {
+        println!("next attempt  {} (unix ms)", m.next_attempt_unix_ms);
+    }
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! `mailspool stats`: QueueStats as a table or JSON (`--watch`: the live view).
+
+use super::*;
+
+pub async fn stats(a: StatsArgs) -> ClientResult {
+    if a.watch {
+        return crate::watch::run(&a.client, a.interval, a.count).await;
+    }
+    let mut client = pb::queue_admin_client::QueueAdminClient::new(channel(&a.client).await?);
+    let s = client
+        .queue_stats(pb::QueueStatsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if a.json {
+        let mut v = serde_json::json!({
+            "queued": s.queued, "ready": s.ready, "scheduled": s.scheduled, "in_flight": s.in_flight,
+            "dead": s.dead, "enqueued_total": s.enqueued_total, "delivered_total": s.delivered_total,
+            "retried_total": s.retried_total, "dead_total": s.dead_total,
+            "duplicates_total": s.duplicates_total,
+            "oldest_queued_age_seconds": s.oldest_queued_age_seconds,
+            "enqueue_rate_per_second": s.enqueue_rate_per_second,
+            "delivery_rate_per_second": s.delivery_rate_per_second,
+            "drain_eta_seconds": s.drain_eta_seconds,
+            "net_drain_rate_per_second": s.net_drain_rate_per_second,
+            "rate_window_seconds": s.rate_window_seconds,
+            "rates_warming_up": s.rates_warming_up,
+            "waiting_transactional_seconds": s.waiting_transactional_seconds,
+            "waiting_normal_seconds": s.waiting_normal_seconds,
+            "waiting_bulk_seconds": s.waiting_bulk_seconds,
+            "queued_transactional": s.queued_transactional, "queued_normal": s.queued_normal,
+            "queued_bulk": s.queued_bulk, "group_commits_total": s.group_commits_total,
+            "uptime_seconds": s.uptime_seconds, "fsyncs_total": s.fsyncs_total,
+            "quarantined": s.quarantined, "spool_bytes": s.spool_bytes,
+            "max_spool_bytes": s.max_spool_bytes, "disk_free_bytes": s.disk_free_bytes,
+            "refused_total": s.refused_total, "relay_state": s.relay_state,
+            "relay_consecutive_failures": s.relay_consecutive_failures,
+            "relay_backoff_remaining_ms": s.relay_backoff_remaining_ms,
+            "congestion": s.congestion().as_str_name(),
+            "congestion_reason": s.congestion_reason,
+            "congestion_since_unix_ms": s.congestion_since_unix_ms,
+            "paused_lanes": s.paused_lanes.iter().map(|&l| ac::lane_name(l)).collect::<Vec<_>>(),
+            "cancelled_total": s.cancelled_total,
+        });
+        v["clients"] = s.clients.iter().map(ac::client_json).collect();
+        // Outside the json! literal, whose macro recursion has its limit.
+        for (k, x) in [
+            (
+                "time_to_inbox_p50_transactional_seconds",
+                s.time_to_inbox_p50_transactional_seconds,
+            ),
+            (
+                "time_to_inbox_p99_transactional_seconds",
+                s.time_to_inbox_p99_transactional_seconds,
+            ),
+            (
+                "time_to_inbox_p50_normal_seconds",
+                s.time_to_inbox_p50_normal_seconds,
+            ),
+            (
+                "time_to_inbox_p99_normal_seconds",
+                s.time_to_inbox_p99_normal_seconds,
+            ),
+            (
+                "time_to_inbox_p50_bulk_seconds",
+                s.time_to_inbox_p50_bulk_seconds,
+            ),
+            (
+                "time_to_inbox_p99_bulk_seconds",
+                s.time_to_inbox_p99_bulk_seconds,
+            ),
+        ] {
+            v[k] = x.into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let eta = if s.drain_eta_seconds < 0.0 {
+        "not draining".to_string()
+    } else {
+        format!("{:.0} s", s.drain_eta_seconds)
+    };
+    let mut congestion = s.congestion().as_str_name().to_string();
+    if !s.congestion_reason.is_empty() {
+        congestion.push_str(&format!(" ({})", s.congestion_reason));
+    }
+    if s.congestion_since_unix_ms > 0 {
+        congestion.push_str(&format!(
+            " since {}",
+            ac::ago(s.congestion_since_unix_ms, ac::now_ms())
+        ));
+    }
+    let rows: Vec<(&str, String)> = vec![
+        ("congestion", congestion),
+        ("paused lanes", ac::lanes_list(&s.paused_lanes)),
+        ("queued", s.queued.to_string()),
+        ("  ready", s.ready.to_string()),
+        ("  scheduled", s.scheduled.to_string()),
+        ("  in flight", s.in_flight.to_string()),
+        (
+            "  transactional",
+            format!(
+                "{} (longest wait {:.1} s; to inbox p50 {} s, p99 {} s)",
+                s.queued_transactional,
+                s.waiting_transactional_seconds,
+                s.time_to_inbox_p50_transactional_seconds,
+                s.time_to_inbox_p99_transactional_seconds
+            ),
+        ),
+        (
+            "  normal",
+            format!(
+                "{} (longest wait {:.1} s; to inbox p50 {} s, p99 {} s)",
+                s.queued_normal,
+                s.waiting_normal_seconds,
+                s.time_to_inbox_p50_normal_seconds,
+                s.time_to_inbox_p99_normal_seconds
+            ),
+        ),
+        (
+            "  bulk",
+            format!(
+                "{} (longest wait {:.1} s; to inbox p50 {} s, p99 {} s)",
+                s.queued_bulk,
+                s.waiting_bulk_seconds,
+                s.time_to_inbox_p50_bulk_seconds,
+                s.time_to_inbox_p99_bulk_seconds
+            ),
+        ),
+        ("dead", s.dead.to_string()),
+        (
+            "oldest queued",
+            format!("{:.1} s", s.oldest_queued_age_seconds),
+        ),
+        (
+            "enqueue rate",
+            format!("{:.1} /s", s.enqueue_rate_per_second),
+        ),
+        (
+            "delivery rate",
+            format!("{:.1} /s", s.delivery_rate_per_second),
+        ),
+        ("drain ETA", eta),
+        (
+            "rates over",
+            format!(
+                "{} s{} (net {:+.1} /s)",
+                s.rate_window_seconds,
+                if s.rates_warming_up {
+                    ", warming up"
+                } else {
+                    ""
+                },
+                s.net_drain_rate_per_second
+            ),
+        ),
+        (
+            "relay",
+            format!(
+                "{} ({} failures)",
+                s.relay_state, s.relay_consecutive_failures
+            ),
+        ),
+        ("spool bytes", s.spool_bytes.to_string()),
+        ("refused total", s.refused_total.to_string()),
+        ("enqueued total", s.enqueued_total.to_string()),
+        ("delivered total", s.delivered_total.to_string()),
+        ("retried total", s.retried_total.to_string()),
+        ("dead total", s.dead_total.to_string()),
+        ("duplicates total", s.duplicates_total.to_string()),
+        ("cancelled total", s.cancelled_total.to_string()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<18} {v:>14}");
+    }
+    if !s.clients.is_empty() {
+        print!("\n{}", ac::clients_table(&s.clients));
+    }
+    Ok(())
+}
