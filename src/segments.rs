@@ -350,20 +350,25 @@ impl Segments {
     }
 
     /// Segments whose live count reached zero in batches already applied.
-    /// Delete them (`Doomed::delete`) only after a sled flush and fsync
+    /// Delete them ([`Deleter::delete`]) only after a sled flush and fsync
     /// that began after this call: then no durable pointer to them remains.
-    pub fn take_doomed(&mut self) -> Doomed {
-        Doomed {
+    pub fn take_doomed(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.doomed)
+    }
+
+    /// What deletes segment files, for another thread (the fsync stage).
+    pub fn deleter(&self) -> Deleter {
+        Deleter {
             dir: self.dir.clone(),
             reader: self.reader.clone(),
-            ids: std::mem::take(&mut self.doomed),
         }
     }
 
     /// Call after a sled flush that covers every release so far: deletes the
     /// segments no index entry can point at any more.
     pub fn delete_doomed(&mut self) -> Result<usize, SegmentError> {
-        self.take_doomed().delete()
+        let ids = self.take_doomed();
+        self.deleter().delete(&ids)
     }
 
     pub fn has_doomed(&self) -> bool {
@@ -383,24 +388,19 @@ impl Segments {
     }
 }
 
-/// Segments to delete once a flush covers the release of their last body.
-pub struct Doomed {
+/// Deletes segments once a flush covers the release of their last body.
+pub struct Deleter {
     dir: PathBuf,
     reader: SegmentReader,
-    ids: Vec<u32>,
 }
 
-impl Doomed {
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
+impl Deleter {
     /// Unlinks the files and fsyncs the directory; returns how many.
-    pub fn delete(self) -> Result<usize, SegmentError> {
-        if self.ids.is_empty() {
+    pub fn delete(&self, ids: &[u32]) -> Result<usize, SegmentError> {
+        if ids.is_empty() {
             return Ok(0);
         }
-        for &id in &self.ids {
+        for &id in ids {
             self.reader.files.write().expect("segments").remove(&id);
             match std::fs::remove_file(self.dir.join(file_name(id))) {
                 Ok(()) => {}
@@ -409,7 +409,7 @@ impl Doomed {
             }
         }
         File::open(&self.dir)?.sync_all()?;
-        Ok(self.ids.len())
+        Ok(ids.len())
     }
 }
 

@@ -195,7 +195,7 @@ pub(super) struct SyncJob {
     pub(super) replies: Vec<Reply>,
     /// Segments whose last reference was released in batches applied
     /// before this job was sent: deleted once this round's flush is done.
-    pub(super) doomed: Doomed,
+    pub(super) doomed: Vec<u32>,
 }
 
 /// The second stage of the pipeline: while the committer writes, syncs and
@@ -208,6 +208,7 @@ pub(super) fn sync_stage(
     db: sled::Db,
     syncer: Arc<Mutex<Syncer>>,
     shared: Arc<Shared>,
+    deleter: Deleter,
     rx: mpsc::Receiver<SyncJob>,
 ) {
     while let Ok(first) = rx.recv() {
@@ -240,7 +241,7 @@ pub(super) fn sync_stage(
                 r.send(result.clone());
             }
             if result.is_ok() {
-                if let Err(e) = job.doomed.delete() {
+                if let Err(e) = deleter.delete(&job.doomed) {
                     tracing::warn!(error = %e, "could not delete an emptied segment file; it is removed at the next start");
                 }
             }

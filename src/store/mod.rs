@@ -85,7 +85,7 @@ use crate::codec;
 use crate::model::{
     now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Outcome, Record,
 };
-use crate::segments::{BodyLoc, Doomed, SegmentError, SegmentReader, Segments};
+use crate::segments::{BodyLoc, Deleter, SegmentError, SegmentReader, Segments};
 
 use commit::{sync_stage, Committer, Fault, Op, Syncer};
 use recover::{drop_ghosts, highest_id, migrate_due_keys, migrate_idempotency_keys, recount};
@@ -314,9 +314,10 @@ impl Store {
         let (sync_tx, sync_rx) = mpsc::channel();
         let sync_stage = {
             let (db, syncer, shared) = (db.clone(), syncer.clone(), shared.clone());
+            let deleter = segments.deleter();
             std::thread::Builder::new()
                 .name("mailspool-fsync".into())
-                .spawn(move || sync_stage(db, syncer, shared, sync_rx))?
+                .spawn(move || sync_stage(db, syncer, shared, deleter, sync_rx))?
         };
         let committer = Committer {
             shared: shared.clone(),
