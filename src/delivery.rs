@@ -41,7 +41,7 @@ pub async fn run_worker(
                 stopped = Some(why.clone());
             }
             let now = now_ms();
-            let mut delivered = 0;
+            let mut delivered = Vec::new();
             let outcomes: Vec<_> = chunk
                 .iter()
                 .zip(results)
@@ -53,10 +53,9 @@ pub async fn run_worker(
                     let outcome =
                         decide(result, &m.record, &policy, now, rand::rng().random::<f64>());
                     if outcome == Outcome::Ack {
-                        delivered += 1;
                         let latency = now.saturating_sub(m.record.enqueued_ms) as f64 / 1000.0;
-                        metrics.delivered_after(m.record.lane.index(), latency);
-                        rates.inbox(m.record.lane.index(), latency);
+                        metrics.delivered_after(m.record.lane, latency);
+                        delivered.push((m.record.lane.index(), latency));
                     }
                     (m.id, outcome)
                 })
@@ -64,7 +63,7 @@ pub async fn run_worker(
             if let Err(e) = scheduler.complete(&lease, outcomes).await {
                 tracing::error!(error = %e, "could not record delivery outcomes; the messages will be sent again");
             } else {
-                rates.delivered(delivered);
+                rates.delivered(&delivered);
             }
         }
     }

@@ -190,11 +190,20 @@ impl Rates {
         r.enqueued[i] += n;
     }
 
-    pub fn delivered(&self, n: u64) {
+    /// Messages the relay accepted, each with its lane (`Lane::index`) and
+    /// its time to inbox in seconds (enqueue → the relay's 2xx).
+    pub fn delivered(&self, inbox: &[(usize, f64)]) {
         let now = self.now();
         let mut r = self.ring.lock().expect("rates");
         let i = r.slot(now);
-        r.delivered[i] += n;
+        r.delivered[i] += inbox.len() as u64;
+        for &(lane, seconds) in inbox {
+            let b = INBOX_BUCKETS
+                .iter()
+                .position(|&bound| seconds <= bound)
+                .unwrap_or(INBOX_BUCKETS.len());
+            r.inbox[i][lane.min(2)][b] += 1;
+        }
     }
 
     /// (enqueued/s, delivered/s) over the last minute, or since start.
@@ -206,18 +215,6 @@ impl Rates {
             r.sum(now, &r.enqueued) as f64 / elapsed,
             r.sum(now, &r.delivered) as f64 / elapsed,
         )
-    }
-
-    /// A message of `lane` reached the relay `seconds` after it was enqueued.
-    pub fn inbox(&self, lane: usize, seconds: f64) {
-        let now = self.now();
-        let b = INBOX_BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(INBOX_BUCKETS.len());
-        let mut r = self.ring.lock().expect("rates");
-        let i = r.slot(now);
-        r.inbox[i][lane.min(2)][b] += 1;
     }
 
     /// Per lane: (p50, p99) time to inbox over the last minute.
@@ -421,11 +418,11 @@ mod tests {
     fn time_to_inbox_percentiles_per_lane() {
         let r = Rates::default();
         for _ in 0..98 {
-            r.inbox(0, 0.3);
+            r.delivered(&[(0, 0.3)]);
         }
-        r.inbox(0, 4.0);
-        r.inbox(0, 7_200.0);
-        r.inbox(2, 40.0);
+        r.delivered(&[(0, 4.0)]);
+        r.delivered(&[(0, 7_200.0)]);
+        r.delivered(&[(2, 40.0)]);
         let [t, n, b] = r.time_to_inbox();
         // 100 resets: half within 0.5 s, the 99th within 5 s.
         assert_eq!(t, Some((0.5, 5.0)));
@@ -437,7 +434,7 @@ mod tests {
     fn rates_count_the_last_minute() {
         let r = Rates::default();
         r.enqueued(30);
-        r.delivered(10);
+        r.delivered(&[(1, 1.0); 10]);
         let (e, d) = r.per_second();
         assert_eq!((e, d), (30.0, 10.0)); // under one second: divided by 1
     }
