@@ -7,6 +7,8 @@
 
 use std::sync::Mutex;
 
+use crate::model::Lane;
+
 /// Thresholds; defaults in `Config` (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
@@ -107,8 +109,9 @@ pub fn assess(s: &Signals, t: &Thresholds) -> (Level, String) {
     // Each lane on its own: the oldest-message rule sees the whole queue,
     // so a transactional lane stuck behind a healthy bulk backlog (or a
     // normal lane behind nothing at all) would otherwise pass unnoticed.
-    for (i, lane) in ["transactional", "normal", "bulk"].into_iter().enumerate() {
-        let (warn, critical) = if i == 0 {
+    for lane in Lane::ALL {
+        let i = lane.index();
+        let (warn, critical) = if lane == Lane::Transactional {
             (
                 t.transactional_warn_wait_secs,
                 t.transactional_critical_wait_secs,
@@ -132,7 +135,8 @@ pub fn assess(s: &Signals, t: &Thresholds) -> (Level, String) {
         rule(
             level,
             format!(
-                "{lane} lane: a message has waited {waited:.0}s since it was due ({} at {at:.0}s)",
+                "{} lane: a message has waited {waited:.0}s since it was due ({} at {at:.0}s)",
+                lane.name(),
                 level.name().to_lowercase()
             ),
         );
@@ -196,12 +200,25 @@ pub fn assess(s: &Signals, t: &Thresholds) -> (Level, String) {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     pub level: Level,
-    pub reason: String,
+    /// What the rules said when this level was reached (or last confirmed).
+    pub cause: String,
+    /// While a lower assessment is held back: what clearing waits for.
+    pub holding: Option<String>,
     pub since_ms: u64,
     /// The most queued while at this level (the backlog it warned about).
     pub peak_queued: u64,
     /// Since when the assessment has been lower than `level`.
     pub lower_since_ms: Option<u64>,
+}
+
+impl State {
+    /// The reason shown: the cause, and while held what it waits for.
+    pub fn reason(&self) -> String {
+        match &self.holding {
+            Some(h) => format!("{} [holding: {h}]", self.cause),
+            None => self.cause.clone(),
+        }
+    }
 }
 
 /// One step of the early warning (pure). Up at once; down only once the
@@ -221,7 +238,8 @@ pub fn step(
         let same = assessed == state.level && state.since_ms != 0;
         return State {
             level: assessed,
-            reason,
+            cause: reason,
+            holding: None,
             since_ms: if same { state.since_ms } else { now_ms },
             peak_queued: if same {
                 state.peak_queued.max(queued)
@@ -237,7 +255,8 @@ pub fn step(
     if held && drained {
         return State {
             level: assessed,
-            reason,
+            cause: reason,
+            holding: None,
             since_ms: now_ms,
             peak_queued: queued,
             lower_since_ms: None,
@@ -256,10 +275,10 @@ pub fn step(
             t.clear_after_ms / 1000
         )
     };
-    let cause = state.reason.split(" [holding: ").next().unwrap_or("");
     State {
         level: state.level,
-        reason: format!("{cause} [holding: {waiting_for}]"),
+        cause: state.cause.clone(),
+        holding: Some(waiting_for),
         since_ms: state.since_ms,
         peak_queued: state.peak_queued.max(queued),
         lower_since_ms: Some(lower_since),
@@ -295,17 +314,17 @@ impl Tracker {
                     )
                 }
                 _ => {
-                    tracing::warn!(from = from.name(), to = next.level.name(), reason = %next.reason, "CongestionChanged")
+                    tracing::warn!(from = from.name(), to = next.level.name(), reason = %next.reason(), "CongestionChanged")
                 }
             }
         }
         *st = next;
-        (st.level, st.reason.clone(), st.since_ms)
+        (st.level, st.reason(), st.since_ms)
     }
 
     pub fn current(&self) -> (Level, String, u64) {
         let st = self.state.lock().expect("congestion");
-        (st.level, st.reason.clone(), st.since_ms)
+        (st.level, st.reason(), st.since_ms)
     }
 }
 
@@ -565,15 +584,15 @@ mod tests {
         let st = step(&st, Level::Ok, String::new(), 45_000, 10_000, &th);
         assert_eq!(st.level, Level::Warning);
         assert_eq!(
-            st.reason,
+            st.reason(),
             "queue growing [holding: 45000 queued, clears below 25000]"
         );
         let st = step(&st, Level::Ok, String::new(), 100, 20_000, &th);
         assert!(
-            st.reason
+            st.reason()
                 .ends_with("[holding: better for 10s, clears after 30s]"),
             "{}",
-            st.reason
+            st.reason()
         );
         let st = step(&st, Level::Ok, String::new(), 100, 40_001, &th);
         assert_eq!(st.level, Level::Ok);
