@@ -50,6 +50,7 @@
 //! c                             → Counters
 //! a                             → AdminState      paused lanes, cancelled total
 //! n                             → node id         random, made at creation
+//! o                             → ()              bodies are synced before their index (set at open)
 //! u <client:2>                  → name            client registry (slot 0 = no client)
 //! w <client:2>                  → ClientCounters  per-client queued, bytes, totals
 //! ```
@@ -258,13 +259,20 @@ impl Store {
         };
         counters.last_id = counters.last_id.max(highest_id(&tree)?);
         migrate_idempotency_keys(&tree, &clients)?;
-        let ghosts = drop_ghosts(
-            &tree,
-            &dir.join("segments"),
-            &mut counters,
-            &mut clients,
-            &mut live,
-        )?;
+        // Only a spool an older binary wrote can hold them: look once.
+        let ghosts = if tree.contains_key(key::ORDERED)? {
+            0
+        } else {
+            let n = drop_ghosts(
+                &tree,
+                &dir.join("segments"),
+                &mut counters,
+                &mut clients,
+                &mut live,
+            )?;
+            tree.insert(key::ORDERED, &[])?;
+            n
+        };
         let segments = Segments::open(&dir.join("segments"), live, options.segment_bytes)?;
         let anchored = crate::model::anchor_clock(counters.clock_ms);
         if anchored < counters.clock_ms {

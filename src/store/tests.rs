@@ -238,6 +238,7 @@ async fn entries_whose_bodies_never_reached_the_disk_are_dropped_at_open() {
         let mut r: Record = codec::decode(&t.get(key::message(ghost)).unwrap().unwrap()).unwrap();
         r.body.offset += 1 << 20;
         t.insert(key::message(ghost), codec::encode(&r)).unwrap();
+        t.remove(key::ORDERED).unwrap();
     });
     assert_eq!(store.snapshot(now_ms()).unacknowledged_dropped, 1);
     assert_eq!(store.counters().queued_total(), 1);
