@@ -159,7 +159,7 @@ impl Api {
         let (level, reason) = assess(&signals, &self.thresholds);
         let (level, reason, since) =
             self.congestion
-                .observe(level, reason, s.queued, now, &self.thresholds);
+                .observe(level, reason, &signals, now, &self.thresholds);
         pb::QueueStatsResponse {
             queued: s.queued,
             ready: s.ready,

@@ -221,19 +221,30 @@ impl State {
     }
 }
 
+/// How old the oldest message will be when the backlog has drained, at
+/// the current net drain rate; None when it is not draining (then the
+/// growth and stall rules speak).
+fn age_when_drained(s: &Signals) -> Option<f64> {
+    (s.drain_eta_secs >= 0.0).then_some(s.oldest_age_secs + s.drain_eta_secs)
+}
+
 /// One step of the early warning (pure). Up at once; down only once the
-/// lower assessment has held for `clear_after_ms` *and* the backlog is
-/// down to half its peak (or below the growth depth): a draining incident
-/// is one incident, one page, and a state never flaps within seconds.
-/// While held, the reason says what it waits for.
+/// lower assessment has held for `clear_after_ms`, the backlog is down to
+/// half its peak (or below the growth depth) *and* it will drain before
+/// its oldest message reaches the warning age: a draining incident is one
+/// incident, one page (a surge's backlog that stopped growing does not
+/// clear only to warn again when its last messages get old), and a state
+/// never flaps within seconds. While held, the reason says what it waits
+/// for.
 pub fn step(
     state: &State,
     assessed: Level,
     reason: String,
-    queued: u64,
+    s: &Signals,
     now_ms: u64,
     t: &Thresholds,
 ) -> State {
+    let queued = s.queued;
     if state.since_ms == 0 || assessed >= state.level {
         let same = assessed == state.level && state.since_ms != 0;
         return State {
@@ -252,7 +263,10 @@ pub fn step(
     let lower_since = state.lower_since_ms.unwrap_or(now_ms);
     let held = now_ms.saturating_sub(lower_since) >= t.clear_after_ms;
     let drained = queued <= state.peak_queued / 2 || queued < t.growth_min_depth;
-    if held && drained {
+    // Only a backlog (a few queued messages flow as fast as they come).
+    let aged = age_when_drained(s).filter(|_| queued >= t.growth_min_depth);
+    let ages_out = aged.is_some_and(|a| a >= t.warn_age_secs);
+    if held && drained && !ages_out {
         return State {
             level: assessed,
             cause: reason,
@@ -267,6 +281,12 @@ pub fn step(
             "{} queued, clears below {}",
             queued,
             (state.peak_queued / 2).max(t.growth_min_depth)
+        )
+    } else if ages_out {
+        format!(
+            "the oldest message will be {:.0}s old when the backlog drains (warning at {:.0}s)",
+            aged.unwrap_or_default(),
+            t.warn_age_secs
         )
     } else {
         format!(
@@ -297,12 +317,12 @@ impl Tracker {
         &self,
         level: Level,
         reason: String,
-        queued: u64,
+        signals: &Signals,
         now_ms: u64,
         t: &Thresholds,
     ) -> (Level, String, u64) {
         let mut st = self.state.lock().expect("congestion");
-        let next = step(&st, level, reason, queued, now_ms, t);
+        let next = step(&st, level, reason, signals, now_ms, t);
         if next.level != st.level {
             let from = st.level;
             match next.level {
@@ -331,6 +351,14 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Signals of a queue of `queued` that drains at once.
+    fn q(queued: u64) -> Signals {
+        Signals {
+            queued,
+            ..Signals::default()
+        }
+    }
 
     fn check(s: Signals, want: Level, reason_has: &str) {
         let (level, reason) = assess(&s, &Thresholds::default());
@@ -507,12 +535,18 @@ mod tests {
     #[test]
     fn tracker_keeps_since_until_the_level_changes() {
         let (t, th) = (Tracker::default(), Thresholds::default());
-        assert_eq!(t.observe(Level::Ok, String::new(), 0, 1_000, &th).2, 1_000);
-        assert_eq!(t.observe(Level::Ok, String::new(), 0, 2_000, &th).2, 1_000);
-        let (l, r, since) = t.observe(Level::Warning, "x".into(), 0, 3_000, &th);
+        assert_eq!(
+            t.observe(Level::Ok, String::new(), &q(0), 1_000, &th).2,
+            1_000
+        );
+        assert_eq!(
+            t.observe(Level::Ok, String::new(), &q(0), 2_000, &th).2,
+            1_000
+        );
+        let (l, r, since) = t.observe(Level::Warning, "x".into(), &q(0), 3_000, &th);
         assert_eq!((l, r.as_str(), since), (Level::Warning, "x", 3_000));
         assert_eq!(
-            t.observe(Level::Warning, "y".into(), 0, 4_000, &th).2,
+            t.observe(Level::Warning, "y".into(), &q(0), 4_000, &th).2,
             3_000
         );
         assert_eq!(t.current().1, "y");
@@ -547,7 +581,7 @@ mod tests {
                 &st,
                 level,
                 format!("{level:?}"),
-                queued,
+                &q(queued),
                 sec * 1000 + 1,
                 &th,
             );
@@ -577,35 +611,109 @@ mod tests {
             &State::default(),
             Level::Warning,
             "queue growing".into(),
-            50_000,
+            &q(50_000),
             1,
             &th,
         );
-        let st = step(&st, Level::Ok, String::new(), 45_000, 10_000, &th);
+        let st = step(&st, Level::Ok, String::new(), &q(45_000), 10_000, &th);
         assert_eq!(st.level, Level::Warning);
         assert_eq!(
             st.reason(),
             "queue growing [holding: 45000 queued, clears below 25000]"
         );
-        let st = step(&st, Level::Ok, String::new(), 100, 20_000, &th);
+        let st = step(&st, Level::Ok, String::new(), &q(100), 20_000, &th);
         assert!(
             st.reason()
                 .ends_with("[holding: better for 10s, clears after 30s]"),
             "{}",
             st.reason()
         );
-        let st = step(&st, Level::Ok, String::new(), 100, 40_001, &th);
+        let st = step(&st, Level::Ok, String::new(), &q(100), 40_001, &th);
         assert_eq!(st.level, Level::Ok);
         // A small queue whose oldest message got old: clears 30 s after.
-        let st = step(&State::default(), Level::Warning, "old".into(), 10, 1, &th);
+        let st = step(
+            &State::default(),
+            Level::Warning,
+            "old".into(),
+            &q(10),
+            1,
+            &th,
+        );
         assert_eq!(
-            step(&st, Level::Ok, String::new(), 10, 30_001, &th).level,
+            step(&st, Level::Ok, String::new(), &q(10), 30_001, &th).level,
             Level::Warning
         );
-        let st = step(&st, Level::Ok, String::new(), 10, 2, &th);
+        let st = step(&st, Level::Ok, String::new(), &q(10), 2, &th);
         assert_eq!(
-            step(&st, Level::Ok, String::new(), 10, 30_002, &th).level,
+            step(&st, Level::Ok, String::new(), &q(10), 30_002, &th).level,
             Level::Ok
         );
+    }
+
+    /// The surge of the incident replayed (`bench --surge`): the queue
+    /// stops growing, then drains below half its peak while its oldest bulk
+    /// is 4 minutes old and 3 more from drained: the warning holds (it
+    /// would otherwise clear, then warn again at 5 minutes old).
+    #[test]
+    fn a_backlog_that_will_age_out_before_it_drains_holds_the_warning() {
+        let th = Thresholds::default();
+        let growing = step(
+            &State::default(),
+            Level::Warning,
+            "queue growing".into(),
+            &q(150_000),
+            1,
+            &th,
+        );
+        let draining = |age: f64, eta: f64, queued: u64| Signals {
+            queued,
+            oldest_age_secs: age,
+            drain_eta_secs: eta,
+            ..Signals::default()
+        };
+        let st = step(
+            &growing,
+            Level::Ok,
+            String::new(),
+            &draining(200.0, 200.0, 70_000),
+            200_000,
+            &th,
+        );
+        let st = step(
+            &st,
+            Level::Ok,
+            String::new(),
+            &draining(240.0, 180.0, 60_000),
+            240_000,
+            &th,
+        );
+        assert_eq!(st.level, Level::Warning);
+        assert!(
+            st.reason().contains(
+                "the oldest message will be 420s old when the backlog drains (warning at 300s)"
+            ),
+            "{}",
+            st.reason()
+        );
+        // A few messages that will age out are the age rule's, not a backlog.
+        let few = step(
+            &st,
+            Level::Ok,
+            String::new(),
+            &draining(240.0, 180.0, 50),
+            250_000,
+            &th,
+        );
+        assert_eq!(few.level, Level::Ok);
+        // Drains before it gets old: clears (the 30 s have long passed).
+        let st = step(
+            &st,
+            Level::Ok,
+            String::new(),
+            &draining(100.0, 60.0, 20_000),
+            260_000,
+            &th,
+        );
+        assert_eq!(st.level, Level::Ok);
     }
 }

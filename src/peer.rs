@@ -37,6 +37,8 @@ pub struct Received {
     pub message_id: String,
     pub subject: String,
     pub raw: String,
+    /// When the peer answered 250 for it.
+    pub at: std::time::SystemTime,
 }
 
 #[derive(Default)]
@@ -49,6 +51,9 @@ struct State {
     received: Vec<Received>,
     /// Messages that got an answer other than accept, or none.
     refused: u64,
+    /// A relay of limited capacity: accepted messages are spaced this far
+    /// apart across all connections; `next` is the next free slot.
+    pace: Option<(Duration, tokio::time::Instant)>,
 }
 
 #[derive(Clone)]
@@ -88,6 +93,13 @@ impl SmtpPeer {
         self.state.lock().unwrap().broken_tls = on;
     }
 
+    /// Accept at most `per_second` messages a second over all connections
+    /// (each waits for its slot after DATA), as a relay of limited capacity.
+    pub fn set_capacity(&self, per_second: f64) {
+        let gap = Duration::from_secs_f64(1.0 / per_second.max(1e-3));
+        self.state.lock().unwrap().pace = Some((gap, tokio::time::Instant::now()));
+    }
+
     pub fn set_mode(&self, mode: Mode) {
         self.state.lock().unwrap().default = Some(mode);
     }
@@ -103,6 +115,18 @@ impl SmtpPeer {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// Subject and time of acceptance of the messages from the `from`-th
+    /// on (cheap to poll: no bodies copied).
+    pub fn arrivals(&self, from: usize) -> Vec<(String, std::time::SystemTime)> {
+        let s = self.state.lock().unwrap();
+        s.received
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .map(|m| (m.subject.clone(), m.at))
+            .collect()
     }
 
     pub fn received_count(&self) -> usize {
@@ -217,10 +241,22 @@ async fn accept(
             })
             .unwrap_or_default()
     };
+    let slot = {
+        let mut s = peer.state.lock().unwrap();
+        s.pace.as_mut().map(|(gap, next)| {
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + *gap;
+            slot
+        })
+    };
+    if let Some(slot) = slot {
+        tokio::time::sleep_until(slot).await;
+    }
     let received = Received {
         message_id: header("Message-ID:"),
         subject: header("Subject:"),
         raw: data.clone(),
+        at: std::time::SystemTime::now(),
     };
     peer.state.lock().unwrap().received.push(received);
     w.write_all(b"250 2.0.0 queued\r\n").await

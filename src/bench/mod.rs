@@ -27,6 +27,9 @@ use crate::pb;
 use crate::pb::mail_queue_client::MailQueueClient;
 use crate::pb::queue_admin_client::QueueAdminClient;
 
+mod postfix;
+mod surge;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +62,8 @@ pub struct BenchArgs {
     /// Keep the temporary data directory (printed at the end).
     #[arg(long)]
     pub keep: bool,
+    #[command(flatten)]
+    pub surge: surge::SurgeArgs,
 }
 
 /// Latencies and duration of one phase.
@@ -100,7 +105,18 @@ fn request(i: usize, body: &str) -> pb::EnqueueRequest {
     }
 }
 
+/// The phases' requests: lane normal, `body`.
+fn normal(body: &str) -> MakeRequest {
+    let body = body.to_string();
+    Arc::new(move |i| request(i, &body))
+}
+
+/// A progress bar on stderr; hidden when `what` is empty (a phase that
+/// runs under another's bar).
 fn bar(len: usize, what: &str) -> Arc<ProgressBar> {
+    if what.is_empty() {
+        return Arc::new(ProgressBar::hidden());
+    }
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
         ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -156,12 +172,15 @@ async fn unary(url: &str, n: usize, c: usize, body: &str, what: &str) -> Result<
     })
 }
 
+/// Builds the `i`-th request of a phase.
+type MakeRequest = Arc<dyn Fn(usize) -> pb::EnqueueRequest + Send + Sync>;
+
 async fn batches(
     url: &str,
     n: usize,
     b: usize,
     cb: usize,
-    body: &str,
+    make: MakeRequest,
     what: &str,
 ) -> Result<Run, Error> {
     let progress = bar(n, what);
@@ -169,7 +188,7 @@ async fn batches(
     let calls = n.div_ceil(b);
     let mut tasks = Vec::new();
     for w in 0..cb.min(calls.max(1)) {
-        let (url, body, progress) = (url.to_string(), body.to_string(), progress.clone());
+        let (url, make, progress) = (url.to_string(), make.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let mut client =
                 MailQueueClient::new(channel(&url).await?).max_encoding_message_size(64 << 20);
@@ -177,9 +196,7 @@ async fn batches(
             let mut call = w;
             while call < calls {
                 let from = call * b;
-                let requests: Vec<_> = (from..(from + b).min(n))
-                    .map(|i| request(i, &body))
-                    .collect();
+                let requests: Vec<_> = (from..(from + b).min(n)).map(|i| make(i)).collect();
                 let len = requests.len() as u64;
                 let t = Instant::now();
                 let r = client
@@ -271,6 +288,9 @@ fn mib(b: u64) -> String {
 
 /// Runs the benchmark and prints the table (Markdown) on stdout.
 pub async fn run(args: BenchArgs) -> Result<(), Error> {
+    if args.surge.surge {
+        return surge::run(&args.surge, args.size).await;
+    }
     let body = body(args.size);
     let mut rows: Vec<(String, String)> = Vec::new();
     let row = |rows: &mut Vec<(String, String)>, k: String, v: String| {
@@ -315,7 +335,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
             args.messages,
             args.batch,
             args.batch_concurrency,
-            &body,
+            normal(&body),
             "batch",
         )
         .await?;
@@ -359,7 +379,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         args.messages,
         args.batch,
         args.batch_concurrency,
-        &body,
+        normal(&body),
         "batch",
     )
     .await?;
@@ -395,7 +415,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         fill,
         args.batch.max(100),
         args.batch_concurrency,
-        &body,
+        normal(&body),
         "backlog",
     )
     .await?;

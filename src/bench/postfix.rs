@@ -1,0 +1,153 @@
+//! A Postfix instance of its own for the surge replay: its own config
+//! directory, queue and log under a temporary folder, listening on a free
+//! loopback port and relaying everything to one smarthost. The system's
+//! Postfix (if any) is not touched. Needs root (Postfix's daemons drop to
+//! the `postfix` user) and an installed Postfix (`apt-get install postfix`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+pub struct Postfix {
+    etc: PathBuf,
+    log: PathBuf,
+    /// The port its smtpd listens on (127.0.0.1).
+    pub port: u16,
+}
+
+/// Why Postfix cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if !Path::new("/usr/sbin/postfix").exists() || !Path::new("/etc/postfix/master.cf").exists() {
+        return Some("Postfix is not installed (apt-get install postfix)".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("a Postfix instance of its own needs root".into());
+    }
+    None
+}
+
+fn free_port() -> Result<u16, Error> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// master.cf from the system's, with no chroot (the queue is in a
+/// temporary folder) and smtpd on `127.0.0.1:port`.
+fn master_cf(system: &str, port: u16) -> String {
+    let mut out = String::new();
+    for line in system.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let service = !line.starts_with(|c: char| c == '#' || c.is_whitespace());
+        if service && fields.len() >= 8 {
+            let name = format!("127.0.0.1:{port}");
+            let mut f = fields;
+            f[4] = "n";
+            if f[0] == "smtp" && f[1] == "inet" {
+                f[0] = &name;
+            }
+            out.push_str(&f.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+impl Postfix {
+    /// Starts an instance under `dir` that relays to `127.0.0.1:relay_port`
+    /// over `concurrency` connections, and waits until it accepts SMTP.
+    pub fn start(dir: &Path, relay_port: u16, concurrency: usize) -> Result<Postfix, Error> {
+        let (etc, queue, data) = (dir.join("etc"), dir.join("queue"), dir.join("data"));
+        for d in [&etc, &queue, &data] {
+            std::fs::create_dir_all(d)?;
+        }
+        let chown = Command::new("chown").arg("postfix").arg(&data).status()?;
+        if !chown.success() {
+            return Err("chown postfix on Postfix's data directory failed".into());
+        }
+        let port = free_port()?;
+        let log = dir.join("maillog");
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             queue_directory = {queue}\n\
+             data_directory = {data}\n\
+             maillog_file = {log}\n\
+             maillog_file_prefixes = {dir}\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             myhostname = postfix-bench.localdomain\n\
+             mydestination =\n\
+             alias_maps =\n\
+             alias_database =\n\
+             mynetworks = 127.0.0.0/8\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject\n\
+             relayhost = [127.0.0.1]:{relay_port}\n\
+             smtp_tls_security_level = none\n\
+             default_destination_concurrency_limit = {concurrency}\n\
+             smtp_destination_concurrency_limit = {concurrency}\n",
+            queue = queue.display(),
+            data = data.display(),
+            log = log.display(),
+            dir = dir.display(),
+        );
+        std::fs::write(etc.join("main.cf"), main_cf)?;
+        let system = std::fs::read_to_string("/etc/postfix/master.cf")?;
+        std::fs::write(etc.join("master.cf"), master_cf(&system, port))?;
+        let out = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(&etc)
+            .arg("start")
+            .output()?;
+        let pf = Postfix { etc, log, port };
+        if !out.status.success() {
+            return Err(format!("postfix start failed: {}", pf.log_tail()).into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(
+                    format!("Postfix did not listen within 20 s: {}", pf.log_tail()).into(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(pf)
+    }
+
+    /// The last lines of its log, for an error message.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("stop")
+            .output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::master_cf;
+
+    #[test]
+    fn master_cf_moves_smtpd_to_the_port_and_drops_chroot() {
+        let system = "# comment\nsmtp      inet  n       -       y       -       -       smtpd\n\
+                      pickup    unix  n       -       y       60      1       pickup\n  -o x=y\n";
+        let m = master_cf(system, 2599);
+        assert!(m.contains("127.0.0.1:2599 inet n - n - - smtpd"), "{m}");
+        assert!(m.contains("pickup unix n - n 60 1 pickup"), "{m}");
+        assert!(m.contains("# comment") && m.contains("  -o x=y"), "{m}");
+    }
+}
