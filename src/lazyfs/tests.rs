@@ -33,21 +33,18 @@ impl Mnt {
     }
 }
 
-fn mounted() -> Option<Mnt> {
-    if !available() {
-        assert!(
-            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-            "/dev/fuse and /usr/bin/fusermount3 (Debian package fuse3) are needed under CI=true"
-        );
-        eprintln!("SKIPPED: no FUSE here (/dev/fuse, apt-get install fuse3); CI runs this");
-        return None;
-    }
+/// A fresh LazyFs; every test here is ignored where FUSE is missing.
+fn mounted() -> Mnt {
+    assert!(
+        available(),
+        "/dev/fuse and /usr/bin/fusermount3 are missing: install the Debian package `fuse3`"
+    );
     let dir = tempfile::Builder::new()
         .prefix("mailspool-lazyfs")
         .tempdir()
         .unwrap();
     let fs = mount(dir.path()).expect("mount LazyFs");
-    Some(Mnt { fs, dir })
+    Mnt { fs, dir }
 }
 
 fn errno(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
@@ -57,8 +54,12 @@ fn errno(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn a_synced_file_in_an_unsynced_directory_is_gone_after_a_crash() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     fs::create_dir(m.path("d")).unwrap();
     m.sync_dir("").unwrap();
     m.durable_file("d/f", b"hello", None);
@@ -77,8 +78,12 @@ fn a_synced_file_in_an_unsynced_directory_is_gone_after_a_crash() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn fsyncdir_makes_the_entry_survive() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     fs::create_dir(m.path("d")).unwrap();
     m.sync_dir("").unwrap();
     m.durable_file("d/f", b"hello", Some("d"));
@@ -95,10 +100,14 @@ fn fsyncdir_makes_the_entry_survive() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn an_unsynced_overwrite_in_place_is_lost() {
     // Same size before and after: nothing in the attributes tells the
     // kernel that its cached pages went stale at the crash.
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     m.durable_file("f", b"aaaa", Some(""));
     let mut f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
     f.write_all(b"bbbb").unwrap();
@@ -109,8 +118,12 @@ fn an_unsynced_overwrite_in_place_is_lost() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn an_unlink_not_covered_by_fsyncdir_is_undone() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     m.durable_file("f", b"kept", Some(""));
     fs::remove_file(m.path("f")).unwrap();
     assert!(!m.path("f").exists());
@@ -126,8 +139,12 @@ fn an_unlink_not_covered_by_fsyncdir_is_undone() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn rename_replaces_atomically_and_an_unsynced_one_is_undone() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     m.durable_file("target", b"old", Some(""));
     m.durable_file("tmp", b"new", None);
     fs::rename(m.path("tmp"), m.path("target")).unwrap();
@@ -164,8 +181,12 @@ fn renameat2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn rename_exchange_and_noreplace() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     fs::create_dir(m.path("d")).unwrap();
     m.durable_file("a", b"A", None);
     m.durable_file("d/b", b"B", None);
@@ -215,8 +236,12 @@ fn rename_exchange_and_noreplace() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn hard_links_nlink_and_remove_dir_all() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     fs::create_dir_all(m.path("top/sub")).unwrap();
     assert_eq!(fs::metadata(m.path("top")).unwrap().nlink(), 3);
     for i in 0..300 {
@@ -237,8 +262,12 @@ fn hard_links_nlink_and_remove_dir_all() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn sled_runs_on_it_and_keeps_what_it_flushed() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     {
         let db = sled::open(m.path("db")).unwrap();
         db.insert(b"k", b"v".as_slice()).unwrap();
@@ -266,8 +295,12 @@ fn sled_runs_on_it_and_keeps_what_it_flushed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn an_injected_fsync_error_fails_and_leaves_nothing_durable() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     m.fs.inject(Fault {
         file: "wal".into(),
         op: FaultOp::Fsync,
@@ -296,8 +329,12 @@ fn an_injected_fsync_error_fails_and_leaves_nothing_durable() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn faults_on_fsyncdir_create_and_read() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     fs::create_dir(m.path("spool")).unwrap();
     m.sync_dir("").unwrap();
     m.fs.inject(Fault {
@@ -347,8 +384,12 @@ fn faults_on_fsyncdir_create_and_read() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn a_partial_write_then_an_error() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     m.fs.inject(Fault {
         file: "seg".into(),
         op: FaultOp::PartialWrite,
@@ -382,8 +423,12 @@ fn a_partial_write_then_an_error() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn freeze_then_crash_loses_what_was_synced_after_it() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     m.durable_file("f", b"before", Some(""));
     m.fs.freeze();
     assert!(m.fs.frozen());
@@ -404,8 +449,12 @@ fn freeze_then_crash_loses_what_was_synced_after_it() {
 }
 
 #[test]
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 fn freeze_on_unlink_and_on_the_nth_fsync() {
-    let Some(m) = mounted() else { return };
+    let m = mounted();
     m.durable_file("victim", b"v", None);
     m.durable_file("log", b"1", Some(""));
     m.fs.freeze_on(Trigger::Unlink {

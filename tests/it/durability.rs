@@ -20,20 +20,15 @@ use mailspool::pb::mail_queue_client::MailQueueClient;
 use crate::support::smtp::{Mode, SmtpPeer};
 use crate::support::*;
 
-/// A fresh LazyFs, or None (with a note) where FUSE is missing; under
-/// CI=true a missing FUSE fails the test instead.
-fn lazy() -> Option<(Mounted, tempfile::TempDir)> {
-    if !lazyfs::available() {
-        assert!(
-            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-            "/dev/fuse and fusermount3 (Debian package fuse3) are needed under CI=true"
-        );
-        eprintln!("SKIPPED: no FUSE here (/dev/fuse, apt-get install fuse3); CI runs this");
-        return None;
-    }
+/// A fresh LazyFs (the tests that use it are ignored where FUSE is missing).
+fn lazy() -> (Mounted, tempfile::TempDir) {
+    assert!(
+        lazyfs::available(),
+        "/dev/fuse and fusermount3 are missing: install the Debian package `fuse3`"
+    );
     let mnt = tempdir();
     let fs = lazyfs::mount(mnt.path()).expect("mount LazyFs");
-    Some((fs, mnt))
+    (fs, mnt)
 }
 
 /// A power cut at this moment for an in-process server: nothing more
@@ -93,9 +88,13 @@ async fn enqueue_all(s: &TestServer, tag: &str, n: usize) -> HashSet<String> {
 
 /// Finding 1: a retry moves a straggler's body to the active segment and
 /// the old segment is deleted; the moved bodies must be durable first.
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relocated_retries_survive_a_power_cut() {
-    let Some((fs, _mnt)) = lazy() else { return };
+    let (fs, _mnt) = lazy();
     let data = fs.path().join("data");
     let peer = SmtpPeer::start(Mode::DeferMailbox).await;
     let mut cfg = config(&data, Some(peer.url()));
@@ -137,9 +136,13 @@ fn keyed(key: &str) -> pb::EnqueueRequest {
 /// Finding 2: after a cut, a client re-sends with the same idempotency key,
 /// as the README tells it to; every key that answers OK (fresh or
 /// duplicate) names a message that is delivered.
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_sent_again_after_power_cuts_are_all_delivered() {
-    let Some((fs, _mnt)) = lazy() else { return };
+    let (fs, _mnt) = lazy();
     let data = fs.path().join("data");
     let peer = SmtpPeer::start(Mode::Accept).await;
     let sent: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -239,9 +242,13 @@ async fn keys_sent_again_after_power_cuts_are_all_delivered() {
 
 /// Finding 4: a failed fsync is never followed by an acknowledgement of
 /// what it covered, and the server stops, saying why, with a non-zero exit.
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_fsync_is_never_acknowledged_and_stops_the_server() {
-    let Some((fs, _mnt)) = lazy() else { return };
+    let (fs, _mnt) = lazy();
     let data = fs.path().join("data");
     let peer = SmtpPeer::start(Mode::Stall).await;
     let mut want = HashSet::new();
@@ -294,9 +301,13 @@ async fn a_failed_fsync_is_never_acknowledged_and_stops_the_server() {
 /// Finding 5: a write that fails halfway (ENOSPC), a segment that cannot be
 /// created, a directory fsync that fails: later bodies are still where
 /// their index says, and segments keep rotating.
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_writes_and_creates_keep_offsets_true() {
-    let Some((fs, _mnt)) = lazy() else { return };
+    let (fs, _mnt) = lazy();
     let data = fs.path().join("data");
     let peer = SmtpPeer::start(Mode::Accept).await;
     let mut cfg = config(&data, Some(peer.url()));
@@ -355,9 +366,13 @@ async fn failed_writes_and_creates_keep_offsets_true() {
 /// Finding 6: `mailspool compact` makes sled's blobs (a 2 MiB dead letter
 /// lives there) durable before it swaps the directories and deletes the
 /// old copy.
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_then_a_power_cut_keeps_a_large_dead_letter() {
-    let Some((fs, _mnt)) = lazy() else { return };
+    let (fs, _mnt) = lazy();
     let data = fs.path().join("data");
     let peer = SmtpPeer::start(Mode::Reject).await;
     let cfg = config(&data, Some(peer.url()));
@@ -404,9 +419,13 @@ async fn compact_then_a_power_cut_keeps_a_large_dead_letter() {
 /// Finding 2, the operator's path: RequeueDead deletes the dead letter's
 /// copy in the same batch that points at its new body; once answered, a
 /// cut loses neither.
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requeue_dead_then_a_power_cut_loses_nothing() {
-    let Some((fs, _mnt)) = lazy() else { return };
+    let (fs, _mnt) = lazy();
     let data = fs.path().join("data");
     let peer = SmtpPeer::start(Mode::Reject).await;
     let cfg = config(&data, Some(peer.url()));
@@ -445,9 +464,13 @@ async fn requeue_dead_then_a_power_cut_loses_nothing() {
 
 /// Finding 7: an I/O error reading a body is not damage: the message
 /// stays queued with its body, and is delivered once the disk reads again.
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_read_error_keeps_the_message_and_its_body() {
-    let Some((fs, _mnt)) = lazy() else { return };
+    let (fs, _mnt) = lazy();
     let data = fs.path().join("data");
     let peer = SmtpPeer::start(Mode::Accept).await;
     let cfg = config(&data, Some(peer.url()));
@@ -495,9 +518,13 @@ async fn a_transient_read_error_keeps_the_message_and_its_body() {
 /// Finding 9: the first start makes a fresh data directory (or finds one
 /// an installer made a moment ago, never fsynced); a cut soon after must
 /// not undo the mkdir and everything acknowledged with it.
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_data_directory_survives_a_power_cut() {
-    let Some((fs, _mnt)) = lazy() else { return };
+    let (fs, _mnt) = lazy();
     let peer = SmtpPeer::start(Mode::Accept).await;
     let made_by_us: PathBuf = fs.path().join("srv/mailspool/data");
     let made_before = fs.path().join("installed");

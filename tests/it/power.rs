@@ -13,24 +13,12 @@ use crate::support::lazyfs;
 use crate::support::smtp::{Mode, SmtpPeer};
 use crate::support::*;
 
-fn fuse_available() -> bool {
-    let ok = std::path::Path::new("/dev/fuse").exists()
-        && std::path::Path::new("/usr/bin/fusermount3").exists();
-    if !ok {
-        assert!(
-            std::env::var("CI").map(|v| v != "true").unwrap_or(true),
-            "/dev/fuse and fusermount3 (Debian package fuse3) are needed under CI=true"
-        );
-        eprintln!("SKIPPED: no FUSE here (/dev/fuse, apt-get install fuse3); CI runs this");
-    }
-    ok
-}
-
+#[cfg_attr(
+    not(have_fuse),
+    ignore = "needs FUSE: /dev/fuse and fusermount3 (apt-get install fuse3)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_during_enqueue_and_delivery_lose_nothing_acknowledged() {
-    if !fuse_available() {
-        return;
-    }
     let mnt = tempdir();
     let fs = lazyfs::mount(mnt.path()).expect("mount LazyFs");
     let peer = SmtpPeer::start(Mode::AcceptAfter(Duration::from_millis(1))).await;

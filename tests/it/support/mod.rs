@@ -200,6 +200,23 @@ where
     }
 }
 
+/// A file a test needs from the system (the first of `candidates` that
+/// exists). Such a test is ignored where the build did not find its tool
+/// (`build.rs`, cfg `have_*`), so when it runs the tool must be here: a
+/// missing one (only possible under CI=true) fails with what to install.
+pub fn tool(candidates: &[PathBuf], package: &str) -> PathBuf {
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{} is missing: install the Debian package `{package}`",
+                candidates[0].display()
+            )
+        })
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("mailspool-it")
