@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("mailspool_descriptor.bin"))
         .build_server(true)
         .build_client(true)
-        .codec_path("crate::grpc_codec::StrictCodec")
+        .codec_path("crate::grpc::codec::StrictCodec")
         .compile_protos(&["proto/mailspool/v1/mailspool.proto"], &["proto"])?;
     tools();
     Ok(())

@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use mailspool::message::{build, EmailInput, Limits};
+use mailspool::delivery::scheduler::Scheduler;
+use mailspool::intake::message::{build, EmailInput, Limits};
 use mailspool::model::{now_ms, Lane, NewMessage, Outcome};
-use mailspool::scheduler::Scheduler;
-use mailspool::store::{Store, StoreOptions};
+use mailspool::spool::{Store, StoreOptions};
 
 const LIMITS: Limits = Limits {
     max_recipients: 100,

@@ -110,7 +110,7 @@ pub struct Config {
     pub insecure_no_auth: bool,
     /// The callers and their policies; auth is on when any is set or the
     /// listen address is not loopback.
-    pub clients: Vec<crate::auth::ClientConfig>,
+    pub clients: Vec<crate::intake::auth::ClientConfig>,
     /// gRPC over TLS: certificate chain and key (PEM), reloaded on SIGHUP.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -473,8 +473,8 @@ impl Config {
         self.metrics_listen.parse().ok()
     }
 
-    pub fn thresholds(&self) -> crate::congestion::Thresholds {
-        crate::congestion::Thresholds {
+    pub fn thresholds(&self) -> crate::observe::congestion::Thresholds {
+        crate::observe::congestion::Thresholds {
             warn_age_secs: self.congestion_warn_age_secs as f64,
             critical_age_secs: self.congestion_critical_age_secs as f64,
             warn_eta_secs: self.congestion_warn_eta_secs as f64,
@@ -550,10 +550,10 @@ mod tests {
     #[test]
     fn one_credential_belongs_to_one_client() {
         let entry = |name: &str, hash: char| {
-            crate::auth::ClientConfig::with_token(
+            crate::intake::auth::ClientConfig::with_token(
                 name,
                 hash.to_string().repeat(64),
-                &[crate::auth::Role::Enqueue],
+                &[crate::intake::auth::Role::Enqueue],
             )
         };
         let mut c = Config {

@@ -23,43 +23,20 @@
 //! reflection, and handles shutdown; [`config`] holds the settings; [`cli`],
 //! [`admin_cli`] and [`watch`] are the client commands of the binary.
 
-pub mod admin_api;
-pub mod admin_cli;
-pub mod admission;
-pub mod api;
-pub mod auth;
-pub mod bench;
-pub mod child;
-pub mod cli;
-pub mod codec;
-pub mod compact;
+// Shared leaves: plain data and helpers every room may use.
 pub mod config;
-pub mod congestion;
-pub mod conn_limit;
-pub mod delivery;
-pub mod fsutil;
-pub mod grpc_codec;
-pub mod lanes;
-/// Test harness, used by the tests and by `mailspool torture --power-cuts` (never by the server): a FUSE filesystem that loses what was not fsynced.
-pub mod lazyfs;
-pub mod message;
-pub mod metrics;
 pub mod model;
-pub mod ops;
-pub mod peer;
-pub mod queue_cli;
-pub mod relay;
-pub mod retry;
-pub mod scheduler;
-pub mod segments;
-pub mod server;
-pub mod soak;
-pub mod stats;
-pub mod store;
 pub mod tls;
-pub mod torture;
-pub mod transfer;
-pub mod watch;
+
+// The rooms, in the order a message flows through them.
+pub mod cli;
+pub mod delivery;
+pub mod grpc;
+pub mod harness;
+pub mod intake;
+pub mod observe;
+pub mod server;
+pub mod spool;
 
 /// Generated protobuf and gRPC types for `mailspool.v1`.
 pub mod pb {

@@ -42,22 +42,22 @@ fn main() -> ExitCode {
         Some(Command::Enqueue(a)) => runtime.block_on(cli::enqueue(a)),
         Some(Command::Stats(a)) => runtime.block_on(cli::stats(a)),
         Some(Command::Status(a)) => runtime.block_on(cli::status(a)),
-        Some(Command::Queue(a)) => runtime.block_on(mailspool::queue_cli::queue(a)),
-        Some(Command::TopDomains(a)) => runtime.block_on(mailspool::queue_cli::top_domains(a)),
+        Some(Command::Queue(a)) => runtime.block_on(mailspool::cli::queue::queue(a)),
+        Some(Command::TopDomains(a)) => runtime.block_on(mailspool::cli::queue::top_domains(a)),
         Some(Command::Compact(a)) => cli::compact(a),
         Some(Command::Token(a)) => cli::token(a),
         Some(Command::Soak(a)) => {
             let interval = a.interval_secs;
             runtime
-                .block_on(mailspool::soak::run(a))
+                .block_on(mailspool::harness::soak::run(a))
                 .map_err(|e| e as Box<dyn std::error::Error>)
                 .and_then(|samples| {
-                    mailspool::soak::check(&samples, interval)
+                    mailspool::harness::soak::check(&samples, interval)
                         .map_err(|e| format!("soak failed: {e}").into())
                 })
         }
         Some(Command::Torture(a)) => runtime
-            .block_on(mailspool::torture::run(a))
+            .block_on(mailspool::harness::torture::run(a))
             .map_err(|e| e as Box<dyn std::error::Error>)
             .and_then(|r| {
                 if r.ok() {
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
                 }
             }),
         Some(Command::Bench(a)) => runtime
-            .block_on(mailspool::bench::run(a))
+            .block_on(mailspool::harness::bench::run(a))
             .map_err(|e| e as Box<dyn std::error::Error>),
     };
     match result {

@@ -107,7 +107,7 @@ pub struct Record {
     pub envelope_to: Vec<String>,
     pub message_id: String,
     pub idempotency_key: String,
-    pub body: crate::segments::BodyLoc,
+    pub body: crate::spool::segments::BodyLoc,
     /// The client that enqueued it (its slot in the spool's client
     /// registry; 0 = no client: auth off, or written before format 2).
     pub client: u16,
@@ -126,7 +126,7 @@ struct RecordV1 {
     envelope_to: Vec<String>,
     message_id: String,
     idempotency_key: String,
-    body: crate::segments::BodyLoc,
+    body: crate::spool::segments::BodyLoc,
 }
 
 impl From<RecordV1> for Record {
@@ -148,9 +148,9 @@ impl From<RecordV1> for Record {
     }
 }
 
-impl crate::codec::Versioned for Record {
-    fn decode_v1(body: &[u8]) -> Result<Self, crate::codec::DecodeError> {
-        crate::codec::decode_body::<RecordV1>(body).map(Record::from)
+impl crate::spool::codec::Versioned for Record {
+    fn decode_v1(body: &[u8]) -> Result<Self, crate::spool::codec::DecodeError> {
+        crate::spool::codec::decode_body::<RecordV1>(body).map(Record::from)
     }
 }
 
@@ -162,9 +162,9 @@ struct DeadRecordV1 {
     reason: String,
 }
 
-impl crate::codec::Versioned for DeadRecord {
-    fn decode_v1(body: &[u8]) -> Result<Self, crate::codec::DecodeError> {
-        crate::codec::decode_body::<DeadRecordV1>(body).map(|d| DeadRecord {
+impl crate::spool::codec::Versioned for DeadRecord {
+    fn decode_v1(body: &[u8]) -> Result<Self, crate::spool::codec::DecodeError> {
+        crate::spool::codec::decode_body::<DeadRecordV1>(body).map(|d| DeadRecord {
             record: d.record.into(),
             raw: d.raw,
             died_ms: d.died_ms,
@@ -173,7 +173,7 @@ impl crate::codec::Versioned for DeadRecord {
     }
 }
 
-impl crate::codec::Versioned for DeliveredRecord {}
+impl crate::spool::codec::Versioned for DeliveredRecord {}
 
 /// A leased message: its index entry and its RFC 5322 bytes.
 #[derive(Debug, Clone)]

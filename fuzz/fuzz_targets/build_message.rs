@@ -5,7 +5,7 @@
 //! header section without injected lines.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mailspool::message::{build, EmailInput, Limits};
+use mailspool::intake::message::{build, EmailInput, Limits};
 use mailspool::model::Lane;
 
 fn list(s: &str) -> Vec<String> {

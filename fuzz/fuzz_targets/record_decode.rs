@@ -4,9 +4,9 @@
 //! harmless, as the value is the same.)
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use mailspool::codec::{decode, encode};
+use mailspool::spool::codec::{decode, encode};
 use mailspool::model::{DeadRecord, DeliveredRecord, Record};
-use mailspool::store::Counters;
+use mailspool::spool::Counters;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = decode::<Record>(data) {

@@ -35,7 +35,7 @@ pub struct CompactArgs {
 
 pub fn compact(a: CompactArgs) -> ClientResult {
     eprintln!("compacting {} ...", a.data_dir.display());
-    let c = crate::compact::compact(&a.data_dir).map_err(|e| e.to_string())?;
+    let c = crate::spool::compact::compact(&a.data_dir).map_err(|e| e.to_string())?;
     println!(
         "index: {:.1} MiB → {:.1} MiB in {:.1} s",
         c.before as f64 / 1048576.0,

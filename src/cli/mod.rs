@@ -1,8 +1,8 @@
 //! The binary's command line: `serve` (the default), client commands for
 //! people (`enqueue`, `stats`, `status`) and operator commands (`queue ...`,
 //! `top-domains`, `stats --watch`). This module owns the flags and the
-//! calls; what the operator commands print is built by [`crate::admin_cli`]
-//! and the live view by [`crate::watch`].
+//! calls; what the operator commands print is built by [`crate::cli::admin`]
+//! and the live view by [`crate::cli::watch`].
 //!
 //! Files: this one the commands and the client connection (flags, token,
 //! channel, errors); `serve_args.rs` the server's flags and how they
@@ -14,16 +14,19 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::admin_cli as ac;
-use crate::auth::{AuthChannel, Bearer};
+use crate::cli::admin as ac;
+use crate::cli::queue::{QueueArgs, TopDomainsArgs};
 use crate::config::{Config, ConfigError, LogFormat, RelayTls};
+use crate::intake::auth::{AuthChannel, Bearer};
 use crate::pb;
-use crate::queue_cli::{QueueArgs, TopDomainsArgs};
 
+pub mod admin;
 mod commands;
+pub mod queue;
 mod serve_args;
 mod show_stats;
 mod token;
+pub mod watch;
 
 pub use commands::{compact, enqueue, status, CompactArgs, EnqueueArgs, StatsArgs, StatusArgs};
 pub use serve_args::ServeArgs;
@@ -62,15 +65,15 @@ pub enum Command {
     /// Create a client token: `mailspool token create --name svc --role enqueue`.
     Token(TokenArgs),
     /// The surge benchmark (see BENCHMARKS.md).
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::harness::bench::BenchArgs),
     /// Give back the disk space the index keeps after a drain (server stopped).
     Compact(CompactArgs),
     /// SIGKILL the server at random moments under load and a flapping relay;
     /// check that nothing acknowledged was lost.
-    Torture(crate::torture::TortureArgs),
+    Torture(crate::harness::torture::TortureArgs),
     /// A bounded run under steady load and a flapping relay; RSS, open files
     /// and data-dir size must stay flat.
-    Soak(crate::soak::SoakArgs),
+    Soak(crate::harness::soak::SoakArgs),
 }
 
 #[derive(Debug, Args, Clone)]

@@ -4,7 +4,7 @@ use super::*;
 
 pub async fn stats(a: StatsArgs) -> ClientResult {
     if a.watch {
-        return crate::watch::run(&a.client, a.interval, a.count).await;
+        return crate::cli::watch::run(&a.client, a.interval, a.count).await;
     }
     let mut client = pb::queue_admin_client::QueueAdminClient::new(channel(&a.client).await?);
     let s = client

@@ -1,7 +1,7 @@
 //! The command line's own tests.
 
 use super::*;
-use crate::queue_cli::QueueCommand;
+use crate::cli::queue::QueueCommand;
 
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
     Cli::try_parse_from(std::iter::once("mailspool").chain(args.iter().copied()))

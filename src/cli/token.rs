@@ -26,16 +26,16 @@ pub enum TokenCommand {
 /// only ever sees its hash.
 pub fn token(a: TokenArgs) -> ClientResult {
     let TokenCommand::Create { name, roles } = a.command;
-    let token = crate::auth::new_token();
-    let hash = crate::auth::token_hash(&token);
-    let parsed: Vec<crate::auth::Role> = roles
+    let token = crate::intake::auth::new_token();
+    let hash = crate::intake::auth::token_hash(&token);
+    let parsed: Vec<crate::intake::auth::Role> = roles
         .iter()
         .map(|r| match r.as_str() {
-            "admin" => crate::auth::Role::Admin,
-            _ => crate::auth::Role::Enqueue,
+            "admin" => crate::intake::auth::Role::Admin,
+            _ => crate::intake::auth::Role::Enqueue,
         })
         .collect();
-    let entry = crate::auth::ClientConfig::with_token(&name, hash.clone(), &parsed);
+    let entry = crate::intake::auth::ClientConfig::with_token(&name, hash.clone(), &parsed);
     entry.validate().map_err(|e| format!("--{e}"))?;
     let roles = roles
         .iter()

@@ -1,5 +1,5 @@
 //! Durability under the orderings a storage review found: each test puts the
-//! spool on LazyFs (`mailspool::lazyfs`: unsynced bytes *and* unsynced
+//! spool on LazyFs (`mailspool::harness::lazyfs`: unsynced bytes *and* unsynced
 //! directory entries are undone at a cut; faults injected on chosen files)
 //! and drives the real server. A cut is either SIGKILL of a child server
 //! plus `crash()`, or, for an in-process server, `freeze()` (nothing after
@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailspool::child::ServerProcess;
-use mailspool::lazyfs::{self, Fault, FaultOp, Mounted};
+use mailspool::harness::child::ServerProcess;
+use mailspool::harness::lazyfs::{self, Fault, FaultOp, Mounted};
 use mailspool::pb;
 use mailspool::pb::mail_queue_client::MailQueueClient;
 
@@ -383,7 +383,7 @@ async fn compact_then_a_power_cut_keeps_a_large_dead_letter() {
     s.wait_state(&id, pb::MessageState::Dead).await;
     s.shutdown().await;
 
-    let done = mailspool::compact::compact(&data).expect("compact");
+    let done = mailspool::spool::compact::compact(&data).expect("compact");
     assert!(done.after > 0);
     fs.crash();
 

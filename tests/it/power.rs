@@ -1,4 +1,4 @@
-//! Power loss: the spool on LazyFs (`mailspool::lazyfs`), which drops every
+//! Power loss: the spool on LazyFs (`mailspool::harness::lazyfs`), which drops every
 //! write not fsynced when a crash is simulated. Crashed repeatedly during
 //! enqueue and delivery: no acknowledged message may be lost.
 
@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailspool::child::ServerProcess;
+use mailspool::harness::child::ServerProcess;
 
 use crate::support::lazyfs;
 use crate::support::smtp::{Mode, SmtpPeer};

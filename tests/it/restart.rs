@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailspool::child::ServerProcess;
+use mailspool::harness::child::ServerProcess;
 use mailspool::pb;
 use mailspool::pb::mail_queue_client::MailQueueClient;
 use tokio::process::Command;
@@ -166,10 +166,10 @@ async fn compact_keeps_every_message_and_status() {
     let config = s.config.clone();
     s.shutdown().await;
 
-    let c = mailspool::compact::compact(dir.path()).unwrap();
+    let c = mailspool::spool::compact::compact(dir.path()).unwrap();
     assert!(c.after <= c.before, "{c:?}");
     // Compacting twice is harmless.
-    mailspool::compact::compact(dir.path()).unwrap();
+    mailspool::spool::compact::compact(dir.path()).unwrap();
 
     let s = TestServer::start(config).await;
     let st = s.stats().await;
@@ -185,7 +185,7 @@ async fn compact_keeps_every_message_and_status() {
     assert_eq!(m.state(), pb::MessageState::Queued);
     assert!(m.attempts >= 1);
     // A running server's spool cannot be compacted.
-    let err = mailspool::compact::compact(dir.path()).unwrap_err();
+    let err = mailspool::spool::compact::compact(dir.path()).unwrap_err();
     assert!(err.to_string().contains("stop the server"), "{err}");
     s.shutdown().await;
 }
@@ -193,7 +193,7 @@ async fn compact_keeps_every_message_and_status() {
 /// The short form of `mailspool torture` (the long form: `--cycles 50`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torture_short_form_loses_nothing() {
-    let report = mailspool::torture::run(mailspool::torture::TortureArgs {
+    let report = mailspool::harness::torture::run(mailspool::harness::torture::TortureArgs {
         cycles: 4,
         power_cuts: 0,
         max_run_ms: 700,

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use mailspool::auth::{token_hash, ClientConfig, Role};
-use mailspool::auth::{AuthChannel, Bearer};
+use mailspool::intake::auth::{token_hash, ClientConfig, Role};
+use mailspool::intake::auth::{AuthChannel, Bearer};
 use mailspool::pb;
 use mailspool::pb::mail_queue_client::MailQueueClient;
 use mailspool::pb::queue_admin_client::QueueAdminClient;
@@ -687,7 +687,7 @@ async fn no_secret_reaches_the_log() {
         ),
     )
     .unwrap();
-    let server = mailspool::child::ServerProcess::start(
+    let server = mailspool::harness::child::ServerProcess::start(
         std::path::Path::new(binary()),
         &data,
         &peer.url(),
@@ -754,7 +754,7 @@ async fn sighup_reloads_the_certificate_of_the_running_binary() {
     let (cert_file, key_file) = (dir.path().join("s.crt"), dir.path().join("s.key"));
     std::fs::write(&cert_file, cert).unwrap();
     std::fs::write(&key_file, key).unwrap();
-    let server = mailspool::child::ServerProcess::start(
+    let server = mailspool::harness::child::ServerProcess::start(
         std::path::Path::new(binary()),
         &dir.path().join("data"),
         "smtp://127.0.0.1:9",
@@ -956,7 +956,7 @@ async fn sighup_replaces_the_clients() {
         )
     };
     std::fs::write(&file, entry("first", SVC)).unwrap();
-    let server = mailspool::child::ServerProcess::start(
+    let server = mailspool::harness::child::ServerProcess::start(
         std::path::Path::new(binary()),
         &dir.path().join("data"),
         "smtp://127.0.0.1:9",

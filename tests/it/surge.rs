@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mailspool::lanes::MAX_WAIT_LEASES;
+use mailspool::delivery::lanes::MAX_WAIT_LEASES;
 use mailspool::pb;
 
 use crate::support::smtp::{Mode, SmtpPeer};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use mailspool::child::ServerProcess;
+use mailspool::harness::child::ServerProcess;
 use mailspool::pb;
 use mailspool::pb::queue_admin_client::QueueAdminClient;
 

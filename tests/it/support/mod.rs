@@ -1,8 +1,8 @@
 //! Shared helpers: a real server on 127.0.0.1:0 with a temporary spool,
 //! gRPC clients, request builders, and waiting on a condition with a deadline.
 
-pub use mailspool::lazyfs;
-pub use mailspool::peer as smtp;
+pub use mailspool::harness::lazyfs;
+pub use mailspool::harness::peer as smtp;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -62,9 +62,14 @@
 //! `apply.rs` how each operation changes a group.
 
 mod apply;
+pub mod codec;
 mod commit;
+pub mod compact;
+pub mod fsutil;
 mod key;
+pub mod ops;
 mod recover;
+pub mod segments;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -82,11 +87,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::codec;
 use crate::model::{
     now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Outcome, Record,
 };
-use crate::segments::{BodyLoc, Deleter, SegmentError, SegmentReader, Segments};
+use crate::spool::segments::{BodyLoc, Deleter, SegmentError, SegmentReader, Segments};
 
 use commit::{sync_stage, Committer, Fault, Op, Syncer};
 use recover::{drop_ghosts, highest_id, migrate_due_keys, migrate_idempotency_keys, recount};
@@ -103,7 +107,7 @@ struct Shared {
     bodies: SegmentReader,
     admin: Mutex<AdminState>,
     node_id: String,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::observe::metrics::Metrics>,
     /// Published by the committer after each group.
     clients: Mutex<Clients>,
     /// Set once, when an fsync fails: then nothing more is accepted.
@@ -170,7 +174,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the spool under `dir` and starts the committer.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
-        crate::fsutil::create_dir_durable(dir, 0o700)?;
+        crate::spool::fsutil::create_dir_durable(dir, 0o700)?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(options.cache_capacity_bytes)

@@ -13,7 +13,7 @@
 //! - A message is removed here only after the other node acknowledged it
 //!   (durable there), with a durable Cancel recorded as "transferred to ...".
 
-use crate::auth::{AuthChannel, Bearer};
+use crate::intake::auth::{AuthChannel, Bearer};
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -22,10 +22,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status};
 
-use crate::api::{lane_to_proto, store_status, Api};
+use crate::grpc::api::{lane_to_proto, store_status, Api};
 use crate::model::{now_ms, MessageId};
 use crate::pb;
-use crate::store::{AdminOp, Index, Listed};
+use crate::spool::{AdminOp, Index, Listed};
 
 pub type ProgressStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::TransferProgress, Status>> + Send>>;

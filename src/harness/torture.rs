@@ -15,7 +15,7 @@
 //!   lost with the process: counted, not an error);
 //! - duplicates (delivered more than once) counted and reported.
 //!
-//! With `--power-cuts N` the spool lives on LazyFs ([`crate::lazyfs`]) and
+//! With `--power-cuts N` the spool lives on LazyFs ([`crate::harness::lazyfs`]) and
 //! each of the N cycles is a power cut: SIGKILL, then every byte and every
 //! directory entry that was not fsynced is dropped, then a restart.
 
@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::child::ServerProcess;
+use crate::harness::child::ServerProcess;
+use crate::harness::peer::{Mode, SmtpPeer};
 use crate::pb;
 use crate::pb::mail_queue_client::MailQueueClient;
-use crate::peer::{Mode, SmtpPeer};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -227,7 +227,7 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
     // of its own on it that nobody fsyncs here: after a cut it exists only if
     // the server made it durable.
     let lazy = if power {
-        if !crate::lazyfs::available() {
+        if !crate::harness::lazyfs::available() {
             return Err(
                 "torture --power-cuts mounts a FUSE filesystem and needs /dev/fuse and \
                  /usr/bin/fusermount3: install the Debian package fuse3 \
@@ -235,7 +235,7 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
                     .into(),
             );
         }
-        let fs = crate::lazyfs::mount(dir.path())
+        let fs = crate::harness::lazyfs::mount(dir.path())
             .map_err(|e| format!("mounting LazyFs on {}: {e}", dir.path().display()))?;
         Some(fs)
     } else {

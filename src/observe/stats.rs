@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::store::StoreSnapshot;
+use crate::spool::StoreSnapshot;
 
 const WINDOW: usize = 60;
 /// The short window, used when the rates changed (a surge began or ended):
@@ -331,7 +331,7 @@ pub fn drain_eta(queued: u64, enqueue_rate: f64, delivery_rate: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Counters;
+    use crate::spool::Counters;
 
     #[test]
     fn eta_counts_the_inflow() {

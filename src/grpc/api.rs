@@ -8,16 +8,16 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::admission::{admit, Refusal, SpoolLimits, Usage};
-use crate::auth::{caller, Authenticator, Client, Denial, Facts};
-use crate::store::INDEX_BYTES_PER_MESSAGE;
+use crate::intake::admission::{admit, Refusal, SpoolLimits, Usage};
+use crate::intake::auth::{caller, Authenticator, Client, Denial, Facts};
+use crate::spool::INDEX_BYTES_PER_MESSAGE;
 
-use crate::message::{self, EmailInput, InvalidField, Limits};
+use crate::delivery::scheduler::Scheduler;
+use crate::intake::message::{self, EmailInput, InvalidField, Limits};
 use crate::model::{now_ms, Lane, MessageId, NewMessage};
+use crate::observe::stats::Rates;
 use crate::pb;
-use crate::scheduler::Scheduler;
-use crate::stats::Rates;
-use crate::store::{Status as SpoolStatus, Store, StoreError};
+use crate::spool::{Status as SpoolStatus, Store, StoreError};
 
 /// Everything the handlers need. Cloning is cheap.
 #[derive(Clone)]
@@ -37,10 +37,10 @@ pub struct Api {
     pub admitted_since_sample: Arc<AtomicU64>,
     /// Enqueue requests refused for space.
     pub refused: Arc<AtomicU64>,
-    pub relay: Arc<crate::relay::Relay>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub congestion: Arc<crate::congestion::Tracker>,
-    pub thresholds: crate::congestion::Thresholds,
+    pub relay: Arc<crate::delivery::relay::Relay>,
+    pub metrics: Arc<crate::observe::metrics::Metrics>,
+    pub congestion: Arc<crate::observe::congestion::Tracker>,
+    pub thresholds: crate::observe::congestion::Thresholds,
     /// One Transfer at a time.
     pub transfer_lock: Arc<tokio::sync::Mutex<()>>,
     /// Who may call what (`auth`).
@@ -240,7 +240,7 @@ impl Api {
     /// (their errors quote recipients), not quarantined ones. Delivered and
     /// cancelled ones keep no owner and carry no addresses or errors.
     fn may_see(&self, client: &Client, status: &SpoolStatus) -> bool {
-        if !self.auth.enabled() || client.has(crate::auth::Role::Admin) {
+        if !self.auth.enabled() || client.has(crate::intake::auth::Role::Admin) {
             return true;
         }
         let owner = match status {
@@ -300,7 +300,7 @@ impl Api {
 
     /// Observes the call's duration into the enqueue histogram when dropped.
     fn enqueue_timer(&self) -> impl Drop {
-        struct Timer(Arc<crate::metrics::Metrics>, std::time::Instant);
+        struct Timer(Arc<crate::observe::metrics::Metrics>, std::time::Instant);
         impl Drop for Timer {
             fn drop(&mut self) {
                 self.0
@@ -311,7 +311,7 @@ impl Api {
         Timer(self.metrics.clone(), std::time::Instant::now())
     }
 
-    fn accepted(&self, appended: &[crate::store::Appended]) {
+    fn accepted(&self, appended: &[crate::spool::Appended]) {
         let new = appended.iter().filter(|a| !a.duplicate).count() as u64;
         if new > 0 {
             self.rates.enqueued(new);

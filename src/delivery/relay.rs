@@ -20,8 +20,8 @@ use lettre::{Address, AsyncFileTransport, AsyncTransport, Tokio1Executor};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, RelayTls, RelayUrl};
+use crate::delivery::retry::{classify, SendResult};
 use crate::model::{Leased, Record};
-use crate::retry::{classify, SendResult};
 
 /// Idle connections older than this are checked with NOOP before use.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::child::{cpu_seconds, ServerProcess};
+use crate::harness::child::{cpu_seconds, ServerProcess};
 use crate::pb;
 use crate::pb::mail_queue_client::MailQueueClient;
 use crate::pb::queue_admin_client::QueueAdminClient;
@@ -129,13 +129,13 @@ fn bar(len: usize, what: &str) -> Arc<ProgressBar> {
 
 /// A connection that sends MAILSPOOL_TOKEN when it is set (a `--server`
 /// with auth).
-async fn channel(url: &str) -> Result<crate::auth::AuthChannel, Error> {
+async fn channel(url: &str) -> Result<crate::intake::auth::AuthChannel, Error> {
     let token = std::env::var("MAILSPOOL_TOKEN").ok();
-    let bearer = crate::auth::Bearer::new(token.as_deref())?;
+    let bearer = crate::intake::auth::Bearer::new(token.as_deref())?;
     let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect()
         .await?;
-    Ok(crate::auth::AuthChannel::new(ch, bearer))
+    Ok(crate::intake::auth::AuthChannel::new(ch, bearer))
 }
 
 async fn unary(url: &str, n: usize, c: usize, body: &str, what: &str) -> Result<Run, Error> {
@@ -531,7 +531,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     s2.stop().await?;
     let _ = sink.kill();
     let after = dir_bytes(&data);
-    let compacted = crate::compact::compact(&data)?;
+    let compacted = crate::spool::compact::compact(&data)?;
     let after_compact = dir_bytes(&data);
     resource_rows(
         &mut rows,

@@ -125,7 +125,7 @@ pub(super) fn drop_ghosts(
         };
         let len = *lens
             .entry(r.body.segment)
-            .or_insert_with(|| crate::segments::segment_len(segments_dir, r.body.segment));
+            .or_insert_with(|| crate::spool::segments::segment_len(segments_dir, r.body.segment));
         if len.is_none_or(|l| r.body.end() <= l) {
             continue;
         }

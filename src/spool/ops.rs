@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use crate::model::{Lane, MessageId};
-use crate::store::{AdminOp, Index, Listed, Store, StoreError};
+use crate::spool::{AdminOp, Index, Listed, Store, StoreError};
 
 /// Index entries read per listing page at most.
 pub const SCAN_LIMIT: usize = 20_000;

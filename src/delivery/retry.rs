@@ -154,7 +154,7 @@ mod tests {
             envelope_to: vec![],
             message_id: String::new(),
             idempotency_key: String::new(),
-            body: crate::segments::BodyLoc {
+            body: crate::spool::segments::BodyLoc {
                 segment: 0,
                 offset: 0,
                 len: 0,

@@ -52,7 +52,7 @@ pub fn compact(data_dir: &Path) -> Result<Compacted, Error> {
         std::fs::remove_dir_all(&fresh)?;
     }
     let before = sled_bytes(&spool);
-    let old = crate::store::open_sled(&sled::Config::new().path(&spool)).map_err(|e| {
+    let old = crate::spool::open_sled(&sled::Config::new().path(&spool)).map_err(|e| {
         format!(
             "cannot open {} ({e}); stop the server that uses it first",
             spool.display()

@@ -162,7 +162,7 @@ impl Segments {
         live: BTreeMap<u32, u64>,
         max_bytes: u64,
     ) -> Result<Segments, SegmentError> {
-        crate::fsutil::create_dir_durable(dir, 0o700)?;
+        crate::spool::fsutil::create_dir_durable(dir, 0o700)?;
         let reader = SegmentReader::default();
         let mut max_id = live.keys().next_back().copied().unwrap_or(0);
         let mut removed = false;

@@ -6,6 +6,8 @@
 //! server, let workers finish their leases within the grace period (what is
 //! not finished stays due for the next start), flush, return.
 
+pub mod conn_limit;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,25 +17,23 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admission::SpoolLimits;
-use crate::api::Api;
-use crate::auth::{Authenticator, Role};
 use crate::config::Config;
-use crate::message::Limits;
-use crate::pb;
-use crate::relay::Relay;
-use crate::retry::RetryPolicy;
-use crate::scheduler::Scheduler;
-use crate::stats::Rates;
-use crate::store::{Store, StoreOptions};
-use tonic::service::interceptor::InterceptedService;
+use crate::delivery::relay::Relay;
+use crate::delivery::retry::RetryPolicy;
+use crate::delivery::scheduler::Scheduler;
+use crate::grpc::api::Api;
+use crate::intake::admission::SpoolLimits;
+use crate::intake::auth::Authenticator;
+use crate::intake::message::Limits;
+use crate::observe::stats::Rates;
+use crate::spool::{Store, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the spool in {dir}: {source}")]
     Spool {
         dir: String,
-        source: crate::store::StoreError,
+        source: crate::spool::StoreError,
     },
     #[error(
         "cannot listen on {addr}: {source}; is another mailspool running? choose another --listen"
@@ -82,7 +82,7 @@ impl Server {
             source,
         })?;
         let spool_dir = config.data_dir.join("spool");
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::observe::metrics::Metrics::default());
         let options = StoreOptions {
             metrics: metrics.clone(),
             cache_capacity_bytes: config.cache_capacity_bytes,
@@ -115,7 +115,7 @@ impl Server {
         })?;
         let metrics_listener = match config.metrics_addr() {
             Some(a) => Some(
-                crate::metrics::bind(a)
+                crate::observe::metrics::bind(a)
                     .await
                     .map_err(|source| StartError::Metrics { addr: a, source })?,
             ),
@@ -171,7 +171,7 @@ impl Server {
         };
         let mut workers = Vec::new();
         for _ in 0..config.effective_workers() {
-            workers.push(tokio::spawn(crate::delivery::run_worker(
+            workers.push(tokio::spawn(crate::delivery::worker::run_worker(
                 scheduler.clone(),
                 relay.clone(),
                 policy,
@@ -208,12 +208,14 @@ impl Server {
                     .refresh(&api.overview(), api.relay.connections());
                 api.metrics.render()
             });
-            tokio::spawn(crate::metrics::serve(listener, scrape, stop_rx.clone()));
+            tokio::spawn(crate::observe::metrics::serve(
+                listener,
+                scrape,
+                stop_rx.clone(),
+            ));
         }
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
-            .await;
+        crate::grpc::services::set_serving(&health, true).await;
         // Each second: the congestion state (logged on change) and readiness.
         {
             let (api, health, mut stop) = (api.clone(), health.clone(), stop_rx.clone());
@@ -228,53 +230,21 @@ impl Server {
                     let accepting = api.accepting_transactional();
                     if accepting != ready {
                         ready = accepting;
-                        if ready {
-                            health
-                                .set_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
-                                .await;
-                        } else {
-                            health
-                                .set_not_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
-                                .await;
-                        }
+                        crate::grpc::services::set_serving(&health, ready).await;
                         tracing::warn!(serving = ready, "HealthChanged");
                     }
                 }
             });
         }
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("embedded descriptors are valid");
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .expect("embedded descriptors are valid");
-
         let mut grpc_stop = stop_rx.clone();
         let closing_health = (health.clone(), stop_rx.clone());
-        // Health and reflection answer anyone (probes, grpcurl); MailQueue
-        // and QueueAdmin only authenticated callers with the role.
-        let mail_queue = pb::mail_queue_server::MailQueueServer::new(api.clone())
-            .max_decoding_message_size(max_request)
-            .max_encoding_message_size(max_request);
-        let queue_admin = pb::queue_admin_server::QueueAdminServer::new(api)
-            .max_decoding_message_size(ADMIN_MAX_REQUEST)
-            .max_encoding_message_size(max_request);
-        let router = limits(tonic::transport::Server::builder(), &config)
-            .add_service(InterceptedService::new(
-                mail_queue,
-                crate::auth::interceptor(auth.clone(), Role::Enqueue),
-            ))
-            .add_service(InterceptedService::new(
-                queue_admin,
-                crate::auth::interceptor(auth.clone(), Role::Admin),
-            ))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        let router = crate::grpc::services::router(
+            limits(tonic::transport::Server::builder(), &config),
+            api,
+            auth.clone(),
+            max_request,
+            health_service,
+        );
         let shutdown = async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         };
@@ -285,14 +255,14 @@ impl Server {
         let grpc = match &tls {
             Some(tls) => {
                 let incoming = tls.incoming_with_timeout(listener, handshake);
-                let incoming = crate::conn_limit::limit(incoming, max_conns, handshake);
+                let incoming = crate::server::conn_limit::limit(incoming, max_conns, handshake);
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
             }
             None => {
                 let incoming = TcpIncoming::from(listener)
                     .with_nodelay(Some(true))
                     .with_keepalive(Some(TCP_KEEPALIVE));
-                let incoming = crate::conn_limit::limit(incoming, max_conns, handshake);
+                let incoming = crate::server::conn_limit::limit(incoming, max_conns, handshake);
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown))
             }
         };
@@ -303,9 +273,7 @@ impl Server {
             let _ = stopped.wait_for(|s| *s).await;
             closing.store(true, Ordering::Release);
             let (health, _) = closing_health;
-            health
-                .set_not_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
-                .await;
+            crate::grpc::services::set_serving(&health, false).await;
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
@@ -365,7 +333,7 @@ pub fn secure_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // Durable: a power cut soon after the first start must not undo the
     // mkdir, and with it everything acknowledged so far.
-    crate::fsutil::create_dir_durable(dir, 0o700)?;
+    crate::spool::fsutil::create_dir_durable(dir, 0o700)?;
     let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -392,8 +360,6 @@ pub fn disk_free_bytes(dir: &std::path::Path) -> u64 {
     }
 }
 
-/// Decoded admin requests are small (ids and filters).
-const ADMIN_MAX_REQUEST: usize = 4 << 20;
 /// Dead peers are noticed by TCP keepalive and HTTP/2 pings.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 

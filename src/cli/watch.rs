@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use crate::admin_cli::{ago, human_bytes, human_duration, lane_name, thousands, utc_time};
+use crate::cli::admin::{ago, human_bytes, human_duration, lane_name, thousands, utc_time};
 use crate::pb;
 
 /// Samples kept for the sparkline.
@@ -275,11 +275,10 @@ pub async fn run(
         .endpoint()?
         .connect_timeout(Duration::from_secs(2))
         .timeout(interval.max(Duration::from_secs(2)));
-    let bearer = crate::auth::Bearer::new(args.token()?.as_deref())?;
-    let mut client = pb::queue_admin_client::QueueAdminClient::new(crate::auth::AuthChannel::new(
-        endpoint.connect_lazy(),
-        bearer,
-    ));
+    let bearer = crate::intake::auth::Bearer::new(args.token()?.as_deref())?;
+    let mut client = pb::queue_admin_client::QueueAdminClient::new(
+        crate::intake::auth::AuthChannel::new(endpoint.connect_lazy(), bearer),
+    );
     let tty = std::io::stdout().is_terminal();
     let mut history = History::default();
     let mut last: Option<(pb::QueueStatsResponse, i64)> = None;
@@ -291,7 +290,7 @@ pub async fn run(
             _ = &mut ctrl_c => break,
             r = client.queue_stats(pb::QueueStatsRequest {}) => r,
         };
-        let now = crate::admin_cli::now_ms();
+        let now = crate::cli::admin::now_ms();
         let error = match answer {
             Ok(r) => {
                 let s = r.into_inner();

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use crate::api::{lane_from_proto, lane_to_proto, store_status, Api};
-use crate::congestion::{assess, Level, Signals};
+use crate::grpc::api::{lane_from_proto, lane_to_proto, store_status, Api};
 use crate::model::{now_ms, Lane, MessageId};
-use crate::ops::{self, Filter, StateSel, Summary, Where};
+use crate::observe::congestion::{assess, Level, Signals};
+use crate::observe::stats::queue_stats;
 use crate::pb;
-use crate::stats::queue_stats;
-use crate::store::{AdminOp, Status as SpoolStatus};
+use crate::spool::ops::{self, Filter, StateSel, Summary, Where};
+use crate::spool::{AdminOp, Status as SpoolStatus};
 
 fn bad(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
@@ -444,16 +444,16 @@ impl pb::queue_admin_server::QueueAdmin for Api {
         let (summary, raw) = match status {
             Some(SpoolStatus::Queued(r)) => {
                 let raw = self.store.body(id, &r).unwrap_or_default();
-                let entry = crate::store::Listed::Queued(id, r);
+                let entry = crate::spool::Listed::Queued(id, r);
                 (ops::summarize(entry, now, &leased), raw)
             }
             Some(SpoolStatus::Dead(d)) => {
                 let raw = d.raw.clone();
-                let entry = crate::store::Listed::Dead(id, d);
+                let entry = crate::spool::Listed::Dead(id, d);
                 (ops::summarize(entry, now, &leased), raw)
             }
             Some(SpoolStatus::Quarantined) => (
-                ops::summarize(crate::store::Listed::Quarantined(id), now, &leased),
+                ops::summarize(crate::spool::Listed::Quarantined(id), now, &leased),
                 Vec::new(),
             ),
             _ => {
@@ -561,12 +561,12 @@ impl pb::queue_admin_server::QueueAdmin for Api {
         }))
     }
 
-    type TransferStream = crate::transfer::ProgressStream;
+    type TransferStream = crate::grpc::transfer::ProgressStream;
 
     async fn transfer(
         &self,
         r: Request<pb::TransferRequest>,
     ) -> Result<Response<Self::TransferStream>, Status> {
-        crate::transfer::start(self.clone(), r.into_inner()).await
+        crate::grpc::transfer::start(self.clone(), r.into_inner()).await
     }
 }

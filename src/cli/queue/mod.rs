@@ -1,6 +1,6 @@
 //! The operator commands: `mailspool queue list|show|retry|cancel|requeue|
 //! purge|pause|resume|transfer` and `mailspool top-domains`. Flags and calls
-//! live here; what they print is built by [`crate::admin_cli`]. Operations
+//! live here; what they print is built by [`crate::cli::admin`]. Operations
 //! by filter always ask the server for a dry run first and change nothing
 //! without `--yes`.
 //!
@@ -13,7 +13,7 @@ use std::io::{IsTerminal, Write};
 
 use clap::{Args, Subcommand};
 
-use crate::admin_cli::{self as ac, LaneArg, Op, StateArg};
+use crate::cli::admin::{self as ac, LaneArg, Op, StateArg};
 use crate::cli::{channel, status_error, ClientArgs, ClientResult};
 use crate::pb;
 
@@ -28,7 +28,7 @@ use list::{queue_list, queue_show};
 use ops::{operate, pause_resume, queue_op, Target};
 use transfer::queue_transfer;
 
-type AdminClient = pb::queue_admin_client::QueueAdminClient<crate::auth::AuthChannel>;
+type AdminClient = pb::queue_admin_client::QueueAdminClient<crate::intake::auth::AuthChannel>;
 
 async fn admin(client: &ClientArgs) -> Result<AdminClient, Box<dyn std::error::Error>> {
     Ok(pb::queue_admin_client::QueueAdminClient::new(

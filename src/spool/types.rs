@@ -45,7 +45,7 @@ pub struct StoreOptions {
     pub idempotency_window: Duration,
     pub delivered_retention: Duration,
     /// Group-commit sizes and fsync times are observed here.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::observe::metrics::Metrics>,
 }
 
 /// Operator changes, applied by the committer like everything else and

@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::lanes::LaneClock;
+use crate::delivery::lanes::LaneClock;
 use crate::model::{now_ms, Lane, Leased, MessageId, Outcome};
-use crate::store::{Store, StoreError};
+use crate::spool::{Store, StoreError};
 
 /// A batch of messages handed to one worker until `deadline`.
 #[derive(Debug)]

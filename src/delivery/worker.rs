@@ -10,11 +10,11 @@ use std::sync::Arc;
 use rand::Rng;
 use tokio::sync::watch;
 
+use crate::delivery::relay::Relay;
+use crate::delivery::retry::{decide, RetryPolicy, SendResult};
+use crate::delivery::scheduler::Scheduler;
 use crate::model::{now_ms, Outcome};
-use crate::relay::Relay;
-use crate::retry::{decide, RetryPolicy, SendResult};
-use crate::scheduler::Scheduler;
-use crate::stats::Rates;
+use crate::observe::stats::Rates;
 
 /// Messages per recorded group of outcomes within a lease.
 const ACK_CHUNK: usize = 8;
@@ -25,7 +25,7 @@ pub async fn run_worker(
     relay: Arc<Relay>,
     policy: RetryPolicy,
     rates: Arc<Rates>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::observe::metrics::Metrics>,
     stop: watch::Receiver<bool>,
 ) {
     while let Some(lease) = scheduler.next_lease(&stop).await {

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::child::ServerProcess;
+use crate::harness::child::ServerProcess;
+use crate::harness::peer::{Mode, SmtpPeer};
+use crate::harness::torture::{client, flap, Ledger};
 use crate::pb;
 use crate::pb::queue_admin_client::QueueAdminClient;
-use crate::peer::{Mode, SmtpPeer};
-use crate::torture::{client, flap, Ledger};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::{bar, batches, body, channel, stats, Error};
-use crate::child::ServerProcess;
+use crate::harness::child::ServerProcess;
+use crate::harness::peer::{Mode, SmtpPeer};
 use crate::pb;
 use crate::pb::mail_queue_client::MailQueueClient;
-use crate::peer::{Mode, SmtpPeer};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SurgeArgs {
@@ -60,7 +60,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 /// Where the resets go in.
 #[derive(Clone)]
 enum Front {
-    Mailspool(MailQueueClient<crate::auth::AuthChannel>),
+    Mailspool(MailQueueClient<crate::intake::auth::AuthChannel>),
     Postfix(AsyncSmtpTransport<Tokio1Executor>),
 }
 

@@ -1,0 +1,6 @@
+//! What the queue tells about itself: rates and the QueueStats view
+//! (`stats`), the early-warning state (`congestion`), `/metrics` (`metrics`).
+
+pub mod congestion;
+pub mod metrics;
+pub mod stats;
