@@ -47,7 +47,7 @@ fn open(dir: &std::path::Path) -> Store {
             segment_bytes: 64 << 20,
             idempotency_window: Duration::from_secs(86_400),
             delivered_retention: Duration::from_secs(3_600),
-            metrics: Default::default(),
+            observer: std::sync::Arc::new(mailspool::spool::Unobserved),
         },
     )
     .unwrap()

@@ -1,27 +1,22 @@
 //! mailspool: a durable email notification queue.
 //!
-//! The modules are listed in the order a message flows through them:
+//! The rooms are listed in the order a message flows through them (imports
+//! only point down; ARCHITECTURE.md, "Layering"):
 //!
-//! 1. [`api`] receives gRPC `Enqueue`/`EnqueueBatch`, validates with
-//!    [`message`] (which also builds the RFC 5322 bytes once) and maps errors
-//!    to gRPC status codes in one place.
-//! 2. [`store`] appends the body to a [`segments`] file and the index entry to
-//!    sled through a single group-committing writer, and answers only after
-//!    both are fsynced ([`codec`] encodes records).
-//! 3. [`scheduler`] leases batches of due messages, lane by lane, to the
-//!    delivery workers; leases live in memory and expire by themselves.
-//! 4. [`delivery`] sends each leased message through a [`relay`] (an SMTP
-//!    pool over lettre, or the local outbox) and turns the reply into an
-//!    outcome with [`retry`]: ack, retry with backoff, or dead letter.
-//! 5. [`stats`] keeps the rates that `QueueStats` reports; [`congestion`]
-//!    turns them into OK/WARNING/CRITICAL; [`metrics`] exports them on
-//!    `/metrics`.
+//! 1. [`grpc`] receives `Enqueue`/`EnqueueBatch`; [`intake`] decides who may
+//!    send what, validates and builds the RFC 5322 bytes once, and whether
+//!    the spool has room.
+//! 2. [`spool`] appends the body to a segment file and the index entry to
+//!    sled through one group-committing writer, and answers only once both
+//!    are durable.
+//! 3. [`delivery`] leases due messages lane by lane, sends them through the
+//!    relay pool and turns each reply into ack, retry or dead letter.
+//! 4. [`observe`] keeps the rates, the congestion state and `/metrics`.
+//! 5. [`server`] wires it all and stops it in order; [`cli`] is the binary's
+//!    commands; [`harness`] holds `bench`, `torture`, `soak` and the parts
+//!    the tests share.
 //!
-//! Operators act on the queue through [`admin_api`] (`QueueAdmin`), which
-//! uses [`ops`] (filters, pages, bulk operations) and [`transfer`] (node
-//! drain). [`server`] wires everything together, serves health and
-//! reflection, and handles shutdown; [`config`] holds the settings; [`cli`],
-//! [`admin_cli`] and [`watch`] are the client commands of the binary.
+//! [`model`], [`config`] and [`tls`] are shared leaves.
 
 // Shared leaves: plain data and helpers every room may use.
 pub mod config;

@@ -107,73 +107,20 @@ pub struct Record {
     pub envelope_to: Vec<String>,
     pub message_id: String,
     pub idempotency_key: String,
-    pub body: crate::spool::segments::BodyLoc,
+    pub body: BodyLoc,
     /// The client that enqueued it (its slot in the spool's client
     /// registry; 0 = no client: auth off, or written before format 2).
     pub client: u16,
 }
 
-/// `Record` as format version 1 wrote it (no client).
-#[derive(bincode::Decode)]
-struct RecordV1 {
-    lane: Lane,
-    enqueued_ms: u64,
-    due_ms: u64,
-    first_due_ms: u64,
-    attempts: u32,
-    last_error: String,
-    envelope_from: String,
-    envelope_to: Vec<String>,
-    message_id: String,
-    idempotency_key: String,
-    body: crate::spool::segments::BodyLoc,
+/// Where one body lives: a segment file, the offset of its record, the
+/// body's length (the record adds a header; `spool::segments` knows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct BodyLoc {
+    pub segment: u32,
+    pub offset: u64,
+    pub len: u32,
 }
-
-impl From<RecordV1> for Record {
-    fn from(r: RecordV1) -> Record {
-        Record {
-            lane: r.lane,
-            enqueued_ms: r.enqueued_ms,
-            due_ms: r.due_ms,
-            first_due_ms: r.first_due_ms,
-            attempts: r.attempts,
-            last_error: r.last_error,
-            envelope_from: r.envelope_from,
-            envelope_to: r.envelope_to,
-            message_id: r.message_id,
-            idempotency_key: r.idempotency_key,
-            body: r.body,
-            client: 0,
-        }
-    }
-}
-
-impl crate::spool::codec::Versioned for Record {
-    fn decode_v1(body: &[u8]) -> Result<Self, crate::spool::codec::DecodeError> {
-        crate::spool::codec::decode_body::<RecordV1>(body).map(Record::from)
-    }
-}
-
-#[derive(bincode::Decode)]
-struct DeadRecordV1 {
-    record: RecordV1,
-    raw: Vec<u8>,
-    died_ms: u64,
-    reason: String,
-}
-
-impl crate::spool::codec::Versioned for DeadRecord {
-    fn decode_v1(body: &[u8]) -> Result<Self, crate::spool::codec::DecodeError> {
-        crate::spool::codec::decode_body::<DeadRecordV1>(body).map(|d| DeadRecord {
-            record: d.record.into(),
-            raw: d.raw,
-            died_ms: d.died_ms,
-            reason: d.reason,
-        })
-    }
-}
-
-impl crate::spool::codec::Versioned for DeliveredRecord {}
 
 /// A leased message: its index entry and its RFC 5322 bytes.
 #[derive(Debug, Clone)]

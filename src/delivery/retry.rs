@@ -154,7 +154,7 @@ mod tests {
             envelope_to: vec![],
             message_id: String::new(),
             idempotency_key: String::new(),
-            body: crate::spool::segments::BodyLoc {
+            body: crate::model::BodyLoc {
                 segment: 0,
                 offset: 0,
                 len: 0,

@@ -17,7 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::pb;
+use super::overview::Overview;
+use crate::model::Lane;
 
 /// 10 ms .. ~1.5 days.
 fn latency_histogram() -> Histogram {
@@ -28,6 +29,15 @@ type Labels = Vec<(&'static str, &'static str)>;
 type FGauge = Gauge<f64, AtomicU64>;
 /// Labels with a client name.
 type ClientLabels = Vec<(&'static str, String)>;
+
+impl crate::spool::SpoolObserver for Metrics {
+    fn group_committed(&self, messages: u64) {
+        self.group_commit.observe(messages as f64);
+    }
+    fn fsynced(&self, seconds: f64) {
+        self.fsync_duration.observe(seconds);
+    }
+}
 
 /// Every metric mailspool exports. Cloning the handles is cheap; the
 /// registry is shared.
@@ -288,14 +298,6 @@ fn sync(counter: &Counter, value: u64) {
     }
 }
 
-fn lane_label(l: i32) -> &'static str {
-    match pb::Lane::try_from(l) {
-        Ok(pb::Lane::Transactional) => "transactional",
-        Ok(pb::Lane::Bulk) => "bulk",
-        _ => "normal",
-    }
-}
-
 impl Metrics {
     /// A message of `lane` reached the relay after `seconds`.
     pub fn delivered_after(&self, lane: crate::model::Lane, seconds: f64) {
@@ -309,7 +311,8 @@ impl Metrics {
     }
 
     /// Refreshes the gauges and totals from the QueueStats view.
-    pub fn refresh(&self, s: &pb::QueueStatsResponse, relay_connections: u64) {
+    pub fn refresh(&self, o: &Overview, relay_connections: u64) {
+        let s = &o.stats;
         for (state, v) in [
             ("ready", s.ready),
             ("scheduled", s.scheduled),
@@ -319,46 +322,40 @@ impl Metrics {
                 .get_or_create(&vec![("state", state)])
                 .set(v as i64);
         }
-        for (lane, v, waiting) in [
-            (
-                "transactional",
-                s.queued_transactional,
-                s.waiting_transactional_seconds,
-            ),
-            ("normal", s.queued_normal, s.waiting_normal_seconds),
-            ("bulk", s.queued_bulk, s.waiting_bulk_seconds),
-        ] {
-            self.lane.get_or_create(&vec![("lane", lane)]).set(v as i64);
+        for lane in Lane::ALL {
+            let (i, name) = (lane.index(), lane.name());
+            self.lane
+                .get_or_create(&vec![("lane", name)])
+                .set(s.queued_by_lane[i] as i64);
             self.lane_waiting
-                .get_or_create(&vec![("lane", lane)])
-                .set(waiting);
-            let paused = s.paused_lanes.iter().any(|&l| lane_label(l) == lane);
+                .get_or_create(&vec![("lane", name)])
+                .set(s.waiting_by_lane_seconds[i]);
             self.paused
-                .get_or_create(&vec![("lane", lane)])
-                .set(i64::from(paused));
+                .get_or_create(&vec![("lane", name)])
+                .set(i64::from(o.paused_lanes.contains(&lane)));
         }
         self.dead.set(s.dead as i64);
         self.quarantined.set(s.quarantined as i64);
         self.oldest_age.set(s.oldest_queued_age_seconds);
         self.drain_eta.set(s.drain_eta_seconds);
-        self.congestion.set(i64::from(s.congestion));
+        self.congestion.set(o.congestion as i64);
         self.spool_bytes.set(s.spool_bytes as i64);
         self.disk_free
-            .set(s.disk_free_bytes.min(i64::MAX as u64) as i64);
+            .set(o.disk_free_bytes.min(i64::MAX as u64) as i64);
         self.relay_connections.set(relay_connections as i64);
         for state in ["ok", "unreachable", "throttled"] {
             self.relay_state
                 .get_or_create(&vec![("state", state)])
-                .set(i64::from(s.relay_state == state));
+                .set(i64::from(o.relay_state == state));
         }
         sync(&self.enqueued, s.enqueued_total);
         sync(&self.delivered, s.delivered_total);
         sync(&self.retried, s.retried_total);
         sync(&self.dead_lettered, s.dead_total);
         sync(&self.duplicates, s.duplicates_total);
-        sync(&self.refused, s.refused_total);
-        sync(&self.cancelled, s.cancelled_total);
-        for c in &s.clients {
+        sync(&self.refused, o.refused_total);
+        sync(&self.cancelled, o.cancelled_total);
+        for c in &o.clients {
             let name = || vec![("client", c.name.clone())];
             self.client_queued
                 .get_or_create(&name())
@@ -442,13 +439,16 @@ mod tests {
     #[test]
     fn exposition_has_the_documented_names() {
         let m = Metrics::default();
-        let s = pb::QueueStatsResponse {
-            ready: 3,
-            queued_bulk: 3,
-            enqueued_total: 10,
-            congestion: 1,
-            relay_state: "throttled".into(),
-            paused_lanes: vec![pb::Lane::Bulk as i32],
+        let s = Overview {
+            stats: crate::observe::stats::QueueStats {
+                ready: 3,
+                queued_by_lane: [0, 0, 3],
+                enqueued_total: 10,
+                ..Default::default()
+            },
+            congestion: crate::observe::congestion::Level::Warning,
+            relay_state: "throttled",
+            paused_lanes: vec![Lane::Bulk],
             ..Default::default()
         };
         m.refresh(&s, 2);
@@ -470,7 +470,7 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         // Totals only move forward.
-        m.refresh(&pb::QueueStatsResponse::default(), 0);
+        m.refresh(&Overview::default(), 0);
         assert!(m.render().contains("mailspool_enqueued_messages_total 10"));
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod congestion;
 pub mod metrics;
+pub mod overview;
 pub mod stats;

@@ -84,7 +84,7 @@ impl Server {
         let spool_dir = config.data_dir.join("spool");
         let metrics = Arc::new(crate::observe::metrics::Metrics::default());
         let options = StoreOptions {
-            metrics: metrics.clone(),
+            observer: metrics.clone(),
             cache_capacity_bytes: config.cache_capacity_bytes,
             segment_bytes: config.segment_bytes,
             idempotency_window: Duration::from_secs(config.idempotency_window_secs),
@@ -226,7 +226,7 @@ impl Server {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                         _ = stop.changed() => return,
                     }
-                    api.overview();
+                    api.observe_congestion();
                     let accepting = api.accepting_transactional();
                     if accepting != ready {
                         ready = accepting;

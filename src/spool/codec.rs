@@ -84,7 +84,7 @@ mod tests {
             envelope_to: vec!["b@example.com".into()],
             message_id: "x@y".into(),
             idempotency_key: "k".into(),
-            body: crate::spool::segments::BodyLoc {
+            body: crate::model::BodyLoc {
                 segment: 1,
                 offset: 2,
                 len: 3,

@@ -226,10 +226,7 @@ pub(super) fn sync_stage(
             })(),
         };
         shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-        shared
-            .metrics
-            .fsync_duration
-            .observe(started.elapsed().as_secs_f64());
+        shared.observer.fsynced(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             if !matches!(e, StoreError::Failed(_)) {
                 shared.fail(format!("flush and fsync of the index: {e}"));
@@ -409,7 +406,7 @@ impl Committer {
             Ok(()) => {
                 self.shared.group_commits.fetch_add(1, Ordering::Relaxed);
                 if g.appended > 0 {
-                    self.shared.metrics.group_commit.observe(g.appended as f64);
+                    self.shared.observer.group_committed(g.appended as u64);
                 }
                 *self.shared.counters.lock().expect("counters lock") = self.counters;
                 *self.shared.admin.lock().expect("admin lock") = self.admin;

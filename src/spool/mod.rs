@@ -65,6 +65,7 @@ mod apply;
 pub mod codec;
 mod commit;
 pub mod compact;
+mod formats;
 pub mod fsutil;
 mod key;
 pub mod ops;
@@ -87,10 +88,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::model::BodyLoc;
 use crate::model::{
     now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Outcome, Record,
 };
-use crate::spool::segments::{BodyLoc, Deleter, SegmentError, SegmentReader, Segments};
+use crate::spool::segments::{Deleter, SegmentError, SegmentReader, Segments};
 
 use commit::{sync_stage, Committer, Fault, Op, Syncer};
 use recover::{drop_ghosts, highest_id, migrate_due_keys, migrate_idempotency_keys, recount};
@@ -107,7 +109,7 @@ struct Shared {
     bodies: SegmentReader,
     admin: Mutex<AdminState>,
     node_id: String,
-    metrics: Arc<crate::observe::metrics::Metrics>,
+    observer: Arc<dyn SpoolObserver>,
     /// Published by the committer after each group.
     clients: Mutex<Clients>,
     /// Set once, when an fsync fails: then nothing more is accepted.
@@ -316,7 +318,7 @@ impl Store {
             bodies: segments.reader(),
             admin: Mutex::new(admin),
             node_id,
-            metrics: options.metrics.clone(),
+            observer: options.observer.clone(),
             clients: Mutex::new(clients.clone()),
             failure: tokio::sync::watch::channel(None).0,
             ghosts_dropped: AtomicU64::new(ghosts),

@@ -24,19 +24,12 @@
 //!
 //! Record layout: `len:u32 | crc32(id ‖ body):u32 | id:u64 | body`.
 
+use crate::model::BodyLoc;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-
-/// Where one body lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
-pub struct BodyLoc {
-    pub segment: u32,
-    pub offset: u64,
-    pub len: u32,
-}
 
 impl BodyLoc {
     /// The offset just past this body's record in its segment.

@@ -8,7 +8,7 @@ fn options() -> StoreOptions {
         segment_bytes: 1 << 20,
         idempotency_window: Duration::from_secs(60),
         delivered_retention: Duration::from_secs(60),
-        metrics: Default::default(),
+        observer: std::sync::Arc::new(super::Unobserved),
     }
 }
 

@@ -44,9 +44,24 @@ pub struct StoreOptions {
     pub segment_bytes: u64,
     pub idempotency_window: Duration,
     pub delivered_retention: Duration,
-    /// Group-commit sizes and fsync times are observed here.
-    pub metrics: Arc<crate::observe::metrics::Metrics>,
+    /// Told group-commit sizes and fsync times.
+    pub observer: Arc<dyn SpoolObserver>,
 }
+
+/// What the spool tells an observer as it works; `observe::metrics`
+/// implements it (the spool knows nothing of Prometheus).
+pub trait SpoolObserver: Send + Sync + std::fmt::Debug {
+    /// A group commit made `messages` new messages durable.
+    fn group_committed(&self, _messages: u64) {}
+    /// A flush and fsync of the index took `seconds`.
+    fn fsynced(&self, _seconds: f64) {}
+}
+
+/// Observes nothing (tools and tests).
+#[derive(Debug, Default)]
+pub struct Unobserved;
+
+impl SpoolObserver for Unobserved {}
 
 /// Operator changes, applied by the committer like everything else and
 /// fsynced before they are answered.

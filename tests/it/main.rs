@@ -9,6 +9,7 @@ mod corruption;
 mod delivery;
 mod durability;
 mod faults;
+mod layering;
 mod limits;
 mod ops;
 mod power;

@@ -1,0 +1,46 @@
+//! The queue's state at one moment in the core's terms: what QueueStats
+//! answers (converted to protobuf by the gRPC layer) and what `/metrics`
+//! exports (`Metrics::refresh`), so the two never disagree.
+
+use super::congestion::Level;
+use super::stats::QueueStats;
+use crate::model::Lane;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overview {
+    pub stats: QueueStats,
+    pub max_spool_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub refused_total: u64,
+    pub cancelled_total: u64,
+    /// "ok", "unreachable" or "throttled".
+    pub relay_state: &'static str,
+    pub relay_consecutive_failures: u32,
+    pub relay_backoff_remaining_ms: u64,
+    pub congestion: Level,
+    pub congestion_reason: String,
+    pub congestion_since_ms: u64,
+    pub paused_lanes: Vec<Lane>,
+    pub clients: Vec<ClientFigures>,
+    /// Per lane (`Lane::index`): time to inbox p50 and p99 over the last
+    /// minute, in seconds (0 when nothing was delivered).
+    pub time_to_inbox: [(f64, f64); 3],
+}
+
+/// One client's figures: what the spool holds and counted for it, what its
+/// limits refused, and the limits themselves.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientFigures {
+    pub name: String,
+    pub queued: u64,
+    pub queued_bytes: u64,
+    pub enqueued_total: u64,
+    pub delivered_total: u64,
+    pub dead_total: u64,
+    pub refused_rate_total: u64,
+    pub refused_quota_total: u64,
+    pub refused_policy_total: u64,
+    pub rate_per_second: u32,
+    pub max_queued_messages: u64,
+    pub max_queued_bytes: u64,
+}
