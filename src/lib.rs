@@ -21,15 +21,15 @@
 // Shared leaves: plain data and helpers every room may use.
 pub mod config;
 pub mod model;
-pub mod tls;
+pub(crate) mod tls;
 
 // The rooms, in the order a message flows through them.
 pub mod cli;
 pub mod delivery;
-pub mod grpc;
+pub(crate) mod grpc;
 pub mod harness;
 pub mod intake;
-pub mod observe;
+pub(crate) mod observe;
 pub mod server;
 pub mod spool;
 

@@ -13,32 +13,10 @@
 //! `tls-ring`) records the client certificates, so a handler reads them with
 //! `request.peer_certs()` and names the client with [`peer_subject`].
 //!
-//! Wiring, in outline:
-//!
-//! ```no_run
-//! # async fn demo(listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
-//! use mailspool::tls::{ReloadableTls, TlsFiles};
-//! let tls = ReloadableTls::load(TlsFiles {
-//!     cert_file: "/etc/mailspool/server.crt".into(),
-//!     key_file: "/etc/mailspool/server.key".into(),
-//!     client_ca_file: None,
-//! })?;
-//! let reloader = tls.clone();
-//! tokio::spawn(async move {
-//!     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-//!         .expect("SIGHUP handler");
-//!     while hup.recv().await.is_some() {
-//!         match reloader.reload() {
-//!             Ok(()) => tracing::info!("TlsReloaded"),
-//!             Err(e) => tracing::error!(error = %e, "TLS reload failed, serving the previous certificate"),
-//!         }
-//!     }
-//! });
-//! let incoming = tls.incoming(listener);
-//! // tonic::transport::Server::builder().add_service(..)
-//! //     .serve_with_incoming_shutdown(incoming, signal).await?;
-//! # Ok(()) }
-//! ```
+//! Wiring: `server::Server::start` loads a `ReloadableTls`, reloads it on
+//! SIGHUP (`ServerHandle::reload_tls`; a failed reload keeps serving the
+//! previous certificate) and serves `incoming_with_timeout(listener,
+//! grpc_handshake_timeout_ms)`.
 
 use std::future::Future;
 use std::io;
@@ -58,10 +36,6 @@ use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
-
-/// A TLS handshake that has not completed after this long is abandoned and
-/// its connection closed, so a stalled client holds nothing for long.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After `accept` fails (typically out of file descriptors), wait this long
 /// before accepting again instead of spinning.
@@ -184,11 +158,6 @@ impl ReloadableTls {
         Ok(())
     }
 
-    /// The files this config is read from.
-    pub fn files(&self) -> &TlsFiles {
-        &self.inner.files
-    }
-
     /// The config that new handshakes use now.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.inner
@@ -202,20 +171,13 @@ impl ReloadableTls {
     /// streams, for `tonic::transport::Server::serve_with_incoming_shutdown`.
     ///
     /// Handshakes run concurrently, each in its own task, so a slow or
-    /// stalled client does not hold up others; a handshake is abandoned after
-    /// [`HANDSHAKE_TIMEOUT`]. Failed handshakes are logged at debug (peer
+    /// stalled client does not hold up others; a handshake that has not
+    /// completed after `timeout` (`grpc_handshake_timeout_ms`) is abandoned
+    /// and its connection closed. Failed handshakes are logged at debug (peer
     /// address and reason) and skipped. `TCP_NODELAY` is set on each socket.
     /// Dropping the stream closes the listener and aborts the handshakes in
     /// progress. An `accept` error is logged at warn, yielded, and followed by
     /// a short pause before the next `accept`.
-    pub fn incoming(
-        &self,
-        listener: TcpListener,
-    ) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + 'static {
-        self.tls_incoming(listener, HANDSHAKE_TIMEOUT)
-    }
-
-    /// As [`incoming`](Self::incoming), with another handshake timeout.
     pub fn incoming_with_timeout(
         &self,
         listener: TcpListener,
@@ -668,7 +630,8 @@ mod tests {
 
     impl TestServer {
         async fn start(tls: &ReloadableTls) -> TestServer {
-            TestServer::start_with_timeout(tls, HANDSHAKE_TIMEOUT).await
+            // The default of grpc_handshake_timeout_ms.
+            TestServer::start_with_timeout(tls, Duration::from_secs(10)).await
         }
 
         async fn start_with_timeout(tls: &ReloadableTls, timeout: Duration) -> TestServer {

@@ -20,13 +20,13 @@ use crate::config::{Config, ConfigError, LogFormat, RelayTls};
 use crate::intake::auth::{AuthChannel, Bearer};
 use crate::pb;
 
-pub mod admin;
+pub(crate) mod admin;
 mod commands;
 pub mod queue;
 mod serve_args;
 mod show_stats;
 mod token;
-pub mod watch;
+pub(crate) mod watch;
 
 pub use commands::{compact, enqueue, status, CompactArgs, EnqueueArgs, StatsArgs, StatusArgs};
 pub use serve_args::ServeArgs;

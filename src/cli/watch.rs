@@ -94,7 +94,8 @@ fn congestion_code(c: pb::Congestion) -> &'static str {
 }
 
 /// The screen for one answer, plain text (see [`render_view`]).
-pub fn render(s: &pb::QueueStatsResponse, history: &History, server: &str, now_ms: i64) -> String {
+#[cfg(test)]
+fn render(s: &pb::QueueStatsResponse, history: &History, server: &str, now_ms: i64) -> String {
     render_view(Some(s), history, server, now_ms, &View::default())
 }
 

@@ -3,7 +3,7 @@
 //! (`relay`) and turn the reply into an outcome (`retry`).
 
 pub mod lanes;
-pub mod relay;
-pub mod retry;
+pub(crate) mod relay;
+pub(crate) mod retry;
 pub mod scheduler;
-pub mod worker;
+pub(crate) mod worker;

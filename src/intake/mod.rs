@@ -2,6 +2,6 @@
 //! (`auth`), the message validated and built once (`message`), and whether
 //! the spool has room (`admission`).
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod auth;
 pub mod message;

@@ -342,7 +342,8 @@ impl Tracker {
         (st.level, st.reason(), st.since_ms)
     }
 
-    pub fn current(&self) -> (Level, String, u64) {
+    #[cfg(test)]
+    fn current(&self) -> (Level, String, u64) {
         let st = self.state.lock().expect("congestion");
         (st.level, st.reason(), st.since_ms)
     }

@@ -6,7 +6,7 @@
 //! server, let workers finish their leases within the grace period (what is
 //! not finished stays due for the next start), flush, return.
 
-pub mod conn_limit;
+pub(crate) mod conn_limit;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

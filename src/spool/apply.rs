@@ -116,7 +116,6 @@ impl Committer {
             },
             _ => Vec::new(),
         };
-        let lane = record.lane.index();
         g.batch
             .remove(&key::due(record.lane, record.client, record.due_ms, id));
         g.due_remove(record.due_ms);
@@ -134,10 +133,7 @@ impl Committer {
                 g.overlay.insert(id, Some(record));
             }
             Outcome::Ack => {
-                self.client_add(record.client, -1, -i64::from(record.body.len), g)
-                    .delivered_total += 1;
-                g.batch.remove(&key::message(id));
-                g.segment(record.body.segment, -1);
+                self.unqueue(id, &record, g).delivered_total += 1;
                 let delivered = DeliveredRecord {
                     lane: record.lane,
                     enqueued_ms: record.enqueued_ms,
@@ -152,13 +148,7 @@ impl Committer {
                     key::expiry(expires, key::EXPIRY_DELIVERED, &id.0.to_be_bytes()),
                     &[],
                 );
-                less(&mut self.counters.queued[lane], 1);
-                self.counters.queued_bytes = self
-                    .counters
-                    .queued_bytes
-                    .saturating_sub(u64::from(record.body.len));
                 self.counters.delivered_total += 1;
-                g.overlay.insert(id, None);
             }
             Outcome::Retry { due_ms, error } => {
                 record.due_ms = due_ms;
@@ -186,15 +176,8 @@ impl Committer {
                 g.overlay.insert(id, Some(record));
             }
             Outcome::Dead { reason } => {
-                self.client_add(record.client, -1, -i64::from(record.body.len), g)
-                    .dead_total += 1;
+                self.unqueue(id, &record, g).dead_total += 1;
                 let raw = dead_raw;
-                g.batch.remove(&key::message(id));
-                g.segment(record.body.segment, -1);
-                self.counters.queued_bytes = self
-                    .counters
-                    .queued_bytes
-                    .saturating_sub(u64::from(record.body.len));
                 self.counters.dead_bytes += raw.len() as u64;
                 record.last_error = reason.clone();
                 let dead = DeadRecord {
@@ -204,10 +187,8 @@ impl Committer {
                     reason,
                 };
                 g.batch.insert(&key::dead(id), codec::encode(&dead));
-                less(&mut self.counters.queued[lane], 1);
                 self.counters.dead += 1;
                 self.counters.dead_total += 1;
-                g.overlay.insert(id, None);
             }
         }
     }
@@ -226,6 +207,19 @@ impl Committer {
         self.clients.names.insert(slot, name.to_string());
         g.batch.insert(&key::client_name(slot), name.as_bytes());
         slot
+    }
+
+    /// Takes a queued message out of the queue (its due key is gone
+    /// already): its index entry, its body's count in its segment, what its
+    /// lane, the spool and its client counted. Returns the client's counters,
+    /// to count what became of it.
+    fn unqueue(&mut self, id: MessageId, record: &Record, g: &mut Group) -> &mut ClientCounters {
+        g.batch.remove(&key::message(id));
+        g.segment(record.body.segment, -1);
+        less(&mut self.counters.queued[record.lane.index()], 1);
+        less(&mut self.counters.queued_bytes, u64::from(record.body.len));
+        g.overlay.insert(id, None);
+        self.client_add(record.client, -1, -i64::from(record.body.len), g)
     }
 
     /// Changes a client's queued count and bytes; returns its counters.
@@ -330,14 +324,7 @@ impl Committer {
         g.batch
             .remove(&key::due(record.lane, record.client, record.due_ms, id));
         g.due_remove(record.due_ms);
-        g.batch.remove(&key::message(id));
-        g.segment(record.body.segment, -1);
-        self.client_add(record.client, -1, -i64::from(record.body.len), g);
-        less(&mut self.counters.queued[record.lane.index()], 1);
-        self.counters.queued_bytes = self
-            .counters
-            .queued_bytes
-            .saturating_sub(u64::from(record.body.len));
+        self.unqueue(id, &record, g);
         self.admin.cancelled_total += 1;
         let cancelled = CancelledRecord {
             lane: record.lane,
@@ -353,7 +340,6 @@ impl Committer {
             key::expiry(expires, key::EXPIRY_CANCELLED, &id.0.to_be_bytes()),
             &[],
         );
-        g.overlay.insert(id, None);
         true
     }
 
@@ -462,15 +448,10 @@ impl Committer {
                     _ => "its index entry does not decode",
                 };
                 tracing::warn!(%id, error = why, "MessageQuarantined: it cannot be read, so it will not be delivered; see `mailspool queue list --state quarantined`");
-                g.batch.remove(&key::message(id));
-                g.segment(record.body.segment, -1);
-                self.client_add(record.client, -1, -i64::from(record.body.len), g);
-                less(&mut self.counters.queued[record.lane.index()], 1);
-                less(&mut self.counters.queued_bytes, u64::from(record.body.len));
+                self.unqueue(id, &record, g);
                 g.batch
                     .insert(key::quarantine(&key::message(id)), codec::encode(&record));
                 self.counters.quarantined += 1;
-                g.overlay.insert(id, None);
             }
         }
     }

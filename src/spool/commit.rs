@@ -4,6 +4,10 @@
 use super::key;
 use super::*;
 
+/// What every caller of a failed group gets: the one error, shared (its
+/// type kept, not turned into text).
+pub(super) type GroupError = Arc<StoreError>;
+
 /// Most operations taken into one group commit.
 pub(super) const MAX_GROUP_OPS: usize = 4096;
 /// Expired entries removed per housekeeping batch.
@@ -39,11 +43,11 @@ pub(super) const UNREADABLE_RETRY_MS: u64 = 30_000;
 pub(super) enum Op {
     Append {
         messages: Vec<NewMessage>,
-        reply: oneshot::Sender<Result<Vec<Appended>, String>>,
+        reply: oneshot::Sender<Result<Vec<Appended>, GroupError>>,
     },
     Complete {
         outcomes: Vec<(MessageId, Outcome)>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), GroupError>>,
     },
     /// A queued message that could not be read when leased: `value` is the
     /// index entry as it was read, acted on only if it is still the same.
@@ -55,7 +59,7 @@ pub(super) enum Op {
     },
     Admin {
         op: AdminOp,
-        reply: oneshot::Sender<Result<AdminResult, String>>,
+        reply: oneshot::Sender<Result<AdminResult, GroupError>>,
     },
     /// Final flush and fsync, then the committer stops.
     Close,
@@ -167,15 +171,18 @@ impl Group {
 
 pub(super) enum Reply {
     Append(
-        oneshot::Sender<Result<Vec<Appended>, String>>,
+        oneshot::Sender<Result<Vec<Appended>, GroupError>>,
         Vec<Appended>,
     ),
-    Complete(oneshot::Sender<Result<(), String>>),
-    Admin(oneshot::Sender<Result<AdminResult, String>>, AdminResult),
+    Complete(oneshot::Sender<Result<(), GroupError>>),
+    Admin(
+        oneshot::Sender<Result<AdminResult, GroupError>>,
+        AdminResult,
+    ),
 }
 
 impl Reply {
-    pub(super) fn send(self, result: Result<(), String>) {
+    pub(super) fn send(self, result: Result<(), GroupError>) {
         match self {
             Reply::Append(tx, results) => {
                 let _ = tx.send(result.map(|()| results));
@@ -232,7 +239,7 @@ pub(super) fn sync_stage(
                 shared.fail(format!("flush and fsync of the index: {e}"));
             }
         }
-        let result = result.map_err(|e| e.to_string());
+        let result = result.map_err(Arc::new);
         for job in jobs {
             for r in job.replies {
                 r.send(result.clone());
@@ -304,14 +311,14 @@ impl Committer {
         };
         if let Some(Err(mpsc::SendError(job))) = self.sync_tx.as_ref().map(|tx| tx.send(job)) {
             for r in job.replies {
-                r.send(Err("the spool is closing".into()));
+                r.send(Err(Arc::new(StoreError::Closed)));
             }
         }
     }
 
     pub(super) fn commit_group(&mut self, ops: Vec<Op>) {
         if let Some(why) = self.shared.failed() {
-            let msg = StoreError::Failed(why).to_string();
+            let msg = Arc::new(StoreError::Failed(why));
             for op in ops {
                 match op {
                     Op::Append { reply, .. } => drop(reply.send(Err(msg.clone()))),
@@ -451,7 +458,7 @@ impl Committer {
                 self.admin = admin_before;
                 self.clients = clients_before;
                 self.segments.abandon_pending();
-                let msg = e.to_string();
+                let msg = Arc::new(e);
                 for r in replies {
                     r.send(Err(msg.clone()));
                 }

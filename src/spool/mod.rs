@@ -66,11 +66,11 @@ pub mod codec;
 mod commit;
 pub mod compact;
 mod formats;
-pub mod fsutil;
+pub(crate) mod fsutil;
 mod key;
-pub mod ops;
+pub(crate) mod ops;
 mod recover;
-pub mod segments;
+pub(crate) mod segments;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -551,10 +551,10 @@ impl Store {
 
     /// The error a caller gets for a failed group: the spool's failure if
     /// it has failed (set before any reply is sent), else what went wrong.
-    fn reply_error(&self, e: String) -> StoreError {
+    fn reply_error(&self, e: commit::GroupError) -> StoreError {
         match self.shared.failed() {
             Some(why) => StoreError::Failed(why),
-            None => StoreError::Io(std::io::Error::other(e)),
+            None => std::sync::Arc::try_unwrap(e).unwrap_or_else(StoreError::Group),
         }
     }
 

@@ -367,18 +367,6 @@ impl Segments {
     pub fn has_doomed(&self) -> bool {
         !self.doomed.is_empty()
     }
-
-    /// Bytes on disk in all segments.
-    pub fn disk_bytes(dir: &Path) -> u64 {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
 }
 
 /// Deletes segments once a flush covers the release of their last body.

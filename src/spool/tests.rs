@@ -294,3 +294,20 @@ async fn wait(f: impl Fn() -> bool) -> bool {
     }
     false
 }
+
+/// A failed group's error reaches its callers as the error it was (its
+/// type, not its text); shared by several callers, it is wrapped, not
+/// flattened into an I/O error.
+#[tokio::test]
+async fn a_group_error_keeps_its_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let one = std::sync::Arc::new(StoreError::NewerFormat(9));
+    assert!(matches!(store.reply_error(one), StoreError::NewerFormat(9)));
+    let shared = std::sync::Arc::new(StoreError::Closed);
+    let _other_caller = shared.clone();
+    match store.reply_error(shared) {
+        StoreError::Group(e) => assert!(matches!(*e, StoreError::Closed)),
+        e => panic!("{e:?}"),
+    }
+}

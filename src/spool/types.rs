@@ -24,6 +24,10 @@ pub enum StoreError {
         "the spool stopped after a failed fsync ({0}); restart mailspool to recover from disk"
     )]
     Failed(String),
+    /// The group commit this write was part of failed with this error
+    /// (shared by every write of the group).
+    #[error("{0}")]
+    Group(std::sync::Arc<StoreError>),
 }
 
 /// Subtracts without wrapping: a counter that would go below zero was

@@ -104,12 +104,10 @@ pub fn utc_time(unix_ms: i64) -> String {
     )
 }
 
-/// Milliseconds since the Unix epoch, now.
+/// Milliseconds since the Unix epoch, now (the wall clock: the CLI shows
+/// the server's times against it).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::model::wall_ms() as i64
 }
 
 /// Cuts `s` to at most `width` characters, ending with `…` when cut; line
