@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// TLS policy towards the relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayTls {
     /// Plain SMTP, never STARTTLS.
@@ -22,15 +22,39 @@ pub enum RelayTls {
     Required,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
+/// Sections of the TOML file and the prefix their keys take as flat keys.
+const SECTIONS: &[(&str, &str)] = &[
+    ("spool", ""),
+    ("relay", "relay_"),
+    ("retry", "retry_"),
+    ("grpc", "grpc_"),
+    ("congestion", "congestion_"),
+    ("limits", ""),
+    ("log", "log_"),
+    ("tls", "tls_"),
+];
+
+/// Whether `key` is a setting: the struct itself says (unknown fields are
+/// refused), so there is no second list of names to keep in step.
+fn known_key(key: &str) -> bool {
+    let probe: toml::Table = [(key.to_string(), toml::Value::Table(toml::Table::new()))]
+        .into_iter()
+        .collect();
+    match Config::deserialize(probe) {
+        Ok(_) => true,
+        Err(e) => !e.to_string().contains("unknown field"),
+    }
+}
+
 /// Every setting of the server. Field names are the TOML keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// gRPC listen address.
@@ -110,6 +134,7 @@ pub struct Config {
     pub insecure_no_auth: bool,
     /// The callers and their policies; auth is on when any is set or the
     /// listen address is not loopback.
+    #[serde(skip_serializing)]
     pub clients: Vec<crate::intake::auth::ClientConfig>,
     /// gRPC over TLS: certificate chain and key (PEM), reloaded on SIGHUP.
     pub tls_cert_file: Option<PathBuf>,
@@ -274,7 +299,62 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| bad("config", e.to_string()))
+        Config::from_table(Config::toml_table(text)?)
+    }
+
+    /// A TOML text as flat keys: `[spool]`, `[relay]`, `[retry]`,
+    /// `[grpc]`, `[congestion]`, `[limits]`, `[log]` and `[tls]` sections
+    /// are lifted to the top level (in `[relay]`, `max_connections` is
+    /// `relay_max_connections`; a key already spelled in full is kept), so
+    /// the flat keys of older files and the sections mean the same.
+    pub fn toml_table(text: &str) -> Result<toml::Table, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| bad("config", e.to_string()))?;
+        let mut flat = toml::Table::new();
+        for (key, value) in table {
+            let section = SECTIONS.iter().find(|(name, _)| *name == key);
+            match (section, value) {
+                (Some((name, prefix)), toml::Value::Table(inner)) => {
+                    for (k, v) in inner {
+                        let full = format!("{prefix}{k}");
+                        let key = if prefix.is_empty() || k.starts_with(prefix) || !known_key(&full)
+                        {
+                            k
+                        } else {
+                            full
+                        };
+                        if !known_key(&key) {
+                            return Err(bad("config", format!("unknown key `{key}` in [{name}]; the README's table lists the keys")));
+                        }
+                        if flat.insert(key.clone(), v).is_some() {
+                            return Err(bad(
+                                "config",
+                                format!("`{key}` is set twice (in [{name}] and elsewhere)"),
+                            ));
+                        }
+                    }
+                }
+                (_, value) => {
+                    if flat.insert(key.clone(), value).is_some() {
+                        return Err(bad("config", format!("`{key}` is set twice")));
+                    }
+                }
+            }
+        }
+        Ok(flat)
+    }
+
+    /// Flat keys over the defaults.
+    pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        Config::deserialize(table).map_err(|e| bad("config", e.to_string()))
+    }
+
+    /// Every default as its TOML value, by key (the one source of the
+    /// defaults the flags' help shows). Settings without a default (the
+    /// relay, TLS files, ...) are absent.
+    pub fn defaults() -> toml::Table {
+        toml::Table::try_from(Config::default()).expect("the defaults serialize")
     }
 
     /// Checks every setting; the first problem stops the start.
@@ -605,5 +685,39 @@ mod tests {
         assert_eq!(c.effective_relay_tls(), RelayTls::Opportunistic);
         c.relay = Some("smtp://mail.example.com".into());
         assert_eq!(c.effective_relay_tls(), RelayTls::Required);
+    }
+
+    /// The same settings as flat keys (every older file) and in sections.
+    #[test]
+    fn sections_and_flat_keys_mean_the_same() {
+        let flat = Config::from_toml(
+            "relay = \"smtp://r.example:25\"\nrelay_max_connections = 4\nlease_batch = 8\n\
+             congestion_warn_age_secs = 60\ngrpc_max_connections = 10\nmax_spool_bytes = 5\n\
+             retry_base_ms = 7\nmax_attempts = 3\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let sections = Config::from_toml(
+            "[relay]\nrelay = \"smtp://r.example:25\"\nmax_connections = 4\n\
+             [spool]\nmax_spool_bytes = 5\n[limits]\nlease_batch = 8\n\
+             [congestion]\nwarn_age_secs = 60\n[grpc]\nmax_connections = 10\n\
+             [retry]\nbase_ms = 7\nmax_attempts = 3\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let table = |c: &Config| toml::Table::try_from(c).unwrap();
+        assert_eq!(table(&flat), table(&sections));
+        assert_eq!(sections.relay_max_connections, 4);
+        assert_eq!(sections.retry_base_ms, 7);
+        assert_eq!(sections.log_format, LogFormat::Json);
+        assert_ne!(table(&flat), table(&Config::default()));
+    }
+
+    #[test]
+    fn a_wrong_key_in_a_section_is_named_with_its_section() {
+        let e = Config::from_toml("[relay]\nmax_conections = 4\n").unwrap_err();
+        assert!(e.to_string().contains("`max_conections` in [relay]"), "{e}");
+        let e = Config::from_toml("lease_batch = 1\n[limits]\nlease_batch = 2\n").unwrap_err();
+        assert!(e.to_string().contains("`lease_batch` is set twice"), "{e}");
+        // A flat key that does not exist is refused as before.
+        assert!(Config::from_toml("lease_bach = 1\n").is_err());
     }
 }

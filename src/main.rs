@@ -2,13 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use mailspool::cli::{self, Cli, Command};
+use mailspool::cli::{self, Command};
 use mailspool::config::LogFormat;
 use mailspool::{Config, Server};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     if matches!(
         cli.command,
         Some(

@@ -30,6 +30,20 @@ pub(crate) mod watch;
 
 pub use commands::{compact, enqueue, status, CompactArgs, EnqueueArgs, StatsArgs, StatusArgs};
 pub use serve_args::ServeArgs;
+
+/// The command line, with each setting's default in its help (from
+/// `Config::default()`), for the top level and `serve`.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    serve_args::with_defaults(Cli::command()).mut_subcommand("serve", serve_args::with_defaults)
+}
+
+/// Parses the process's arguments (exits with the usage on an error).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
 pub use show_stats::stats;
 pub use token::{token, TokenArgs, TokenCommand};
 

@@ -77,3 +77,57 @@ fn queue_flags_refused() {
         assert!(parse(args).is_ok(), "{args:?} should parse");
     }
 }
+
+/// Each flag's help shows the default `Config::default()` has (one source).
+#[test]
+fn the_help_shows_the_defaults_of_the_config() {
+    let d = Config::default();
+    let mut cmd = command();
+    let serve = cmd.find_subcommand_mut("serve").unwrap();
+    let help = |id: &str| {
+        serve
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    };
+    assert!(help("lease_batch").ends_with(&format!("[default: {}]", d.lease_batch)));
+    assert!(help("listen").ends_with(&format!("[default: {}]", d.listen)));
+    assert!(help("log_level").ends_with(&format!("[default: {}]", d.log_level)));
+    assert!(
+        help("congestion_transactional_warn_wait_secs").ends_with(&format!(
+            "[default: {}]",
+            d.congestion_transactional_warn_wait_secs
+        )),
+        "{}",
+        help("congestion_transactional_warn_wait_secs")
+    );
+    // A setting without a default keeps its own text, once.
+    assert_eq!(help("workers").matches("[default:").count(), 1);
+}
+
+/// Flags over the file (in sections), the file over the defaults.
+#[test]
+fn flags_override_a_sectioned_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mailspool.toml");
+    std::fs::write(&path, "[limits]\nlease_batch = 8\nmax_recipients = 7\n").unwrap();
+    let matches = command()
+        .try_get_matches_from([
+            "mailspool",
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--lease-batch",
+            "16",
+        ])
+        .unwrap();
+    use clap::FromArgMatches;
+    let Some(Command::Serve(args)) = Cli::from_arg_matches(&matches).unwrap().command else {
+        panic!("not serve")
+    };
+    let c = args.into_config().unwrap();
+    assert_eq!((c.lease_batch, c.max_recipients), (16, 7));
+    assert_eq!(c.max_attempts, Config::default().max_attempts);
+}

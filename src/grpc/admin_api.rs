@@ -8,9 +8,6 @@ use tonic::{Request, Response, Status};
 
 use crate::grpc::api::{lane_from_proto, lane_to_proto, store_status, Api};
 use crate::model::{now_ms, Lane, MessageId};
-use crate::observe::congestion::{assess, Level, Signals};
-use crate::observe::overview::{ClientFigures, Overview};
-use crate::observe::stats::queue_stats;
 use crate::pb;
 use crate::spool::ops::{self, Filter, StateSel, Summary, Where};
 use crate::spool::{AdminOp, Status as SpoolStatus};
@@ -91,85 +88,6 @@ pub(crate) fn paused_lanes(mask: u8) -> Vec<i32> {
         .collect()
 }
 
-/// QueueStats as the wire has it.
-fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
-    let s = o.stats;
-    let inbox = o.time_to_inbox;
-    pb::QueueStatsResponse {
-        queued: s.queued,
-        ready: s.ready,
-        scheduled: s.scheduled,
-        in_flight: s.in_flight,
-        dead: s.dead,
-        enqueued_total: s.enqueued_total,
-        delivered_total: s.delivered_total,
-        retried_total: s.retried_total,
-        dead_total: s.dead_total,
-        oldest_queued_age_seconds: s.oldest_queued_age_seconds,
-        enqueue_rate_per_second: s.enqueue_rate_per_second,
-        delivery_rate_per_second: s.delivery_rate_per_second,
-        drain_eta_seconds: s.drain_eta_seconds,
-        queued_transactional: s.queued_by_lane[0],
-        queued_normal: s.queued_by_lane[1],
-        queued_bulk: s.queued_by_lane[2],
-        duplicates_total: s.duplicates_total,
-        group_commits_total: s.group_commits_total,
-        uptime_seconds: s.uptime_seconds,
-        fsyncs_total: s.fsyncs_total,
-        quarantined: s.quarantined,
-        spool_bytes: s.spool_bytes,
-        max_spool_bytes: o.max_spool_bytes,
-        disk_free_bytes: o.disk_free_bytes,
-        refused_total: o.refused_total,
-        relay_state: o.relay_state.to_string(),
-        relay_consecutive_failures: o.relay_consecutive_failures,
-        relay_backoff_remaining_ms: o.relay_backoff_remaining_ms,
-        congestion: match o.congestion {
-            Level::Ok => pb::Congestion::Ok,
-            Level::Warning => pb::Congestion::Warning,
-            Level::Critical => pb::Congestion::Critical,
-        } as i32,
-        congestion_reason: o.congestion_reason,
-        congestion_since_unix_ms: o.congestion_since_ms as i64,
-        paused_lanes: o
-            .paused_lanes
-            .into_iter()
-            .map(|l| lane_to_proto(l) as i32)
-            .collect(),
-        cancelled_total: o.cancelled_total,
-        clients: o
-            .clients
-            .into_iter()
-            .map(|c| pb::ClientStats {
-                name: c.name,
-                queued: c.queued,
-                queued_bytes: c.queued_bytes,
-                enqueued_total: c.enqueued_total,
-                delivered_total: c.delivered_total,
-                dead_total: c.dead_total,
-                refused_rate_total: c.refused_rate_total,
-                refused_quota_total: c.refused_quota_total,
-                refused_policy_total: c.refused_policy_total,
-                rate_per_second: c.rate_per_second,
-                max_queued_messages: c.max_queued_messages,
-                max_queued_bytes: c.max_queued_bytes,
-            })
-            .collect(),
-        net_drain_rate_per_second: s.net_drain_rate_per_second,
-        rate_window_seconds: s.rate_window_seconds as u32,
-        rates_warming_up: s.rates_warming_up,
-        waiting_transactional_seconds: s.waiting_by_lane_seconds[0],
-        waiting_normal_seconds: s.waiting_by_lane_seconds[1],
-        waiting_bulk_seconds: s.waiting_by_lane_seconds[2],
-        time_to_inbox_p50_transactional_seconds: inbox[0].0,
-        time_to_inbox_p99_transactional_seconds: inbox[0].1,
-        time_to_inbox_p50_normal_seconds: inbox[1].0,
-        time_to_inbox_p99_normal_seconds: inbox[1].1,
-        time_to_inbox_p50_bulk_seconds: inbox[2].0,
-        time_to_inbox_p99_bulk_seconds: inbox[2].1,
-    }
-}
-
 fn summary_to_proto(s: Summary) -> pb::MessageSummary {
     let (state, detail) = match s.place {
         Where::Ready => (pb::MessageState::Queued, pb::StateFilter::StateReady),
@@ -209,97 +127,6 @@ enum Kind {
 }
 
 impl Api {
-    /// The queue's state now (QueueStats, `/metrics`); steps the congestion
-    /// tracker (which logs a change once), so the server calls it every
-    /// second as `observe_congestion`.
-    pub fn overview(&self) -> Overview {
-        let now = now_ms();
-        let relay = self.relay.state();
-        let admin = self.store.admin_state();
-        let s = queue_stats(
-            &self.store.snapshot(now),
-            self.scheduler.in_flight(),
-            self.rates.view(),
-            self.rates.uptime_seconds(),
-            now,
-        );
-        let signals = Signals {
-            queued: s.queued,
-            ready: s.ready,
-            oldest_age_secs: s.oldest_queued_age_seconds,
-            drain_eta_secs: s.drain_eta_seconds,
-            enqueue_rate: s.enqueue_rate_per_second,
-            delivery_rate: s.delivery_rate_per_second,
-            uptime_secs: s.uptime_seconds,
-            paused: admin.paused != 0,
-            warming_up: s.rates_warming_up,
-            rate_window_secs: s.rate_window_seconds,
-            waiting_secs: s.waiting_by_lane_seconds,
-        };
-        let (level, reason) = assess(&signals, &self.thresholds);
-        let (congestion, congestion_reason, congestion_since_ms) =
-            self.congestion
-                .observe(level, reason, &signals, now, &self.thresholds);
-        Overview {
-            stats: s,
-            max_spool_bytes: self.spool_limits.max_spool_bytes,
-            disk_free_bytes: self.disk_free.load(std::sync::atomic::Ordering::Relaxed),
-            refused_total: self.refused.load(std::sync::atomic::Ordering::Relaxed),
-            cancelled_total: admin.cancelled_total,
-            relay_state: relay.state,
-            relay_consecutive_failures: relay.consecutive_failures,
-            relay_backoff_remaining_ms: relay.backoff_remaining_ms,
-            congestion,
-            congestion_reason,
-            congestion_since_ms,
-            paused_lanes: Lane::ALL
-                .into_iter()
-                .filter(|l| admin.paused & (1 << l.index()) != 0)
-                .collect(),
-            clients: self.client_figures(),
-            time_to_inbox: self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0))),
-        }
-    }
-
-    /// Moves the congestion state on (logging a change once).
-    pub fn observe_congestion(&self) {
-        let _ = self.overview();
-    }
-
-    /// Every configured client, and any other that has mail in the spool
-    /// (a client removed from the configuration), by name.
-    fn client_figures(&self) -> Vec<ClientFigures> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let registry = self.store.clients();
-        let named = |name: &str| ClientFigures {
-            name: name.to_string(),
-            ..Default::default()
-        };
-        let mut out: std::collections::BTreeMap<String, ClientFigures> = registry
-            .names
-            .values()
-            .map(|name| (name.clone(), named(name)))
-            .collect();
-        for c in &self.auth.clients() {
-            let e = out.entry(c.name.clone()).or_insert_with(|| named(&c.name));
-            e.refused_rate_total = c.refused_rate.load(Relaxed);
-            e.refused_quota_total = c.refused_quota.load(Relaxed);
-            e.refused_policy_total = c.refused_policy.load(Relaxed);
-            e.rate_per_second = c.rate_per_second;
-            e.max_queued_messages = c.max_queued_messages;
-            e.max_queued_bytes = c.max_queued_bytes;
-        }
-        for e in out.values_mut() {
-            let k = registry.counters_of(&e.name);
-            e.queued = k.queued;
-            e.queued_bytes = k.queued_bytes;
-            e.enqueued_total = k.enqueued_total;
-            e.delivered_total = k.delivered_total;
-            e.dead_total = k.dead_total;
-        }
-        out.into_values().collect()
-    }
-
     /// Runs index reads off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -442,7 +269,9 @@ impl pb::queue_admin_server::QueueAdmin for Api {
         &self,
         _request: Request<pb::QueueStatsRequest>,
     ) -> Result<Response<pb::QueueStatsResponse>, Status> {
-        Ok(Response::new(overview_to_proto(self.overview())))
+        Ok(Response::new(crate::grpc::overview::overview_to_proto(
+            self.overview(),
+        )))
     }
 
     async fn list_messages(

@@ -5,5 +5,6 @@
 pub mod admin_api;
 pub mod api;
 pub mod codec;
+pub mod overview;
 pub mod services;
 pub mod transfer;

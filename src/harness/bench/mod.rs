@@ -28,7 +28,10 @@ use crate::pb::mail_queue_client::MailQueueClient;
 use crate::pb::queue_admin_client::QueueAdminClient;
 
 mod postfix;
+mod resources;
 mod surge;
+
+use resources::{dir_bytes, print_table, resource_rows};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -265,25 +268,6 @@ fn start_sink() -> Option<(std::process::Child, u16)> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Some((child, port))
-}
-
-fn dir_bytes(p: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(p) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.blocks() * 512,
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-fn mib(b: u64) -> String {
-    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
 /// Runs the benchmark and prints the table (Markdown) on stdout.
@@ -549,54 +533,4 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         eprintln!("data dir kept: {}", kept.display());
     }
     Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn resource_rows(
-    rows: &mut Vec<(String, String)>,
-    rss1: u64,
-    rss2: Option<u64>,
-    written: u64,
-    enqueued: u64,
-    size: usize,
-    fsyncs: u64,
-    after_drain: Option<(u64, u64, f64)>,
-) {
-    let mut push = |k: &str, v: String| {
-        eprintln!("{k}: {v}");
-        rows.push((k.to_string(), v));
-    };
-    push(
-        "peak RSS: enqueue + backlog server / restart + drain server",
-        format!(
-            "{} / {}",
-            mib(rss1),
-            rss2.map(mib).unwrap_or_else(|| "-".into())
-        ),
-    );
-    let per = written as f64 / enqueued.max(1) as f64;
-    push(
-        "disk bytes written per enqueued message (server 1, /proc/pid/io)",
-        format!("{per:.0} B = {:.2}× the {size} B body", per / size as f64),
-    );
-    push(
-        "fsync rounds per 1,000 enqueues (server 1)",
-        format!(
-            "{:.1} ({fsyncs} for {enqueued})",
-            fsyncs as f64 * 1000.0 / enqueued.max(1) as f64
-        ),
-    );
-    if let Some((a, c, secs)) = after_drain {
-        push(
-            "data dir after the drain (delivered statuses kept 1 h) / after `mailspool compact`",
-            format!("{} / {} (compact took {secs:.1} s)", mib(a), mib(c)),
-        );
-    }
-}
-
-fn print_table(rows: &[(String, String)]) {
-    println!("\n| figure | result |\n|---|---|");
-    for (k, v) in rows {
-        println!("| {k} | {v} |");
-    }
 }
