@@ -2,15 +2,14 @@
 //! out. Handlers are validate → convert → delegate; every error becomes a
 //! gRPC status here and nowhere else.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::intake::admission::{admit, Refusal, SpoolLimits, Usage};
-use crate::intake::auth::{caller, Authenticator, Client, Denial, Facts};
-use crate::spool::INDEX_BYTES_PER_MESSAGE;
+use crate::intake::auth::{caller, Authenticator, Client};
+use crate::intake::gate::{Intake, Refused as GateRefused, Request as GateRequest};
 
 use crate::delivery::scheduler::Scheduler;
 use crate::intake::message::{self, EmailInput, InvalidField, Limits};
@@ -29,14 +28,8 @@ pub struct Api {
     pub max_batch_items: usize,
     /// Set at the start of shutdown: new calls get UNAVAILABLE.
     pub closing: Arc<AtomicBool>,
-    pub spool_limits: SpoolLimits,
-    /// Free bytes on the spool's filesystem, sampled by the server.
-    pub disk_free: Arc<AtomicU64>,
-    /// Bytes admitted since that sample (reset by the sampler), so that a
-    /// burst between two samples cannot run the disk full.
-    pub admitted_since_sample: Arc<AtomicU64>,
-    /// Enqueue requests refused for space.
-    pub refused: Arc<AtomicU64>,
+    /// What may enter the spool (policy, quota, rate, room).
+    pub intake: Arc<Intake>,
     pub relay: Arc<crate::delivery::relay::Relay>,
     pub metrics: Arc<crate::observe::metrics::Metrics>,
     pub congestion: Arc<crate::observe::congestion::Tracker>,
@@ -45,15 +38,6 @@ pub struct Api {
     pub transfer_lock: Arc<tokio::sync::Mutex<()>>,
     /// Who may call what (`auth`).
     pub auth: Arc<Authenticator>,
-}
-
-/// One request's view of its client's quota: the client's committed usage,
-/// read once per request (and only when it has a quota), and what the
-/// request has admitted so far.
-#[derive(Default)]
-struct Tally {
-    committed: Option<(u64, u64)>,
-    pending: (u64, u64),
 }
 
 /// Why one message of a request was refused before anything was written.
@@ -196,46 +180,23 @@ impl Api {
         )
     }
 
-    /// How long a client over its quota should wait: about the time the
-    /// queue needs to drain a little, bounded to 1–60 s.
-    fn quota_wait(&self) -> std::time::Duration {
-        let rate = self.rates.per_second().1;
-        let secs = if rate > 0.0 { 100.0 / rate } else { 5.0 };
-        std::time::Duration::from_secs_f64(secs.clamp(1.0, 60.0))
-    }
-
-    /// Validates, polices and admits one request's message.
+    /// Validates one request's message, then asks the intake to admit it.
     fn accept_one(
         &self,
-        client: &Client,
         req: pb::EnqueueRequest,
-        tally: &mut Tally,
-        usage: &mut Usage,
+        gate: &mut GateRequest<'_>,
     ) -> Result<NewMessage, Refused> {
         let raw = req.raw.is_some();
-        let mut m = self.prepare(req).map_err(Refused::Invalid)?;
-        let bytes = m.raw.len() as u64;
-        let facts = Facts {
-            lane: m.lane,
-            from: &m.envelope_from,
-            raw,
-            bytes,
-        };
-        let Tally { committed, pending } = tally;
-        let queued = || *committed.get_or_insert_with(|| self.store.client_usage(&client.name));
-        client.admit(&facts, queued, pending).map_err(|d| match d {
-            Denial::Policy(field, reason) => Refused::Denied(field, reason),
-            Denial::Quota(reason) => Refused::Exhausted(reason, self.quota_wait()),
-            Denial::Rate(reason, wait) => Refused::Exhausted(reason, wait),
-        })?;
-        if let Err(r) = self.admit(&m, usage) {
-            // Not stored: it does not count against the client's quota.
-            pending.0 -= 1;
-            pending.1 -= bytes;
-            return Err(Refused::Exhausted(r.to_string(), r.retry_after));
-        }
-        m.client = client.name.clone();
-        Ok(m)
+        let m = self.prepare(req).map_err(Refused::Invalid)?;
+        gate.admit(m, raw).map_err(|r| match r {
+            GateRefused::Denied(field, reason) => Refused::Denied(field, reason),
+            GateRefused::Exhausted(reason, wait) => Refused::Exhausted(reason, wait),
+        })
+    }
+
+    /// One request's admission, at the current delivery rate.
+    fn gate<'a>(&'a self, client: &'a Client) -> GateRequest<'a> {
+        self.intake.request(client, self.rates.per_second().1)
     }
 
     /// Whether `client` may see a message's state: with auth on, a client
@@ -255,50 +216,11 @@ impl Api {
         self.store.client_slot(&client.name) == Some(owner)
     }
 
-    /// What admission sees now.
-    fn usage(&self) -> Usage {
-        let c = self.store.counters();
-        Usage {
-            spool_bytes: c.spool_bytes(),
-            disk_free_bytes: self
-                .disk_free
-                .load(Ordering::Relaxed)
-                .saturating_sub(self.admitted_since_sample.load(Ordering::Relaxed)),
-            delivery_rate_per_second: self.rates.per_second().1,
-            bytes_per_message: c.queued_bytes as f64 / c.queued_total().max(1) as f64,
-        }
-    }
-
     /// Whether a small transactional message would be admitted now (the
     /// readiness the health service reports).
     pub fn accepting_transactional(&self) -> bool {
-        let mut usage = self.usage();
-        // A message of the average queued size, or a small one when empty.
-        let bytes = usage.bytes_per_message.max(1024.0) as u64 + INDEX_BYTES_PER_MESSAGE;
-        usage.spool_bytes += bytes;
-        usage.disk_free_bytes = usage.disk_free_bytes.saturating_sub(bytes);
-        admit(Lane::Transactional, &usage, &self.spool_limits).is_ok()
-    }
-
-    /// Admits one message into `usage`, counting its bytes if admitted.
-    fn admit(&self, m: &NewMessage, usage: &mut Usage) -> Result<(), Refusal> {
-        let bytes = m.raw.len() as u64 + INDEX_BYTES_PER_MESSAGE;
-        let mut after = *usage;
-        after.spool_bytes += bytes;
-        after.disk_free_bytes = after.disk_free_bytes.saturating_sub(bytes);
-        match admit(m.lane, &after, &self.spool_limits) {
-            Ok(()) => {
-                *usage = after;
-                // Bytes written for it (body, index, logs): about twice its size.
-                self.admitted_since_sample
-                    .fetch_add(2 * bytes, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(r) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                Err(r)
-            }
-        }
+        self.intake
+            .accepting_transactional(self.rates.per_second().1)
     }
 
     /// Observes the call's duration into the enqueue histogram when dropped.
@@ -333,12 +255,7 @@ impl pb::mail_queue_server::MailQueue for Api {
         let client = caller(&request)?;
         let _timer = self.enqueue_timer();
         let message = self
-            .accept_one(
-                &client,
-                request.into_inner(),
-                &mut Tally::default(),
-                &mut self.usage(),
-            )
+            .accept_one(request.into_inner(), &mut self.gate(&client))
             .map_err(Refused::status)?;
         let appended = self
             .store
@@ -378,10 +295,9 @@ impl pb::mail_queue_server::MailQueue for Api {
         let mut results = vec![pb::EnqueueResult::default(); requests.len()];
         let mut valid = Vec::with_capacity(requests.len());
         let mut slots = Vec::with_capacity(requests.len());
-        let mut usage = self.usage();
-        let mut tally = Tally::default();
+        let mut gate = self.gate(&client);
         for (i, req) in requests.into_iter().enumerate() {
-            match self.accept_one(&client, req, &mut tally, &mut usage) {
+            match self.accept_one(req, &mut gate) {
                 Ok(m) => {
                     valid.push(m);
                     slots.push(i);

@@ -42,9 +42,15 @@ impl Api {
                 .observe(level, reason, &signals, now, &self.thresholds);
         Overview {
             stats: s,
-            max_spool_bytes: self.spool_limits.max_spool_bytes,
-            disk_free_bytes: self.disk_free.load(std::sync::atomic::Ordering::Relaxed),
-            refused_total: self.refused.load(std::sync::atomic::Ordering::Relaxed),
+            max_spool_bytes: self.intake.spool_limits.max_spool_bytes,
+            disk_free_bytes: self
+                .intake
+                .disk_free
+                .load(std::sync::atomic::Ordering::Relaxed),
+            refused_total: self
+                .intake
+                .refused
+                .load(std::sync::atomic::Ordering::Relaxed),
             cancelled_total: admin.cancelled_total,
             relay_state: relay.state,
             relay_consecutive_failures: relay.consecutive_failures,

@@ -164,7 +164,7 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    fn new(c: &ClientConfig) -> Client {
+    pub(crate) fn new(c: &ClientConfig) -> Client {
         let limiter = NonZeroU32::new(c.rate_per_second).map(|rate| {
             let burst = NonZeroU32::new(c.burst).unwrap_or(rate);
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))

@@ -4,4 +4,5 @@
 
 pub(crate) mod admission;
 pub mod auth;
+pub mod gate;
 pub mod message;

@@ -24,6 +24,7 @@ use crate::delivery::scheduler::Scheduler;
 use crate::grpc::api::Api;
 use crate::intake::admission::SpoolLimits;
 use crate::intake::auth::Authenticator;
+use crate::intake::gate::Intake;
 use crate::intake::message::Limits;
 use crate::observe::stats::Rates;
 use crate::spool::{Store, StoreOptions};
@@ -144,13 +145,16 @@ impl Server {
             },
             max_batch_items: config.max_batch_items,
             closing: closing.clone(),
-            spool_limits: SpoolLimits {
-                max_spool_bytes: config.max_spool_bytes,
-                min_free_bytes: config.min_free_bytes,
-            },
-            disk_free: disk_free.clone(),
-            admitted_since_sample: admitted_since_sample.clone(),
-            refused: Arc::new(AtomicU64::new(0)),
+            intake: Arc::new(Intake {
+                store: store.clone(),
+                spool_limits: SpoolLimits {
+                    max_spool_bytes: config.max_spool_bytes,
+                    min_free_bytes: config.min_free_bytes,
+                },
+                disk_free: disk_free.clone(),
+                admitted_since_sample: admitted_since_sample.clone(),
+                refused: Arc::new(AtomicU64::new(0)),
+            }),
             relay: relay.clone(),
             metrics: metrics.clone(),
             congestion: Default::default(),

@@ -1,0 +1,216 @@
+//! The one place that decides what enters the spool: the caller's policy,
+//! quota and rate (`auth::Client::admit`), then the spool's room
+//! (`admission::admit`). Both `Enqueue` and `EnqueueBatch` go through it
+//! (so does what another node's Transfer sends, as an `EnqueueBatch`): a
+//! request opens a `Request` and admits its validated messages one by one;
+//! nothing is written until they are all decided.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::admission::{admit, SpoolLimits, Usage};
+use super::auth::{Client, Denial, Facts};
+use crate::model::{Lane, NewMessage};
+use crate::spool::{Store, INDEX_BYTES_PER_MESSAGE};
+
+/// What admission needs of the node; shared by every request.
+pub struct Intake {
+    pub store: Store,
+    pub spool_limits: SpoolLimits,
+    /// Free bytes on the spool's filesystem, sampled by the server.
+    pub disk_free: Arc<AtomicU64>,
+    /// Bytes admitted since that sample (reset by the sampler), so that a
+    /// burst between two samples cannot run the disk full.
+    pub admitted_since_sample: Arc<AtomicU64>,
+    /// Messages refused for space.
+    pub refused: Arc<AtomicU64>,
+}
+
+/// Why a message may not enter, before anything was written.
+#[derive(Debug, PartialEq)]
+pub enum Refused {
+    /// The client's policy forbids it: (field, reason).
+    Denied(&'static str, String),
+    /// Over the client's quota or rate, or no room in the spool: retry after.
+    Exhausted(String, Duration),
+}
+
+impl Intake {
+    /// What the spool holds and has room for now; `delivery_rate` (per
+    /// second) sets the retry delays.
+    pub fn usage(&self, delivery_rate: f64) -> Usage {
+        let c = self.store.counters();
+        Usage {
+            spool_bytes: c.spool_bytes(),
+            disk_free_bytes: self
+                .disk_free
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.admitted_since_sample.load(Ordering::Relaxed)),
+            delivery_rate_per_second: delivery_rate,
+            bytes_per_message: c.queued_bytes as f64 / c.queued_total().max(1) as f64,
+        }
+    }
+
+    /// Whether a transactional message of the average queued size (or a
+    /// small one when empty) would be admitted now: the readiness the
+    /// health service reports.
+    pub fn accepting_transactional(&self, delivery_rate: f64) -> bool {
+        let mut usage = self.usage(delivery_rate);
+        let bytes = usage.bytes_per_message.max(1024.0) as u64 + INDEX_BYTES_PER_MESSAGE;
+        usage.spool_bytes += bytes;
+        usage.disk_free_bytes = usage.disk_free_bytes.saturating_sub(bytes);
+        admit(Lane::Transactional, &usage, &self.spool_limits).is_ok()
+    }
+
+    /// One request of `client`'s.
+    pub fn request<'a>(&'a self, client: &'a Client, delivery_rate: f64) -> Request<'a> {
+        Request {
+            intake: self,
+            client,
+            usage: self.usage(delivery_rate),
+            delivery_rate,
+            committed: None,
+            pending: (0, 0),
+        }
+    }
+}
+
+/// One request's admission: the spool's usage as it admits, the client's
+/// committed usage (read once, and only when it has a quota) and what the
+/// request has admitted so far.
+pub struct Request<'a> {
+    intake: &'a Intake,
+    client: &'a Client,
+    usage: Usage,
+    delivery_rate: f64,
+    committed: Option<(u64, u64)>,
+    pending: (u64, u64),
+}
+
+impl Request<'_> {
+    /// Admits one validated message (`raw`: it came as raw bytes): policy,
+    /// quota and rate, then room; an admitted message carries its client.
+    pub fn admit(&mut self, mut m: NewMessage, raw: bool) -> Result<NewMessage, Refused> {
+        let bytes = m.raw.len() as u64;
+        let facts = Facts {
+            lane: m.lane,
+            from: &m.envelope_from,
+            raw,
+            bytes,
+        };
+        let (store, name) = (&self.intake.store, &self.client.name);
+        let committed = &mut self.committed;
+        let queued = || *committed.get_or_insert_with(|| store.client_usage(name));
+        self.client
+            .admit(&facts, queued, &mut self.pending)
+            .map_err(|d| match d {
+                Denial::Policy(field, reason) => Refused::Denied(field, reason),
+                Denial::Quota(reason) => Refused::Exhausted(reason, quota_wait(self.delivery_rate)),
+                Denial::Rate(reason, wait) => Refused::Exhausted(reason, wait),
+            })?;
+        let stored = bytes + INDEX_BYTES_PER_MESSAGE;
+        let mut after = self.usage;
+        after.spool_bytes += stored;
+        after.disk_free_bytes = after.disk_free_bytes.saturating_sub(stored);
+        if let Err(r) = admit(m.lane, &after, &self.intake.spool_limits) {
+            // Not stored: it does not count against the client's quota.
+            self.pending.0 -= 1;
+            self.pending.1 -= bytes;
+            self.intake.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Exhausted(r.to_string(), r.retry_after));
+        }
+        self.usage = after;
+        // Bytes written for it (body, index, logs): about twice its size.
+        self.intake
+            .admitted_since_sample
+            .fetch_add(2 * stored, Ordering::Relaxed);
+        m.client = self.client.name.clone();
+        Ok(m)
+    }
+}
+
+/// How long a client over its quota should wait: about the time the queue
+/// needs to drain a little, bounded to 1–60 s.
+fn quota_wait(delivery_rate: f64) -> Duration {
+    let secs = if delivery_rate > 0.0 {
+        100.0 / delivery_rate
+    } else {
+        5.0
+    };
+    Duration::from_secs_f64(secs.clamp(1.0, 60.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::auth::{token_hash, ClientConfig, Role};
+
+    fn message(lane: Lane, bytes: usize) -> NewMessage {
+        NewMessage {
+            lane,
+            envelope_from: "a@example.com".into(),
+            envelope_to: vec!["b@example.org".into()],
+            message_id: "x@example.com".into(),
+            raw: vec![b'x'; bytes],
+            idempotency_key: String::new(),
+            not_before_ms: 0,
+            client: String::new(),
+        }
+    }
+
+    /// Policy first, then room; a message refused for room takes nothing
+    /// from its client's quota, and an admitted one carries its client.
+    #[test]
+    fn one_gate_decides_policy_quota_and_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            crate::spool::StoreOptions {
+                cache_capacity_bytes: 1 << 20,
+                segment_bytes: 1 << 20,
+                idempotency_window: Duration::from_secs(60),
+                delivered_retention: Duration::from_secs(60),
+                observer: Arc::new(crate::spool::Unobserved),
+            },
+        )
+        .unwrap();
+        let spool_bytes = store.counters().spool_bytes();
+        let intake = Intake {
+            store,
+            // Room for one 10 kB message in the bulk lane (80%), more in the others.
+            spool_limits: SpoolLimits {
+                max_spool_bytes: (spool_bytes + 11_000) * 10 / 8,
+                min_free_bytes: 0,
+            },
+            disk_free: Arc::new(AtomicU64::new(u64::MAX)),
+            admitted_since_sample: Arc::default(),
+            refused: Arc::default(),
+        };
+        let client = Client::new(&ClientConfig {
+            lanes: vec!["normal".into(), "bulk".into()],
+            max_queued_messages: 2,
+            ..ClientConfig::with_token("svc", token_hash("t"), &[Role::Enqueue])
+        });
+        let mut r = intake.request(&client, 100.0);
+        assert!(matches!(
+            r.admit(message(Lane::Transactional, 10), false),
+            Err(Refused::Denied("lane", _))
+        ));
+        let m = r.admit(message(Lane::Bulk, 10_000), false).unwrap();
+        assert_eq!(m.client, "svc");
+        // The spool is full for bulk now: refused for room, counted once...
+        assert!(matches!(
+            r.admit(message(Lane::Bulk, 10_000), false),
+            Err(Refused::Exhausted(..))
+        ));
+        assert_eq!(intake.refused.load(Ordering::Relaxed), 1);
+        // ... and it took nothing from the quota of 2: a normal one still fits.
+        assert!(r.admit(message(Lane::Normal, 10), false).is_ok());
+        assert!(matches!(
+            r.admit(message(Lane::Normal, 10), false),
+            Err(Refused::Exhausted(reason, _)) if reason.contains("quota")
+        ));
+        assert!(intake.admitted_since_sample.load(Ordering::Relaxed) > 20_000);
+    }
+}
