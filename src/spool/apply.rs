@@ -141,13 +141,8 @@ impl Committer {
                     attempts: record.attempts,
                     message_id: record.message_id,
                 };
-                let expires = now + self.options.delivered_retention.as_millis() as u64;
-                g.batch
-                    .insert(&key::delivered(id), codec::encode(&delivered));
-                g.batch.insert(
-                    key::expiry(expires, key::EXPIRY_DELIVERED, &id.0.to_be_bytes()),
-                    &[],
-                );
+                let value = codec::encode(&delivered);
+                self.keep_final(id, key::delivered(id), value, key::EXPIRY_DELIVERED, now, g);
                 self.counters.delivered_total += 1;
             }
             Outcome::Retry { due_ms, error } => {
@@ -220,6 +215,23 @@ impl Committer {
         less(&mut self.counters.queued_bytes, u64::from(record.body.len));
         g.overlay.insert(id, None);
         self.client_add(record.client, -1, -i64::from(record.body.len), g)
+    }
+
+    /// Keeps a finished message's status (delivered, cancelled) for
+    /// `delivered_retention`, with the expiry entry that removes it.
+    fn keep_final(
+        &self,
+        id: MessageId,
+        status_key: [u8; 9],
+        value: Vec<u8>,
+        kind: u8,
+        now: u64,
+        g: &mut Group,
+    ) {
+        let expires = now + self.options.delivered_retention.as_millis() as u64;
+        g.batch.insert(&status_key, value);
+        g.batch
+            .insert(key::expiry(expires, kind, &id.0.to_be_bytes()), &[]);
     }
 
     /// Changes a client's queued count and bytes; returns its counters.
@@ -333,13 +345,8 @@ impl Committer {
             reason: reason.to_string(),
             message_id: record.message_id,
         };
-        let expires = now + self.options.delivered_retention.as_millis() as u64;
-        g.batch
-            .insert(&key::cancelled(id), codec::encode(&cancelled));
-        g.batch.insert(
-            key::expiry(expires, key::EXPIRY_CANCELLED, &id.0.to_be_bytes()),
-            &[],
-        );
+        let value = codec::encode(&cancelled);
+        self.keep_final(id, key::cancelled(id), value, key::EXPIRY_CANCELLED, now, g);
         true
     }
 
