@@ -126,13 +126,25 @@ enum Kind {
     Purge { older_than_ms: u64 },
 }
 
-impl Api {
+/// The `QueueAdmin` service: QueueStats and the operator actions. Its own
+/// type over the node's shared state (`Api`), with the helpers only it uses.
+#[derive(Clone)]
+pub struct QueueAdminService(pub Api);
+
+impl std::ops::Deref for QueueAdminService {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.0
+    }
+}
+
+impl QueueAdminService {
     /// Runs index reads off the async threads.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(Api) -> T + Send + 'static,
     ) -> Result<T, Status> {
-        let api = self.clone();
+        let api = self.0.clone();
         tokio::task::spawn_blocking(move || f(api))
             .await
             .map_err(|e| Status::internal(format!("listing task failed: {e}")))
@@ -264,7 +276,7 @@ impl Api {
 }
 
 #[tonic::async_trait]
-impl pb::queue_admin_server::QueueAdmin for Api {
+impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
     async fn queue_stats(
         &self,
         _request: Request<pb::QueueStatsRequest>,
@@ -439,6 +451,6 @@ impl pb::queue_admin_server::QueueAdmin for Api {
         &self,
         r: Request<pb::TransferRequest>,
     ) -> Result<Response<Self::TransferStream>, Status> {
-        crate::grpc::transfer::start(self.clone(), r.into_inner()).await
+        crate::grpc::transfer::start(self.0.clone(), r.into_inner()).await
     }
 }

@@ -18,7 +18,8 @@ use crate::observe::stats::Rates;
 use crate::pb;
 use crate::spool::{Status as SpoolStatus, Store, StoreError};
 
-/// Everything the handlers need. Cloning is cheap.
+/// The node's shared state, behind both services (`MailQueueService`,
+/// `QueueAdminService`), the server and `/metrics`. Cloning is cheap.
 #[derive(Clone)]
 pub struct Api {
     pub store: Store,
@@ -129,6 +130,27 @@ impl Api {
         Ok(())
     }
 
+    /// Whether a small transactional message would be admitted now (the
+    /// readiness the health service reports).
+    pub fn accepting_transactional(&self) -> bool {
+        self.intake
+            .accepting_transactional(self.rates.per_second().1)
+    }
+}
+
+/// The `MailQueue` service: enqueue, and look messages up. Its own type
+/// over the node's shared state (`Api`), with the helpers only it uses.
+#[derive(Clone)]
+pub struct MailQueueService(pub Api);
+
+impl std::ops::Deref for MailQueueService {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.0
+    }
+}
+
+impl MailQueueService {
     /// Validates one request and builds its message.
     fn prepare(&self, req: pb::EnqueueRequest) -> Result<NewMessage, InvalidField> {
         let lane = lane_from_proto(req.lane)?;
@@ -216,13 +238,6 @@ impl Api {
         self.store.client_slot(&client.name) == Some(owner)
     }
 
-    /// Whether a small transactional message would be admitted now (the
-    /// readiness the health service reports).
-    pub fn accepting_transactional(&self) -> bool {
-        self.intake
-            .accepting_transactional(self.rates.per_second().1)
-    }
-
     /// Observes the call's duration into the enqueue histogram when dropped.
     fn enqueue_timer(&self) -> impl Drop {
         struct Timer(Arc<crate::observe::metrics::Metrics>, std::time::Instant);
@@ -246,7 +261,7 @@ impl Api {
 }
 
 #[tonic::async_trait]
-impl pb::mail_queue_server::MailQueue for Api {
+impl pb::mail_queue_server::MailQueue for MailQueueService {
     async fn enqueue(
         &self,
         request: Request<pb::EnqueueRequest>,

@@ -9,7 +9,8 @@ use tonic::transport::server::Router;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
-use crate::grpc::api::Api;
+use crate::grpc::admin_api::QueueAdminService;
+use crate::grpc::api::{Api, MailQueueService};
 use crate::intake::auth::{Authenticator, Role};
 use crate::pb;
 
@@ -36,10 +37,10 @@ pub fn router<H: Health>(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("embedded descriptors are valid");
-    let mail_queue = pb::mail_queue_server::MailQueueServer::new(api.clone())
+    let mail_queue = pb::mail_queue_server::MailQueueServer::new(MailQueueService(api.clone()))
         .max_decoding_message_size(max_request)
         .max_encoding_message_size(max_request);
-    let queue_admin = pb::queue_admin_server::QueueAdminServer::new(api)
+    let queue_admin = pb::queue_admin_server::QueueAdminServer::new(QueueAdminService(api))
         .max_decoding_message_size(ADMIN_MAX_REQUEST)
         .max_encoding_message_size(max_request);
     let mut builder = builder;
@@ -61,11 +62,11 @@ pub fn router<H: Health>(
 pub async fn set_serving(health: &HealthReporter, serving: bool) {
     if serving {
         health
-            .set_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
+            .set_serving::<pb::mail_queue_server::MailQueueServer<MailQueueService>>()
             .await;
     } else {
         health
-            .set_not_serving::<pb::mail_queue_server::MailQueueServer<Api>>()
+            .set_not_serving::<pb::mail_queue_server::MailQueueServer<MailQueueService>>()
             .await;
     }
 }
