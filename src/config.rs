@@ -43,7 +43,7 @@ const SECTIONS: &[(&str, &str)] = &[
 
 /// Whether `key` is a setting: the struct itself says (unknown fields are
 /// refused), so there is no second list of names to keep in step.
-fn known_key(key: &str) -> bool {
+pub fn is_setting(key: &str) -> bool {
     let probe: toml::Table = [(key.to_string(), toml::Value::Table(toml::Table::new()))]
         .into_iter()
         .collect();
@@ -318,13 +318,13 @@ impl Config {
                 (Some((name, prefix)), toml::Value::Table(inner)) => {
                     for (k, v) in inner {
                         let full = format!("{prefix}{k}");
-                        let key = if prefix.is_empty() || k.starts_with(prefix) || !known_key(&full)
-                        {
-                            k
-                        } else {
-                            full
-                        };
-                        if !known_key(&key) {
+                        let key =
+                            if prefix.is_empty() || k.starts_with(prefix) || !is_setting(&full) {
+                                k
+                            } else {
+                                full
+                            };
+                        if !is_setting(&key) {
                             return Err(bad("config", format!("unknown key `{key}` in [{name}]; the README's table lists the keys")));
                         }
                         if flat.insert(key.clone(), v).is_some() {

@@ -1,10 +1,9 @@
-//! `serve`'s flags: each also reads `MAILSPOOL_<NAME>`, over the TOML file, over the defaults.
+//! `serve`'s flags: each also reads `MAILSPOOL_<KEY>` (set in `with_defaults`), over the TOML file, over the defaults.
 
 use super::*;
 
-/// Server settings. Each flag also reads `MAILSPOOL_<NAME>`; unset ones fall
-/// back to the TOML file, then to the defaults.
-/// Field names are the configuration keys: the flags given become a TOML
+/// Server settings. Each flag also reads `MAILSPOOL_<KEY>`; unset ones fall
+/// back to the TOML file, then to the defaults. Field names are the configuration keys: the flags given become a TOML
 /// table laid over the file's (`into_config`), and each flag's help shows
 /// the default from `Config::default()` (`cli::command`).
 #[derive(Debug, Args, Default, Clone, serde::Serialize)]
@@ -14,117 +13,117 @@ pub struct ServeArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// gRPC listen address
-    #[arg(long, env = "MAILSPOOL_LISTEN")]
+    #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
     /// Prometheus /metrics address, or `off`
-    #[arg(long, env = "MAILSPOOL_METRICS_LISTEN")]
+    #[arg(long)]
     pub metrics_listen: Option<String>,
     /// Congestion WARNING at this oldest-message age
-    #[arg(long, env = "MAILSPOOL_CONGESTION_WARN_AGE_SECS")]
+    #[arg(long)]
     pub congestion_warn_age_secs: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_CONGESTION_CRITICAL_AGE_SECS")]
+    #[arg(long)]
     pub congestion_critical_age_secs: Option<u64>,
     /// Congestion WARNING at this drain ETA
-    #[arg(long, env = "MAILSPOOL_CONGESTION_WARN_ETA_SECS")]
+    #[arg(long)]
     pub congestion_warn_eta_secs: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_CONGESTION_CRITICAL_ETA_SECS")]
+    #[arg(long)]
     pub congestion_critical_eta_secs: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_CONGESTION_GROWTH_MIN_DEPTH")]
+    #[arg(long)]
     pub congestion_growth_min_depth: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_CONGESTION_STALL_AFTER_SECS")]
+    #[arg(long)]
     pub congestion_stall_after_secs: Option<u64>,
     /// Congestion WARNING when a transactional message has been due this long
-    #[arg(long, env = "MAILSPOOL_CONGESTION_TRANSACTIONAL_WARN_WAIT_SECS")]
+    #[arg(long)]
     pub congestion_transactional_warn_wait_secs: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_CONGESTION_TRANSACTIONAL_CRITICAL_WAIT_SECS")]
+    #[arg(long)]
     pub congestion_transactional_critical_wait_secs: Option<u64>,
     /// A congestion state clears only after this long better
-    #[arg(long, env = "MAILSPOOL_CONGESTION_CLEAR_AFTER_SECS")]
+    #[arg(long)]
     pub congestion_clear_after_secs: Option<u64>,
     /// Spool directory
-    #[arg(long, env = "MAILSPOOL_DATA_DIR")]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// smtp://host[:port] or smtps://host[:port]; unset = local outbox
-    #[arg(long, env = "MAILSPOOL_RELAY")]
+    #[arg(long)]
     pub relay: Option<String>,
     /// [default: required; opportunistic for loopback relays]
-    #[arg(long, env = "MAILSPOOL_RELAY_TLS", value_enum)]
+    #[arg(long, value_enum)]
     pub relay_tls: Option<RelayTls>,
     /// Relay user; the password comes from MAILSPOOL_RELAY_PASSWORD or --relay-password-file.
-    #[arg(long, env = "MAILSPOOL_RELAY_USER")]
+    #[arg(long)]
     pub relay_user: Option<String>,
-    #[arg(long, env = "MAILSPOOL_RELAY_PASSWORD_FILE")]
+    #[arg(long)]
     pub relay_password_file: Option<PathBuf>,
-    #[arg(long, env = "MAILSPOOL_RELAY_MAX_CONNECTIONS")]
+    #[arg(long)]
     pub relay_max_connections: Option<usize>,
     /// Delivery workers [default: relay_max_connections]
-    #[arg(long, env = "MAILSPOOL_WORKERS")]
+    #[arg(long)]
     pub workers: Option<usize>,
     /// Messages per lease
-    #[arg(long, env = "MAILSPOOL_LEASE_BATCH")]
+    #[arg(long)]
     pub lease_batch: Option<usize>,
-    #[arg(long, env = "MAILSPOOL_LEASE_TIMEOUT_MS")]
+    #[arg(long)]
     pub lease_timeout_ms: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_SMTP_TIMEOUT_MS")]
+    #[arg(long)]
     pub smtp_timeout_ms: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_RETRY_BASE_MS")]
+    #[arg(long)]
     pub retry_base_ms: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_RETRY_CAP_MS")]
+    #[arg(long)]
     pub retry_cap_ms: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_MAX_ATTEMPTS")]
+    #[arg(long)]
     pub max_attempts: Option<u32>,
-    #[arg(long, env = "MAILSPOOL_MAX_AGE_SECS")]
+    #[arg(long)]
     pub max_age_secs: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_MAX_RECIPIENTS")]
+    #[arg(long)]
     pub max_recipients: Option<usize>,
-    #[arg(long, env = "MAILSPOOL_MAX_MESSAGE_BYTES")]
+    #[arg(long)]
     pub max_message_bytes: Option<usize>,
-    #[arg(long, env = "MAILSPOOL_MAX_BATCH_ITEMS")]
+    #[arg(long)]
     pub max_batch_items: Option<usize>,
-    #[arg(long, env = "MAILSPOOL_IDEMPOTENCY_WINDOW_SECS")]
+    #[arg(long)]
     pub idempotency_window_secs: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_DELIVERED_RETENTION_SECS")]
+    #[arg(long)]
     pub delivered_retention_secs: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_CACHE_CAPACITY_BYTES")]
+    #[arg(long)]
     pub cache_capacity_bytes: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_SEGMENT_BYTES")]
+    #[arg(long)]
     pub segment_bytes: Option<u64>,
     /// Refuse Enqueue as the spool nears this size (0 = no limit)
-    #[arg(long, env = "MAILSPOOL_MAX_SPOOL_BYTES")]
+    #[arg(long)]
     pub max_spool_bytes: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_MIN_FREE_BYTES")]
+    #[arg(long)]
     pub min_free_bytes: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_SHUTDOWN_GRACE_MS")]
+    #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
-    #[arg(long, env = "MAILSPOOL_LOG_FORMAT", value_enum)]
+    #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
     /// tracing filter; RUST_LOG overrides
-    #[arg(long, env = "MAILSPOOL_LOG_LEVEL")]
+    #[arg(long)]
     pub log_level: Option<String>,
     /// Serve a non-loopback --listen without authentication (refused
     /// otherwise). Only behind something else that authenticates.
-    #[arg(long, env = "MAILSPOOL_INSECURE_NO_AUTH")]
+    #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure_no_auth: bool,
     /// gRPC over TLS: certificate chain (PEM); reloaded on SIGHUP
-    #[arg(long, env = "MAILSPOOL_TLS_CERT_FILE")]
+    #[arg(long)]
     pub tls_cert_file: Option<PathBuf>,
     /// gRPC over TLS: private key (PEM)
-    #[arg(long, env = "MAILSPOOL_TLS_KEY_FILE")]
+    #[arg(long)]
     pub tls_key_file: Option<PathBuf>,
     /// mTLS: CA certificates (PEM) client certificates must chain to
-    #[arg(long, env = "MAILSPOOL_TLS_CLIENT_CA_FILE")]
+    #[arg(long)]
     pub tls_client_ca_file: Option<PathBuf>,
     /// Per connection: HTTP/2 streams and requests in progress
-    #[arg(long, env = "MAILSPOOL_GRPC_MAX_CONCURRENT_STREAMS")]
+    #[arg(long)]
     pub grpc_max_concurrent_streams: Option<u32>,
-    #[arg(long, env = "MAILSPOOL_GRPC_REQUEST_TIMEOUT_MS")]
+    #[arg(long)]
     pub grpc_request_timeout_ms: Option<u64>,
     /// Connections at once
-    #[arg(long, env = "MAILSPOOL_GRPC_MAX_CONNECTIONS")]
+    #[arg(long)]
     pub grpc_max_connections: Option<usize>,
     /// TLS handshake and HTTP/2 preface deadline
-    #[arg(long, env = "MAILSPOOL_GRPC_HANDSHAKE_TIMEOUT_MS")]
+    #[arg(long)]
     pub grpc_handshake_timeout_ms: Option<u64>,
 }
 
@@ -155,9 +154,9 @@ impl ServeArgs {
     }
 }
 
-/// `cmd` with `[default: …]` added to the help of every flag that is a
-/// setting with a default, taken from `Config::default()` (so the help
-/// cannot drift from the defaults).
+/// `cmd` with, for every flag that is a setting, its environment variable
+/// (`MAILSPOOL_<KEY>`) and `[default: …]` in its help taken from
+/// `Config::default()`: the key is the one name, the default the one value.
 pub(super) fn with_defaults(cmd: clap::Command) -> clap::Command {
     let defaults = Config::defaults();
     let ids: Vec<String> = cmd
@@ -165,16 +164,25 @@ pub(super) fn with_defaults(cmd: clap::Command) -> clap::Command {
         .map(|a| a.get_id().to_string())
         .collect();
     ids.into_iter().fold(cmd, |cmd, id| {
-        let Some(value) = defaults.get(&id) else {
+        if !crate::config::is_setting(&id) {
             return cmd;
-        };
-        let shown = match value {
+        }
+        // clap keeps the name for the process's life; the command is built
+        // once per process.
+        let env: &'static str = format!("MAILSPOOL_{}", id.to_uppercase()).leak();
+        let default = defaults.get(&id).map(|value| match value {
             toml::Value::String(s) => s.clone(),
             other => other.to_string(),
-        };
+        });
         cmd.mut_arg(&id, |a| {
-            let help = a.get_help().map(|h| format!("{h} ")).unwrap_or_default();
-            a.help(format!("{help}[default: {shown}]"))
+            let a = a.env(env);
+            match default {
+                Some(shown) => {
+                    let help = a.get_help().map(|h| format!("{h} ")).unwrap_or_default();
+                    a.help(format!("{help}[default: {shown}]"))
+                }
+                None => a,
+            }
         })
     })
 }

@@ -107,6 +107,39 @@ fn the_help_shows_the_defaults_of_the_config() {
     assert_eq!(help("workers").matches("[default:").count(), 1);
 }
 
+/// Every setting's flag reads `MAILSPOOL_<KEY>`, derived from its key.
+#[test]
+fn each_setting_reads_its_environment_variable() {
+    let mut cmd = command();
+    let serve = cmd.find_subcommand_mut("serve").unwrap();
+    let env = |id: &str| {
+        serve
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().to_string())
+    };
+    assert_eq!(env("lease_batch").as_deref(), Some("MAILSPOOL_LEASE_BATCH"));
+    assert_eq!(
+        env("relay_password_file").as_deref(),
+        Some("MAILSPOOL_RELAY_PASSWORD_FILE")
+    );
+    assert_eq!(
+        env("insecure_no_auth").as_deref(),
+        Some("MAILSPOOL_INSECURE_NO_AUTH")
+    );
+    assert_eq!(env("config").as_deref(), Some("MAILSPOOL_CONFIG"));
+    let settings = serve
+        .get_arguments()
+        .filter(|a| crate::config::is_setting(a.get_id().as_str()))
+        .count();
+    assert!(settings >= 45, "{settings} settings");
+    assert!(serve
+        .get_arguments()
+        .filter(|a| crate::config::is_setting(a.get_id().as_str()))
+        .all(|a| a.get_env().is_some()));
+}
+
 /// Flags over the file (in sections), the file over the defaults.
 #[test]
 fn flags_override_a_sectioned_file() {
