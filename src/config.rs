@@ -720,4 +720,12 @@ mod tests {
         // A flat key that does not exist is refused as before.
         assert!(Config::from_toml("lease_bach = 1\n").is_err());
     }
+
+    #[test]
+    fn the_threshold_fixture_is_the_default_configuration() {
+        assert_eq!(
+            Config::default().thresholds(),
+            crate::observe::congestion::Thresholds::default()
+        );
+    }
 }

@@ -28,6 +28,10 @@ pub struct Thresholds {
     pub clear_after_ms: u64,
 }
 
+/// A test fixture: the running server's thresholds come from the
+/// configuration (`Config::thresholds`), whose defaults these must equal
+/// (`config::tests::the_threshold_fixture_is_the_default_configuration`).
+#[cfg(test)]
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
