@@ -292,10 +292,11 @@ impl RelayUrl {
 
 impl Config {
     /// Reads a TOML file over the defaults.
-    pub fn from_toml_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+    /// A TOML file as flat keys (`toml_table`).
+    pub fn toml_file_table(path: &std::path::Path) -> Result<toml::Table, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
-        Config::from_toml(&text)
+        Config::toml_table(&text)
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {

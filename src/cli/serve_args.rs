@@ -131,13 +131,7 @@ impl ServeArgs {
     /// Defaults < TOML < environment/flags, then validation.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let mut table = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-                    setting: "config",
-                    reason: format!("cannot read {}: {e}", path.display()),
-                })?;
-                Config::toml_table(&text)?
-            }
+            Some(path) => Config::toml_file_table(path)?,
             None => toml::Table::new(),
         };
         let flags = toml::Table::try_from(&self).map_err(|e| ConfigError {

@@ -81,9 +81,8 @@ fn lanes_from_proto(lanes: &[i32]) -> Result<u8, Status> {
 }
 
 pub(crate) fn paused_lanes(mask: u8) -> Vec<i32> {
-    Lane::ALL
+    crate::spool::paused_lanes(mask)
         .into_iter()
-        .filter(|l| mask & (1 << l.index()) != 0)
         .map(|l| lane_to_proto(l) as i32)
         .collect()
 }

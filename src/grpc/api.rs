@@ -92,9 +92,6 @@ pub(crate) fn store_status(e: StoreError) -> Status {
              the message may have been stored: send it again with the same idempotency key, \
              to another node if this one is not back"
         )),
-        StoreError::Group(shared) if matches!(*shared, StoreError::Closed) => {
-            store_status(StoreError::Closed)
-        }
         other => Status::unavailable(format!(
             "the spool could not confirm the write ({other}); the message may have been stored: \
              send it again with the same idempotency key"

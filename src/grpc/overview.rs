@@ -2,7 +2,7 @@
 //! `/metrics` exports too) and converted to the wire's message.
 
 use crate::grpc::api::{lane_to_proto, Api};
-use crate::model::{now_ms, Lane};
+use crate::model::now_ms;
 use crate::observe::congestion::{assess, Level, Signals};
 use crate::observe::overview::{ClientFigures, Overview};
 use crate::observe::stats::queue_stats;
@@ -58,10 +58,7 @@ impl Api {
             congestion,
             congestion_reason,
             congestion_since_ms,
-            paused_lanes: Lane::ALL
-                .into_iter()
-                .filter(|l| admin.paused & (1 << l.index()) != 0)
-                .collect(),
+            paused_lanes: crate::spool::paused_lanes(admin.paused),
             clients: self.client_figures(),
             time_to_inbox: self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0))),
         }

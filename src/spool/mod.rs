@@ -427,7 +427,11 @@ impl Store {
     fn reply_error(&self, e: commit::GroupError) -> StoreError {
         match self.shared.failed() {
             Some(why) => StoreError::Failed(why),
-            None => std::sync::Arc::try_unwrap(e).unwrap_or_else(StoreError::Group),
+            None => match std::sync::Arc::try_unwrap(e) {
+                Ok(e) => e,
+                Err(shared) if matches!(*shared, StoreError::Closed) => StoreError::Closed,
+                Err(shared) => StoreError::Group(shared),
+            },
         }
     }
 

@@ -304,10 +304,14 @@ async fn a_group_error_keeps_its_type() {
     let store = Store::open(dir.path(), options()).unwrap();
     let one = std::sync::Arc::new(StoreError::NewerFormat(9));
     assert!(matches!(store.reply_error(one), StoreError::NewerFormat(9)));
-    let shared = std::sync::Arc::new(StoreError::Closed);
+    let shared = std::sync::Arc::new(StoreError::NewerFormat(8));
     let _other_caller = shared.clone();
     match store.reply_error(shared) {
-        StoreError::Group(e) => assert!(matches!(*e, StoreError::Closed)),
+        StoreError::Group(e) => assert!(matches!(*e, StoreError::NewerFormat(8))),
         e => panic!("{e:?}"),
     }
+    // A spool closing is `Closed` to every caller, shared or not.
+    let closed = std::sync::Arc::new(StoreError::Closed);
+    let _other_caller = closed.clone();
+    assert!(matches!(store.reply_error(closed), StoreError::Closed));
 }

@@ -99,6 +99,14 @@ pub struct AdminState {
     pub cancelled_total: u64,
 }
 
+/// The lanes a pause mask (`AdminState::paused`) names.
+pub fn paused_lanes(mask: u8) -> Vec<Lane> {
+    Lane::ALL
+        .into_iter()
+        .filter(|l| mask & (1 << l.index()) != 0)
+        .collect()
+}
+
 /// What is kept of a cancelled (or transferred) message for the retention window.
 #[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
 pub struct CancelledRecord {

@@ -243,11 +243,7 @@ fn start_sink() -> Option<(std::process::Child, u16)> {
     let bin = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
         .into_iter()
         .find(|p| Path::new(p).exists())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
+    let port = free_port().ok()?;
     let mut cmd = std::process::Command::new(bin);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -260,14 +256,27 @@ fn start_sink() -> Option<(std::process::Child, u16)> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    listening(port, Duration::from_secs(5)).then_some((child, port))
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits (polling) until something accepts on 127.0.0.1:`port`; false
+/// if nothing does within `within`.
+fn listening(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
-            return None;
+            return false;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some((child, port))
+    true
 }
 
 /// Runs the benchmark and prints the table (Markdown) on stdout.

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,12 +27,6 @@ pub fn unavailable() -> Option<String> {
         return Some("a Postfix instance of its own needs root".into());
     }
     None
-}
-
-fn free_port() -> Result<u16, Error> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// master.cf from the system's, with no chroot (the queue is in a
@@ -70,7 +64,7 @@ impl Postfix {
         if !chown.success() {
             return Err("chown postfix on Postfix's data directory failed".into());
         }
-        let port = free_port()?;
+        let port = super::free_port()?;
         let log = dir.join("maillog");
         let main_cf = format!(
             "compatibility_level = 3.6\n\
@@ -107,14 +101,8 @@ impl Postfix {
         if !out.status.success() {
             return Err(format!("postfix start failed: {}", pf.log_tail()).into());
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(
-                    format!("Postfix did not listen within 20 s: {}", pf.log_tail()).into(),
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !super::listening(port, Duration::from_secs(20)) {
+            return Err(format!("Postfix did not listen within 20 s: {}", pf.log_tail()).into());
         }
         Ok(pf)
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use super::{bar, batches, body, channel, stats, Error};
+use super::{bar, batches, body, channel, request, stats, Error};
 use crate::harness::child::ServerProcess;
 use crate::harness::peer::{Mode, SmtpPeer};
 use crate::pb;
@@ -173,6 +173,15 @@ where
     let progress = bar(args.surge_bulk, "lead-in");
     let mut samples = Vec::new();
     let mut arrivals: Vec<(String, SystemTime)> = Vec::new();
+    // Bulk and resets at the relay so far, counted as they arrive.
+    let (mut bulk_in, mut resets_in) = (0usize, 0u64);
+    let take =
+        |arrivals: &mut Vec<(String, SystemTime)>, bulk: &mut usize, resets: &mut u64| {
+            let new = peer.arrivals(arrivals.len());
+            *bulk += new.iter().filter(|(s, _)| s.starts_with("bulk")).count();
+            *resets += new.iter().filter(|(s, _)| s.starts_with("reset")).count() as u64;
+            arrivals.extend(new);
+        };
     let mut intake = None;
     let mut intake_secs = None;
     let mut bulk = Some(bulk);
@@ -190,11 +199,7 @@ where
         if let Some(h) = intake.take_if(|h| h.is_finished()) {
             intake_secs = Some(h.await??);
         }
-        arrivals.extend(peer.arrivals(arrivals.len()));
-        let bulk_in = arrivals
-            .iter()
-            .filter(|(s, _)| s.starts_with("bulk"))
-            .count();
+        take(&mut arrivals, &mut bulk_in, &mut resets_in);
         progress.set_position(bulk_in as u64);
         if let Some(url) = server {
             let st = stats(url).await?;
@@ -216,11 +221,7 @@ where
     let sent_total = sent.lock().expect("sent").len() as u64;
     let waited = Instant::now() + Duration::from_secs(60);
     loop {
-        arrivals.extend(peer.arrivals(arrivals.len()));
-        let resets_in = arrivals
-            .iter()
-            .filter(|(s, _)| s.starts_with("reset"))
-            .count() as u64;
+        take(&mut arrivals, &mut bulk_in, &mut resets_in);
         if resets_in + refused.load(Ordering::Relaxed) >= sent_total || Instant::now() > waited {
             break;
         }
@@ -412,16 +413,14 @@ pub async fn run(args: &SurgeArgs, size: usize) -> Result<(), Error> {
     let ours = replay(args, &peer, front, Some(&url), || {
         let (url, body) = (url.clone(), body.clone());
         tokio::spawn(async move {
-            let make = Arc::new(move |i: usize| pb::EnqueueRequest {
-                email: Some(pb::Email {
-                    from: "news@example.com".into(),
-                    to: vec![format!("user{}@example.org", i % 1000)],
-                    subject: format!("bulk {i}"),
-                    text_body: body.clone(),
-                    ..Default::default()
-                }),
-                lane: pb::Lane::Bulk as i32,
-                ..Default::default()
+            // The bench's request, in lane bulk, its subject the relay's tag.
+            let make = Arc::new(move |i: usize| {
+                let mut r = request(i, &body);
+                r.lane = pb::Lane::Bulk as i32;
+                if let Some(e) = r.email.as_mut() {
+                    e.subject = format!("bulk {i}");
+                }
+                r
             });
             Ok(batches(&url, n, 100, 4, make, "").await?.secs)
         })
