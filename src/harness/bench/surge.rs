@@ -175,13 +175,12 @@ where
     let mut arrivals: Vec<(String, SystemTime)> = Vec::new();
     // Bulk and resets at the relay so far, counted as they arrive.
     let (mut bulk_in, mut resets_in) = (0usize, 0u64);
-    let take =
-        |arrivals: &mut Vec<(String, SystemTime)>, bulk: &mut usize, resets: &mut u64| {
-            let new = peer.arrivals(arrivals.len());
-            *bulk += new.iter().filter(|(s, _)| s.starts_with("bulk")).count();
-            *resets += new.iter().filter(|(s, _)| s.starts_with("reset")).count() as u64;
-            arrivals.extend(new);
-        };
+    let take = |arrivals: &mut Vec<(String, SystemTime)>, bulk: &mut usize, resets: &mut u64| {
+        let new = peer.arrivals(arrivals.len());
+        *bulk += new.iter().filter(|(s, _)| s.starts_with("bulk")).count();
+        *resets += new.iter().filter(|(s, _)| s.starts_with("reset")).count() as u64;
+        arrivals.extend(new);
+    };
     let mut intake = None;
     let mut intake_secs = None;
     let mut bulk = Some(bulk);
