@@ -14,6 +14,7 @@ use mailspool::spool::{Store, StoreOptions};
 const LIMITS: Limits = Limits {
     max_recipients: 100,
     max_message_bytes: 10 << 20,
+    message_id_domain: String::new(),
 };
 
 fn email() -> EmailInput {
@@ -36,7 +37,7 @@ pub fn body_2k() -> String {
 }
 
 fn message() -> NewMessage {
-    build(&email(), Lane::Normal, "", 0, LIMITS, now_ms()).unwrap()
+    build(&email(), Lane::Normal, "", 0, &LIMITS, now_ms()).unwrap()
 }
 
 fn open(dir: &std::path::Path) -> Store {

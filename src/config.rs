@@ -39,6 +39,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("limits", ""),
     ("log", "log_"),
     ("tls", "tls_"),
+    ("message", "message_"),
 ];
 
 /// Whether `key` is a setting: the struct itself says (unknown fields are
@@ -91,6 +92,9 @@ pub struct Config {
     pub max_age_secs: u64,
     pub max_recipients: usize,
     pub max_message_bytes: usize,
+    /// The domain of the Message-IDs mailspool makes; default: the
+    /// sender's domain (as A-labels).
+    pub message_id_domain: Option<String>,
     pub max_batch_items: usize,
     pub idempotency_window_secs: u64,
     /// How long GetMessage still knows a delivered message.
@@ -174,6 +178,7 @@ impl Default for Config {
             max_age_secs: 86_400,
             max_recipients: 100,
             max_message_bytes: 10 * 1024 * 1024,
+            message_id_domain: None,
             max_batch_items: 1_000,
             idempotency_window_secs: 86_400,
             delivered_retention_secs: 3_600,
@@ -388,6 +393,11 @@ impl Config {
         }
         if self.max_message_bytes > 64 * 1024 * 1024 {
             return Err(bad("max_message_bytes", "at most 64 MiB"));
+        }
+        if let Some(domain) = &self.message_id_domain {
+            let a_labels = crate::intake::message::domain_a_label("message_id_domain", domain)
+                .map_err(|e| bad("message_id_domain", e.reason))?;
+            self.message_id_domain = Some(a_labels);
         }
         if self.lease_batch > 10_000 {
             return Err(bad("lease_batch", "at most 10000"));

@@ -76,6 +76,10 @@ impl fmt::Display for MessageId {
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub lane: Lane,
+    /// The From field's address (a raw message: its envelope sender):
+    /// what a client's allowed_senders are checked against, with
+    /// envelope_from.
+    pub sender: String,
     pub envelope_from: String,
     pub envelope_to: Vec<String>,
     /// The Message-ID header value, without angle brackets.

@@ -1,30 +1,6 @@
-//! The small client commands: `enqueue`, `status`, `compact`, and the flags of `stats`.
+//! The small client commands: `status`, `compact`, and the flags of `stats`.
 
 use super::*;
-
-#[derive(Debug, Args)]
-pub struct EnqueueArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    #[arg(long)]
-    pub from: String,
-    #[arg(long, required = true)]
-    pub to: Vec<String>,
-    #[arg(long)]
-    pub cc: Vec<String>,
-    #[arg(long)]
-    pub bcc: Vec<String>,
-    #[arg(long, default_value = "")]
-    pub subject: String,
-    #[arg(long, default_value = "")]
-    pub text: String,
-    #[arg(long, default_value = "")]
-    pub html: String,
-    #[arg(long, value_parser = ["transactional", "normal", "bulk"], default_value = "normal")]
-    pub lane: String,
-    #[arg(long, default_value = "")]
-    pub idempotency_key: String,
-}
 
 #[derive(Debug, Args)]
 pub struct CompactArgs {
@@ -70,41 +46,6 @@ pub struct StatusArgs {
     pub id: String,
     #[arg(long)]
     pub json: bool,
-}
-
-pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
-    let mut client = pb::mail_queue_client::MailQueueClient::new(channel(&a.client).await?);
-    let lane = match a.lane.as_str() {
-        "transactional" => pb::Lane::Transactional,
-        "bulk" => pb::Lane::Bulk,
-        _ => pb::Lane::Normal,
-    };
-    let resp = client
-        .enqueue(pb::EnqueueRequest {
-            email: Some(pb::Email {
-                from: a.from,
-                to: a.to,
-                cc: a.cc,
-                bcc: a.bcc,
-                subject: a.subject,
-                text_body: a.text,
-                html_body: a.html,
-                ..Default::default()
-            }),
-            lane: lane as i32,
-            idempotency_key: a.idempotency_key,
-            not_before_unix_ms: 0,
-            raw: None,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    if resp.duplicate {
-        println!("{} (duplicate: idempotency key seen before)", resp.id);
-    } else {
-        println!("{}", resp.id);
-    }
-    Ok(())
 }
 
 pub async fn status(a: StatusArgs) -> ClientResult {

@@ -6,8 +6,9 @@
 //!
 //! Files: this one the commands and the client connection (flags, token,
 //! channel, errors); `serve_args.rs` the server's flags and how they
-//! overlay the TOML file; `token.rs` `mailspool token`; `commands.rs`
-//! `enqueue`, `status`, `compact`; `show_stats.rs` `mailspool stats`.
+//! overlay the TOML file; `token.rs` `mailspool token`; `enqueue.rs`
+//! `enqueue`; `commands.rs` `status`, `compact`; `show_stats.rs`
+//! `mailspool stats`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,13 +23,15 @@ use crate::pb;
 
 pub(crate) mod admin;
 mod commands;
+mod enqueue;
 pub mod queue;
 mod serve_args;
 mod show_stats;
 mod token;
 pub(crate) mod watch;
 
-pub use commands::{compact, enqueue, status, CompactArgs, EnqueueArgs, StatsArgs, StatusArgs};
+pub use commands::{compact, status, CompactArgs, StatsArgs, StatusArgs};
+pub use enqueue::{enqueue, EnqueueArgs};
 pub use serve_args::ServeArgs;
 
 /// The command line, with each setting's default in its help (from

@@ -78,6 +78,9 @@ pub struct ServeArgs {
     pub max_recipients: Option<usize>,
     #[arg(long)]
     pub max_message_bytes: Option<usize>,
+    /// The domain of the Message-IDs mailspool makes (default: the sender's)
+    #[arg(long)]
+    pub message_id_domain: Option<String>,
     #[arg(long)]
     pub max_batch_items: Option<usize>,
     #[arg(long)]

@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, RelayTls, RelayUrl};
 use crate::delivery::retry::{classify, SendResult};
+use crate::delivery::transaction;
 use crate::model::{Leased, Record};
 
 /// Idle connections older than this are checked with NOOP before use.
@@ -314,7 +315,17 @@ impl SmtpRelay {
                     }
                 },
             };
-            let result = match tokio::time::timeout(self.timeout, c.send(&env, &r.raw)).await {
+            let params = match transaction::parameters(c.server_info(), &r.record, &r.raw) {
+                Ok(p) => p,
+                Err(why) => {
+                    // This relay can never take it; the connection is fine.
+                    out.push(SendResult::Permanent(why));
+                    conn = Some(c);
+                    continue;
+                }
+            };
+            let send = transaction::send(&mut c, &env, params, &r.raw);
+            let result = match tokio::time::timeout(self.timeout, send).await {
                 Err(_) => {
                     SendResult::Transient(format!("timed out after {:?} sending", self.timeout))
                 }

@@ -12,7 +12,7 @@ use crate::intake::auth::{caller, Authenticator, Client};
 use crate::intake::gate::{Intake, Refused as GateRefused, Request as GateRequest};
 
 use crate::delivery::scheduler::Scheduler;
-use crate::intake::message::{self, EmailInput, InvalidField, Limits};
+use crate::intake::message::{self, AttachmentInput, EmailInput, InvalidField, Limits};
 use crate::model::{now_ms, Lane, MessageId, NewMessage};
 use crate::observe::stats::Rates;
 use crate::pb;
@@ -168,7 +168,7 @@ impl MailQueueService {
                 lane,
                 &req.idempotency_key,
                 req.not_before_unix_ms,
-                self.limits,
+                &self.limits,
                 now_ms(),
             );
         }
@@ -188,13 +188,30 @@ impl MailQueueService {
             text_body: email.text_body,
             html_body: email.html_body,
             headers,
+            extra_headers: email
+                .extra_headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect(),
+            attachments: email
+                .attachments
+                .into_iter()
+                .map(|a| AttachmentInput {
+                    filename: a.filename,
+                    content_type: a.content_type,
+                    content: a.content,
+                    content_id: a.content_id,
+                    disposition: a.disposition,
+                })
+                .collect(),
+            envelope_from: email.envelope_from,
         };
         message::build(
             &input,
             lane,
             &req.idempotency_key,
             req.not_before_unix_ms,
-            self.limits,
+            &self.limits,
             now_ms(),
         )
     }

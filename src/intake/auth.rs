@@ -255,8 +255,10 @@ impl Client {
 /// What the policy looks at in a message.
 pub struct Facts<'a> {
     pub lane: Lane,
-    /// The envelope sender (the From address for `email` requests).
+    /// The From field's address (a raw message's envelope sender).
     pub from: &'a str,
+    /// The SMTP MAIL FROM.
+    pub envelope_from: &'a str,
     pub raw: bool,
     pub bytes: u64,
 }
@@ -329,6 +331,15 @@ impl Client {
             return Some(Denial::Policy(
                 "email.from",
                 format!("client `{name}` may not send as `{}`", m.from),
+            ));
+        }
+        if m.envelope_from != m.from && !self.may_send_as(m.envelope_from) {
+            return Some(Denial::Policy(
+                "email.envelope_from",
+                format!(
+                    "client `{name}` may not use `{}` as its envelope sender",
+                    m.envelope_from
+                ),
             ));
         }
         None
@@ -615,6 +626,7 @@ mod tests {
         let msg = |from, lane, raw| Facts {
             lane,
             from,
+            envelope_from: from,
             raw,
             bytes: 100,
         };
@@ -626,13 +638,20 @@ mod tests {
             (msg("a@evil.example", Lane::Normal, false), "email.from"),
             (msg("a@example.com", Lane::Bulk, false), "lane"),
             (msg("a@example.com", Lane::Normal, true), "raw"),
+            (
+                Facts {
+                    envelope_from: "bounces@evil.example",
+                    ..msg("a@example.com", Lane::Normal, false)
+                },
+                "email.envelope_from",
+            ),
         ] {
             match c.admit(&m, no_read, &mut pending) {
                 Err(Denial::Policy(f, _)) => assert_eq!(f, field),
                 other => panic!("{field}: {other:?}"),
             }
         }
-        assert_eq!(c.refused_policy.load(Ordering::Relaxed), 3);
+        assert_eq!(c.refused_policy.load(Ordering::Relaxed), 4);
         // Quota: 1 queued + what this request admitted.
         assert!(c.admit(&ok, || (1, 0), &mut pending).is_ok());
         assert_eq!(pending, (1, 100));

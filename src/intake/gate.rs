@@ -95,7 +95,8 @@ impl Request<'_> {
         let bytes = m.raw.len() as u64;
         let facts = Facts {
             lane: m.lane,
-            from: &m.envelope_from,
+            from: &m.sender,
+            envelope_from: &m.envelope_from,
             raw,
             bytes,
         };
@@ -149,6 +150,7 @@ mod tests {
     fn message(lane: Lane, bytes: usize) -> NewMessage {
         NewMessage {
             lane,
+            sender: "a@example.com".into(),
             envelope_from: "a@example.com".into(),
             envelope_to: vec!["b@example.org".into()],
             message_id: "x@example.com".into(),

@@ -142,6 +142,7 @@ impl Server {
             limits: Limits {
                 max_recipients: config.max_recipients,
                 max_message_bytes: config.max_message_bytes,
+                message_id_domain: config.message_id_domain.clone().unwrap_or_default(),
             },
             max_batch_items: config.max_batch_items,
             closing: closing.clone(),

@@ -15,6 +15,7 @@ fn options() -> StoreOptions {
 fn message(client: &str) -> NewMessage {
     NewMessage {
         lane: Lane::Bulk,
+        sender: "a@x.example".into(),
         envelope_from: "a@x.example".into(),
         envelope_to: vec!["b@y.example".into()],
         message_id: "m@x.example".into(),

@@ -1,0 +1,154 @@
+//! The header section, one field at a time: encoded (RFC 2047 words for
+//! non-ASCII text), folded at spaces, and refused naming the field when a
+//! line would still be longer than a relay accepts.
+
+use lettre::message::header::{Header, HeaderName, HeaderValue, Headers};
+
+use super::{invalid, no_line_breaks, InvalidField};
+
+/// RFC 5322 section 2.1.1: a line is at most 998 octets before its CRLF.
+pub const MAX_LINE_OCTETS: usize = 998;
+
+/// Headers a caller may not set: the builder owns them, and setting them
+/// twice would make an ambiguous or broken message. `Return-Path` is the
+/// receiving server's to add (RFC 5321 section 4.4).
+const RESERVED: &[&str] = &[
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "subject",
+    "date",
+    "message-id",
+    "reply-to",
+    "sender",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+    "content-id",
+    "return-path",
+];
+
+/// The encoded header section being built.
+#[derive(Default)]
+pub struct Section {
+    text: String,
+}
+
+impl Section {
+    /// A typed field (From, To, Date, ...); `field` names it in errors.
+    pub fn typed<H: Header>(&mut self, field: &str, header: H) -> Result<(), InvalidField> {
+        let mut one = Headers::new();
+        one.set(header);
+        self.push(field, one.to_string())
+    }
+
+    /// A caller's field: its name checked, its value unstructured text.
+    pub fn extra(&mut self, field: &str, name: &str, value: &str) -> Result<(), InvalidField> {
+        let name = header_name(field, name)?;
+        no_line_breaks(field, value)?;
+        let mut one = Headers::new();
+        one.insert_raw(HeaderValue::new(name, value.to_string()));
+        self.push(field, one.to_string())
+    }
+
+    fn push(&mut self, field: &str, encoded: String) -> Result<(), InvalidField> {
+        if let Some(line) = encoded.split("\r\n").find(|l| l.len() > MAX_LINE_OCTETS) {
+            return Err(invalid(
+                field,
+                format!(
+                    "would be a header line of {} octets; relays refuse lines over {MAX_LINE_OCTETS} \
+                     (RFC 5322 section 2.1.1) and only spaces can be folded: shorten its longest word",
+                    line.len()
+                ),
+            ));
+        }
+        self.text.push_str(&encoded);
+        Ok(())
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.text.into_bytes()
+    }
+}
+
+/// RFC 5322 field name: printable ASCII except `:`, and not one we own.
+fn header_name(field: &str, name: &str) -> Result<HeaderName, InvalidField> {
+    if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+        return Err(invalid(
+            field,
+            "header name must be printable ASCII without ':' or spaces",
+        ));
+    }
+    if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(invalid(
+            field,
+            format!("header `{name}` is set by mailspool and cannot be overridden"),
+        ));
+    }
+    HeaderName::new_from_ascii(name.to_string()).map_err(|e| invalid(field, e.to_string()))
+}
+
+/// The header section of a message's bytes (without the blank line), or
+/// None when there is no blank line.
+pub fn section_of(raw: &[u8]) -> Option<&[u8]> {
+    if raw.starts_with(b"\r\n") {
+        return Some(&raw[..0]);
+    }
+    raw.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|end| &raw[..end + 2])
+}
+
+/// Whether the header section has a field called `name`.
+pub fn has_field(section: &[u8], name: &str) -> bool {
+    section.split(|&b| b == b'\n').any(|line| {
+        line.iter().position(|&b| b == b':').is_some_and(|colon| {
+            line[..colon]
+                .trim_ascii()
+                .eq_ignore_ascii_case(name.as_bytes())
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_values_fold_at_spaces_and_unfoldable_ones_are_refused() {
+        let mut s = Section::default();
+        let words = vec!["word"; 500].join(" ");
+        s.extra("email.headers[\"X-Long\"]", "X-Long", &words)
+            .unwrap();
+        let text = String::from_utf8(s.into_bytes()).unwrap();
+        assert!(text.lines().count() > 10, "{text}");
+        assert!(text.split("\r\n").all(|l| l.len() <= 78), "{text}");
+        let mut s = Section::default();
+        let e = s
+            .extra(
+                "email.extra_headers[0]",
+                "List-Unsubscribe",
+                &"x".repeat(2000),
+            )
+            .unwrap_err();
+        assert_eq!(e.field, "email.extra_headers[0]");
+        assert!(e.reason.contains("2018 octets"), "{e}");
+        // Non-ASCII text becomes encoded words, which split anywhere.
+        let mut s = Section::default();
+        s.extra("f", "X-Note", &"ü".repeat(2000)).unwrap();
+        let text = String::from_utf8(s.into_bytes()).unwrap();
+        assert!(text.is_ascii() && text.split("\r\n").all(|l| l.len() <= 998));
+    }
+
+    #[test]
+    fn fields_are_found_in_a_header_section() {
+        let raw = b"Subject: x\r\nmessage-id : <a@b>\r\n\r\nFrom: not a header\r\n";
+        let s = section_of(raw).unwrap();
+        assert!(has_field(s, "Message-ID") && has_field(s, "subject"));
+        assert!(!has_field(s, "from") && !has_field(s, "date"));
+        assert_eq!(section_of(b"\r\nbody"), Some(&b""[..]));
+        assert_eq!(section_of(b"Subject: x\r\n"), None);
+    }
+}

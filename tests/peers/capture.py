@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""A relay for mailspool's tests, written by nobody here: aiosmtpd takes
+every message, and Python's email package reads it the way a strict
+receiver would. For message N it writes N.eml (the bytes received) and
+N.json (envelope, MAIL FROM parameters, the strict parser's verdict, every
+part with its defects) into --dir, the .json last and atomically. Prints
+the port it listens on, then serves until killed.
+
+    python3 capture.py --dir DIR [--smtputf8]
+"""
+import argparse
+import email
+import email.policy
+import itertools
+import json
+import os
+import socket
+import time
+
+from aiosmtpd.controller import Controller
+
+
+def describe(raw: bytes) -> dict:
+    try:
+        email.message_from_bytes(raw, policy=email.policy.strict)
+        strict_error = None
+    except Exception as e:  # the strict policy raises on the first defect
+        strict_error = f"{type(e).__name__}: {e}"
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    headers, header_defects = [], []
+    for name, value in msg.items():
+        headers.append([name, str(value)])
+        header_defects += [f"{name}: {d!r}" for d in getattr(value, "defects", ())]
+    parts = []
+    for part in msg.walk():
+        p = {
+            "content_type": part.get_content_type(),
+            "params": {k: str(v) for k, v in (part.get_params() or [])[1:]},
+            "disposition": part.get_content_disposition(),
+            "filename": part.get_filename(),
+            "content_id": part.get("Content-ID"),
+            "transfer_encoding": part.get("Content-Transfer-Encoding"),
+            "defects": [repr(d) for d in part.defects],
+        }
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True) or b""
+            p["bytes"] = len(payload)
+            if part.get_content_maintype() == "text":
+                p["text"] = part.get_content()
+        parts.append(p)
+    return {
+        "strict_error": strict_error,
+        "headers": headers,
+        "header_defects": header_defects,
+        "parts": parts,
+    }
+
+
+class Capture:
+    def __init__(self, out: str):
+        self.out = out
+        self.n = itertools.count(1)
+
+    async def handle_DATA(self, server, session, envelope):
+        n = next(self.n)
+        raw = envelope.original_content or envelope.content
+        with open(os.path.join(self.out, f"{n}.eml"), "wb") as f:
+            f.write(raw)
+        info = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "mail_options": envelope.mail_options,
+            "received_at": time.time(),
+            **describe(raw),
+        }
+        tmp = os.path.join(self.out, f".{n}.json")
+        with open(tmp, "w") as f:
+            json.dump(info, f, ensure_ascii=False)
+        os.rename(tmp, os.path.join(self.out, f"{n}.json"))
+        return "250 2.0.0 Ok: queued"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--smtputf8", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    # aiosmtpd's Controller connects to its own port once started, so it
+    # needs a real one: take a free port, retrying if another process
+    # takes it first.
+    for attempt in range(20):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        c = Controller(
+            Capture(args.dir),
+            hostname="127.0.0.1",
+            port=port,
+            decode_data=False,
+            enable_SMTPUTF8=args.smtputf8,
+            server_hostname="capture.test",
+        )
+        try:
+            c.start()
+            break
+        except OSError:
+            if attempt == 19:
+                raise
+    print(port, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        c.stop()
+
+
+if __name__ == "__main__":
+    main()
