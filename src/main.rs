@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => runtime.block_on(serve(cli.serve)),
         Some(Command::Serve(args)) => runtime.block_on(serve(*args)),
-        Some(Command::Enqueue(a)) => runtime.block_on(cli::enqueue(a)),
+        Some(Command::Enqueue(a)) => runtime.block_on(cli::enqueue(*a)),
         Some(Command::Stats(a)) => runtime.block_on(cli::stats(a)),
         Some(Command::Status(a)) => runtime.block_on(cli::status(a)),
         Some(Command::Queue(a)) => runtime.block_on(mailspool::cli::queue::queue(a)),

@@ -69,7 +69,7 @@ pub enum Command {
     /// Run the server (also what `mailspool` with no subcommand does).
     Serve(Box<ServeArgs>),
     /// Enqueue one message and print its id.
-    Enqueue(EnqueueArgs),
+    Enqueue(Box<EnqueueArgs>),
     /// Print QueueStats.
     Stats(StatsArgs),
     /// Print where one message is.
