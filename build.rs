@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Tests that need a tool of the system (Postfix's smtp-sink, FUSE,
-/// libfaketime, root for a tmpfs) are `#[cfg_attr(not(have_x), ignore =
+/// libfaketime, SpamAssassin, Python's aiosmtpd, root for a tmpfs) are `#[cfg_attr(not(have_x), ignore =
 /// "...")]`: where it is missing they show as ignored with the package to
 /// install, never as `ok` having done nothing. Under CI=true every one is
 /// on, so a missing tool fails its tests.
@@ -48,6 +48,8 @@ fn tools() {
             exists("/dev/fuse") && exists("/usr/bin/fusermount3"),
         ),
         ("have_faketime", exists("/usr/bin/faketime")),
+        ("have_spamassassin", exists("/usr/bin/spamassassin")),
+        ("have_aiosmtpd", python_has("aiosmtpd")),
         ("have_root", root),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
@@ -55,4 +57,14 @@ fn tools() {
             println!("cargo::rustc-cfg={cfg}");
         }
     }
+}
+
+/// Whether `python3` can import `module` (a test peer from PyPI).
+fn python_has(module: &str) -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -1,5 +1,6 @@
 //! criterion micro-benchmarks of the spool on 2 KiB messages: append+commit
-//! (one message, and a group of 100), lease, ack, retry; and message building.
+//! (one message, and a group of 100), lease, ack, retry; and message building
+//! (2 KiB of text; text and HTML with an inline image and a 100 KiB PDF).
 //!
 //! `cargo bench --bench store`
 
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mailspool::delivery::scheduler::Scheduler;
-use mailspool::intake::message::{build, EmailInput, Limits};
+use mailspool::intake::message::{build, AttachmentInput, EmailInput, Limits};
 use mailspool::model::{now_ms, Lane, NewMessage, Outcome};
 use mailspool::spool::{Store, StoreOptions};
 
@@ -68,6 +69,26 @@ fn benches(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(3));
     g.throughput(Throughput::Elements(1));
     g.bench_function("build 2KiB message", |b| b.iter(message));
+    let with_files = EmailInput {
+        html_body: format!("<p>{}</p><img src=\"cid:logo\">", body_2k()),
+        attachments: vec![
+            AttachmentInput {
+                filename: "invoice.pdf".into(),
+                content: (0..100 * 1024).map(|i| (i * 7 % 251) as u8).collect(),
+                ..AttachmentInput::default()
+            },
+            AttachmentInput {
+                content_id: "logo".into(),
+                content_type: "image/png".into(),
+                content: vec![0x89; 4096],
+                ..AttachmentInput::default()
+            },
+        ],
+        ..email()
+    };
+    g.bench_function("build 2KiB text+html, 4KiB inline image, 100KiB PDF", |b| {
+        b.iter(|| build(&with_files, Lane::Normal, "", 0, &LIMITS, now_ms()).unwrap())
+    });
     g.bench_function("append+commit 1", |b| {
         b.iter(|| rt.block_on(store.append(vec![m.clone()])).unwrap())
     });

@@ -11,6 +11,7 @@ mod durability;
 mod faults;
 mod layering;
 mod limits;
+mod mime;
 mod ops;
 mod power;
 mod restart;

@@ -2,7 +2,8 @@
 //! non-ASCII text), folded at spaces, and refused naming the field when a
 //! line would still be longer than a relay accepts.
 
-use lettre::message::header::{Header, HeaderName, HeaderValue, Headers};
+use lettre::message::header::{self as hdr, Header, HeaderName, HeaderValue, Headers};
+use lettre::message::{Mailbox, Mailboxes};
 
 use super::{invalid, no_line_breaks, InvalidField};
 
@@ -41,6 +42,44 @@ impl Section {
     pub fn typed<H: Header>(&mut self, field: &str, header: H) -> Result<(), InvalidField> {
         let mut one = Headers::new();
         one.set(header);
+        self.push(field, one.to_string())
+    }
+
+    /// An address field (From, To, Cc, Reply-To): one mailbox a line, each
+    /// in angle brackets, with or without a display name (a bare address
+    /// in To is what spam filters score, SpamAssassin's TO_NO_BRKTS_*).
+    pub fn mailboxes(
+        &mut self,
+        field: &str,
+        name: &'static str,
+        boxes: &[Mailbox],
+    ) -> Result<(), InvalidField> {
+        let mut encoded = String::new();
+        let mut raw = String::new();
+        for (i, mb) in boxes.iter().enumerate() {
+            if i > 0 {
+                encoded.push_str(",\r\n ");
+                raw.push_str(", ");
+            }
+            match &mb.name {
+                Some(_) => {
+                    // lettre encodes the display name (RFC 2047 when not ASCII).
+                    let mut one = Headers::new();
+                    one.set(hdr::To::from(Mailboxes::from(mb.clone())));
+                    let text = one.to_string();
+                    let value = text
+                        .strip_prefix("To: ")
+                        .and_then(|v| v.strip_suffix("\r\n"))
+                        .expect("lettre writes `To: value` CRLF");
+                    encoded.push_str(value);
+                }
+                None => encoded.push_str(&format!("<{}>", mb.email)),
+            }
+            raw.push_str(&mb.to_string());
+        }
+        let name = HeaderName::new_from_ascii_str(name);
+        let mut one = Headers::new();
+        one.insert_raw(HeaderValue::dangerous_new_pre_encoded(name, raw, encoded));
         self.push(field, one.to_string())
     }
 

@@ -3,7 +3,9 @@
 //! files in multipart/mixed. Every part is 7-bit on the wire (quoted-
 //! printable or base64 where needed), with CRLF line endings.
 
-use lettre::message::header::{ContentDisposition, ContentId, ContentType};
+use lettre::message::header::{
+    ContentDisposition, ContentId, ContentTransferEncoding, ContentType,
+};
 use lettre::message::{Body, MultiPart, MultiPartBuilder, SinglePart};
 
 use super::{invalid, InvalidField};
@@ -218,7 +220,13 @@ fn attachment(
         };
         return Ok((Place::Alternative, builder.body(body)));
     }
-    let body = Body::new(a.content.clone());
+    // Text travels in canonical form, CRLF lines (RFC 2046 section 4.1.1);
+    // anything else as base64, whatever its bytes look like.
+    let body = match std::str::from_utf8(&a.content) {
+        Ok(text) if essence.starts_with("text/") => Body::new(lines(text)),
+        _ => Body::new_with_encoding(a.content.clone(), ContentTransferEncoding::Base64)
+            .expect("base64 encodes anything"),
+    };
     if inline {
         let disposition = if filename.is_empty() {
             ContentDisposition::inline()

@@ -11,7 +11,7 @@ mod mime;
 mod raw;
 
 use lettre::message::header::{self as hdr, MIME_VERSION_1_0};
-use lettre::message::{Mailbox, Mailboxes};
+use lettre::message::Mailbox;
 use rand::Rng;
 
 use crate::model::{Lane, NewMessage};
@@ -123,8 +123,8 @@ pub fn build(
     };
 
     let mut envelope_to = Vec::with_capacity(recipients);
-    let mut list = |name: &str, given: &[String]| -> Result<Mailboxes, InvalidField> {
-        let mut boxes = Mailboxes::new();
+    let mut list = |name: &str, given: &[String]| -> Result<Vec<Mailbox>, InvalidField> {
+        let mut boxes = Vec::with_capacity(given.len());
         for (i, value) in given.iter().enumerate() {
             let mb = address::mailbox(&format!("email.{name}[{i}]"), value)?;
             envelope_to.push(mb.email.to_string());
@@ -143,16 +143,16 @@ pub fn build(
     let message_id = format!("{:032x}@{domain}", rand::rng().random::<u128>());
 
     let mut h = header::Section::default();
-    h.typed("email.from", hdr::From::from(Mailboxes::from(from.clone())))?;
-    if to.iter().next().is_some() {
-        h.typed("email.to", hdr::To::from(to))?;
+    h.mailboxes("email.from", "From", std::slice::from_ref(&from))?;
+    if !to.is_empty() {
+        h.mailboxes("email.to", "To", &to)?;
     }
-    if cc.iter().next().is_some() {
-        h.typed("email.cc", hdr::Cc::from(cc))?;
+    if !cc.is_empty() {
+        h.mailboxes("email.cc", "Cc", &cc)?;
     }
     if !email.reply_to.is_empty() {
-        let mb: Mailbox = address::mailbox("email.reply_to", &email.reply_to)?;
-        h.typed("email.reply_to", hdr::ReplyTo::from(Mailboxes::from(mb)))?;
+        let mb = address::mailbox("email.reply_to", &email.reply_to)?;
+        h.mailboxes("email.reply_to", "Reply-To", &[mb])?;
     }
     h.typed("email.subject", hdr::Subject::from(email.subject.clone()))?;
     h.typed(
@@ -441,7 +441,10 @@ mod tests {
         assert_eq!(m.envelope_to, vec!["kunde@xn--bcher-kva.example"]);
         assert!(raw.is_ascii(), "{raw}");
         assert!(raw.contains("<info@xn--mnchen-3ya.example>"), "{raw}");
-        assert!(raw.contains("To: kunde@xn--bcher-kva.example\r\n"), "{raw}");
+        assert!(
+            raw.contains("To: <kunde@xn--bcher-kva.example>\r\n"),
+            "{raw}"
+        );
         let limits = Limits {
             message_id_domain: "mail.example.net".into(),
             ..LIMITS
@@ -471,6 +474,19 @@ mod tests {
         check(
             |e| e.extra_headers = vec![("Return-Path".into(), "<a@b.c>".into())],
             "email.extra_headers[0]",
+        );
+    }
+
+    #[test]
+    fn address_fields_put_one_mailbox_a_line_in_angle_brackets() {
+        let (_, raw) = built(&EmailInput {
+            to: vec!["a@example.org".into(), "Zoë <z@example.org>".into()],
+            cc: vec!["c@example.org".into()],
+            ..ok_email()
+        });
+        assert!(
+            raw.contains("To: <a@example.org>,\r\n =?utf-8?b?Wm/Dqw==?= <z@example.org>\r\nCc: <c@example.org>\r\n"),
+            "{raw}"
         );
     }
 
