@@ -238,3 +238,112 @@ async fn token_create_gives_a_working_token_and_a_config_entry() {
     assert!(r.stdout.contains("\"name\": \"ops\""), "{}", r.stdout);
     s.shutdown().await;
 }
+
+/// `mailspool enqueue` with the message flags: bodies from files (one from
+/// standard input), attachments with a guessed and a given type, repeated
+/// headers, Reply-To and an envelope sender; the outbox has what they say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_takes_files_attachments_headers_and_an_envelope_sender() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    let url = format!("http://{}", s.handle.as_ref().unwrap().addr);
+    // Held until its envelope is read back.
+    s.admin
+        .clone()
+        .pause_delivery(pb::PauseDeliveryRequest::default())
+        .await
+        .unwrap();
+    let files = tempdir();
+    let html = files.path().join("body.html");
+    std::fs::write(&html, "<p>Your invoice is attached.</p>").unwrap();
+    let pdf = files.path().join("invoice.pdf");
+    std::fs::write(&pdf, b"%PDF-1.4 fake").unwrap();
+    let csv = files.path().join("usage.txt");
+    std::fs::write(&csv, "day,n\n1,2\n").unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args([
+            "enqueue",
+            "--server",
+            &url,
+            "--from",
+            "Billing <billing@example.com>",
+        ])
+        .args(["--to", "user@example.org", "--reply-to", "help@example.com"])
+        .args([
+            "--envelope-from",
+            "bounces@example.com",
+            "--subject",
+            "Invoice",
+        ])
+        .args(["--text-file", "-", "--html-file", html.to_str().unwrap()])
+        .args(["--header", "X-Tag: one", "--header", "X-Tag: two"])
+        .arg("--attach")
+        .arg(&pdf)
+        .arg("--attach")
+        .arg(format!("{};type=text/csv", csv.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"Your invoice is attached.\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut admin = s.admin.clone();
+    let queued = admin
+        .list_messages(pb::ListMessagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(queued.messages[0].envelope_from, "bounces@example.com");
+    admin
+        .resume_delivery(pb::ResumeDeliveryRequest::default())
+        .await
+        .unwrap();
+    let m = s.wait_state(&id, pb::MessageState::Delivered).await;
+    let eml = outbox_files(dir.path())
+        .into_iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .find(|t| t.contains(&m.message_id))
+        .expect("the message in the outbox");
+    for want in [
+        "Reply-To: <help@example.com>",
+        "X-Tag: one\r\nX-Tag: two\r\n",
+        "Content-Type: multipart/mixed",
+        "Content-Type: application/pdf",
+        "filename=\"invoice.pdf\"",
+        "Content-Type: text/csv",
+        "filename=\"usage.txt\"",
+        "Your invoice is attached.\r\n",
+        "<p>Your invoice is attached.</p>",
+    ] {
+        assert!(eml.contains(want), "{want:?} missing: {eml}");
+    }
+    // A bad flag is told before anything is sent.
+    let r = cli(
+        &url,
+        &[
+            "enqueue",
+            "--from",
+            "a@example.com",
+            "--to",
+            "b@example.org",
+            "--header",
+            "no colon",
+        ],
+    )
+    .await;
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("--header `no colon`: give `Name: value`"),
+        "{}",
+        r.stderr
+    );
+    s.shutdown().await;
+}

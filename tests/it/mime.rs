@@ -285,11 +285,9 @@ struct Sent {
     message_id: String,
 }
 
-/// Enqueues every case (and a raw message), waits for aiosmtpd to have
-/// them all, and returns them by case with their bytes.
-async fn send_all(cap: &Capture) -> Vec<(Sent, Value, Vec<u8>)> {
-    let dir = tempdir();
-    let s = TestServer::start(config(dir.path(), cap.relay())).await;
+/// Enqueues every case and a raw message (bare LF line ends, no Date or
+/// Message-ID).
+async fn enqueue_all(s: &TestServer) -> Vec<Sent> {
     let mut sent = Vec::new();
     for (case, email) in cases() {
         let r = s
@@ -304,7 +302,6 @@ async fn send_all(cap: &Capture) -> Vec<(Sent, Value, Vec<u8>)> {
             message_id: r.message_id,
         });
     }
-    // A raw message with bare LF line ends and no Date or Message-ID.
     let raw = b"From: Alerts <alerts@example.com>\nTo: user@example.org\nSubject: case raw\n\
 X-Case: raw\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\nraw body\n";
     let r = s
@@ -323,6 +320,15 @@ X-Case: raw\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\nra
         case: "raw",
         message_id: r.message_id,
     });
+    sent
+}
+
+/// Sends every case to aiosmtpd and returns them by case with what it
+/// made of them and their bytes.
+async fn send_all(cap: &Capture) -> Vec<(Sent, Value, Vec<u8>)> {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), cap.relay())).await;
+    let sent = enqueue_all(&s).await;
     let n = sent.len();
     let all_in = wait_until(Duration::from_secs(30), || async {
         cap.received().len() >= n
@@ -341,6 +347,82 @@ X-Case: raw\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\nra
             (sent, m, eml)
         })
         .collect()
+}
+
+/// The same messages through Postfix's smtp-sink, its dumps read by the
+/// same strict parser.
+#[cfg_attr(
+    not(have_aiosmtpd),
+    ignore = "needs python3 with aiosmtpd (pip install aiosmtpd)"
+)]
+#[cfg_attr(
+    not(have_smtp_sink),
+    ignore = "needs smtp-sink: apt-get install postfix"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_sink_takes_every_kind_and_a_strict_parser_reads_its_dumps() {
+    let bin = crate::smtp_sink::smtp_sink();
+    let dir = tempdir();
+    let dump = dir.path().join("dump");
+    let (_sink, port) = crate::smtp_sink::start_sink(&bin, &dump, &[]).await;
+    let relay = Some(format!("smtp://127.0.0.1:{port}"));
+    let s = TestServer::start(config(&dir.path().join("data"), relay)).await;
+    let sent = enqueue_all(&s).await;
+    s.wait_delivered(sent.len() as u64).await;
+    s.shutdown().await;
+    let files = || -> Vec<PathBuf> {
+        std::fs::read_dir(&dump)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let all = wait_until(Duration::from_secs(10), || async {
+        files().len() == sent.len()
+    })
+    .await;
+    assert!(all, "smtp-sink dumped {} of {}", files().len(), sent.len());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/capture.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("--parse")
+        .args(files())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for sent in &sent {
+        let case = sent.case;
+        let m = parsed
+            .iter()
+            .find(|m| header(m, "X-Case").first() == Some(&case))
+            .unwrap_or_else(|| panic!("{case} not in smtp-sink's dumps"));
+        assert_eq!(m["strict_error"], Value::Null, "{case}: {m}");
+        assert_eq!(m["header_defects"], serde_json::json!([]), "{case}: {m}");
+        for p in m["parts"].as_array().unwrap() {
+            assert_eq!(p["defects"], serde_json::json!([]), "{case}: {p}");
+        }
+        assert_eq!(header(m, "MIME-Version"), ["1.0"], "{case}");
+        assert_eq!(
+            header(m, "Message-ID"),
+            [format!("<{}>", sent.message_id)],
+            "{case}"
+        );
+        if case == "envelope" {
+            let prelude = m["prelude"].to_string();
+            assert!(
+                prelude.contains("bounces+user=example.org@example.com"),
+                "{prelude}"
+            );
+        }
+    }
 }
 
 #[cfg_attr(
@@ -718,4 +800,95 @@ async fn bad_attachments_headers_and_senders_are_refused_naming_the_field() {
         "nothing stored"
     );
     s.shutdown().await;
+}
+
+/// mailspool → a Postfix of its own (its own config directory, SMTPUTF8 on,
+/// as Postfix ships) → aiosmtpd: Postfix takes every kind and passes it on
+/// unchanged but for its Received field (no Message-ID or Date of its own),
+/// and a non-ASCII local part goes through with SMTPUTF8 end to end.
+#[cfg_attr(
+    not(have_aiosmtpd),
+    ignore = "needs python3 with aiosmtpd (pip install aiosmtpd)"
+)]
+#[cfg_attr(not(have_smtp_sink), ignore = "needs Postfix: apt-get install postfix")]
+#[cfg_attr(not(have_root), ignore = "a Postfix instance of its own needs root")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_postfix_passes_every_kind_on_unchanged() {
+    use mailspool::harness::bench::postfix::{self, Postfix};
+    if let Some(why) = postfix::unavailable() {
+        panic!("{why}");
+    }
+    let cap = capture(true).await;
+    let dir = tempdir();
+    let pf = Postfix::start(&dir.path().join("postfix"), cap.port, 2).expect("postfix starts");
+    let relay = Some(format!("smtp://127.0.0.1:{}", pf.port));
+    let s = TestServer::start(config(&dir.path().join("data"), relay)).await;
+    let mut sent = enqueue_all(&s).await;
+    let r = s
+        .enqueue(pb::EnqueueRequest {
+            email: Some(pb::Email {
+                to: vec!["用户@bücher.example".into()],
+                text_body: "你好".into(),
+                ..email("smtputf8")
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    sent.push(Sent {
+        case: "smtputf8",
+        message_id: r.message_id,
+    });
+    s.wait_delivered(sent.len() as u64).await;
+    let n = sent.len();
+    let all = wait_until(Duration::from_secs(30), || async {
+        cap.received().len() >= n
+    })
+    .await;
+    assert!(all, "Postfix passed on {} of {n}", cap.received().len());
+    s.shutdown().await;
+    let received = cap.received();
+    for sent in &sent {
+        let case = sent.case;
+        let (m, eml) = received
+            .iter()
+            .find(|(m, _)| header(m, "X-Case").first() == Some(&case))
+            .unwrap_or_else(|| panic!("{case} not passed on"));
+        assert_eq!(m["strict_error"], Value::Null, "{case}: {m}");
+        // Python's email package reads header bytes as ASCII: a UTF-8
+        // address (RFC 6532) is "undecodable" and a "non-ASCII local part"
+        // to it, whatever the policy. Nothing else may be wrong.
+        let defects: Vec<&Value> = m["header_defects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| {
+                let d = d.as_str().unwrap();
+                !(case == "smtputf8"
+                    && d.starts_with("To: ")
+                    && (d.contains("NonASCIILocalPartDefect")
+                        || d.contains("UndecodableBytesDefect")))
+            })
+            .collect();
+        assert!(defects.is_empty(), "{case}: {m}");
+        assert_eq!(
+            header(m, "Message-ID"),
+            [format!("<{}>", sent.message_id)],
+            "{case}"
+        );
+        assert_eq!(header(m, "Date").len(), 1, "{case}");
+        assert_eq!(header(m, "Received").len(), 1, "{case}");
+        assert_wire_lines(case, eml);
+        let smtputf8 = m["mail_options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "SMTPUTF8");
+        assert_eq!(
+            smtputf8,
+            case == "smtputf8",
+            "{case}: {}",
+            m["mail_options"]
+        );
+    }
 }

@@ -130,6 +130,12 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().starts_with("email.from:"), "{e:?}");
+    // The envelope sender (where bounces go) is held to the same list.
+    let mut bounce = request("bounce elsewhere");
+    bounce.email.as_mut().unwrap().envelope_from = "bounces@evil.example".into();
+    let e = q.enqueue(bounce).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().starts_with("email.envelope_from:"), "{e:?}");
     let e = q
         .enqueue(with_lane(request("vip"), pb::Lane::Transactional))
         .await
@@ -164,7 +170,7 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
     let stats = stats(&a).await;
     assert_eq!(stats.enqueued_total, 2, "{stats:?}");
     let c = client_stats(&stats, "svc");
-    assert_eq!((c.enqueued_total, c.refused_policy_total), (2, 4), "{c:?}");
+    assert_eq!((c.enqueued_total, c.refused_policy_total), (2, 5), "{c:?}");
     // A queued message (its errors would quote recipients) is visible to
     // its own client only: to another it does not exist.
     let got = q

@@ -10,7 +10,7 @@ use tokio::process::{Child, Command};
 
 use crate::support::*;
 
-fn smtp_sink() -> PathBuf {
+pub(crate) fn smtp_sink() -> PathBuf {
     tool(
         &["/usr/sbin/smtp-sink".into(), "/usr/bin/smtp-sink".into()],
         "postfix",
@@ -19,7 +19,7 @@ fn smtp_sink() -> PathBuf {
 
 /// Starts smtp-sink on a free loopback port with extra flags; dumps
 /// accepted messages into `dump`.
-async fn start_sink(bin: &Path, dump: &Path, flags: &[&str]) -> (Child, u16) {
+pub(crate) async fn start_sink(bin: &Path, dump: &Path, flags: &[&str]) -> (Child, u16) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

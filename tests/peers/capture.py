@@ -7,6 +7,7 @@ part with its defects) into --dir, the .json last and atomically. Prints
 the port it listens on, then serves until killed.
 
     python3 capture.py --dir DIR [--smtputf8]
+    python3 capture.py --parse FILE...   (smtp-sink dumps: one JSON line each)
 """
 import argparse
 import email
@@ -80,11 +81,30 @@ class Capture:
         return "250 2.0.0 Ok: queued"
 
 
+def parse_dumps(paths):
+    """smtp-sink's dump files: its X-Client-/X-Helo-/X-Mail-/X-Rcpt- lines
+    first, then the message as received. One JSON line per file."""
+    for path in paths:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+        prelude = []
+        while lines and lines[0].split(b":")[0] in (
+            b"X-Client-Addr", b"X-Client-Proto", b"X-Helo-Args", b"X-Mail-Args", b"X-Rcpt-Args"
+        ):
+            prelude.append(lines.pop(0).decode("utf-8", "replace"))
+        info = {"file": path, "prelude": prelude, **describe(b"\n".join(lines))}
+        print(json.dumps(info, ensure_ascii=False), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", required=True)
+    ap.add_argument("--dir")
     ap.add_argument("--smtputf8", action="store_true")
+    ap.add_argument("--parse", nargs="+", help="read smtp-sink dump files instead")
     args = ap.parse_args()
+    if args.parse:
+        parse_dumps(args.parse)
+        return
     os.makedirs(args.dir, exist_ok=True)
     # aiosmtpd's Controller connects to its own port once started, so it
     # needs a real one: take a free port, retrying if another process

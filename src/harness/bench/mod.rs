@@ -27,7 +27,7 @@ use crate::pb;
 use crate::pb::mail_queue_client::MailQueueClient;
 use crate::pb::queue_admin_client::QueueAdminClient;
 
-mod postfix;
+pub mod postfix;
 mod resources;
 mod surge;
 

@@ -42,7 +42,7 @@ impl Section {
     pub fn typed<H: Header>(&mut self, field: &str, header: H) -> Result<(), InvalidField> {
         let mut one = Headers::new();
         one.set(header);
-        self.push(field, one.to_string())
+        self.push(field, one)
     }
 
     /// An address field (From, To, Cc, Reply-To): one mailbox a line, each
@@ -80,7 +80,7 @@ impl Section {
         let name = HeaderName::new_from_ascii_str(name);
         let mut one = Headers::new();
         one.insert_raw(HeaderValue::dangerous_new_pre_encoded(name, raw, encoded));
-        self.push(field, one.to_string())
+        self.push(field, one)
     }
 
     /// A caller's field: its name checked, its value unstructured text.
@@ -89,27 +89,44 @@ impl Section {
         no_line_breaks(field, value)?;
         let mut one = Headers::new();
         one.insert_raw(HeaderValue::new(name, value.to_string()));
-        self.push(field, one.to_string())
+        self.push(field, one)
     }
 
-    fn push(&mut self, field: &str, encoded: String) -> Result<(), InvalidField> {
-        if let Some(line) = encoded.split("\r\n").find(|l| l.len() > MAX_LINE_OCTETS) {
+    /// Appends the field's encoded lines; refuses (and takes back) a line
+    /// over the limit.
+    fn push(&mut self, field: &str, one: Headers) -> Result<(), InvalidField> {
+        use std::fmt::Write;
+        let start = self.text.len();
+        write!(self.text, "{one}").expect("writing to a String");
+        let long = longest_line(&self.text.as_bytes()[start..]);
+        let long = (long > MAX_LINE_OCTETS).then_some(long);
+        if let Some(len) = long {
+            self.text.truncate(start);
             return Err(invalid(
                 field,
                 format!(
-                    "would be a header line of {} octets; relays refuse lines over {MAX_LINE_OCTETS} \
-                     (RFC 5322 section 2.1.1) and only spaces can be folded: shorten its longest word",
-                    line.len()
+                    "would be a header line of {len} octets; relays refuse lines over {MAX_LINE_OCTETS} \
+                     (RFC 5322 section 2.1.1) and only spaces can be folded: shorten its longest word"
                 ),
             ));
         }
-        self.text.push_str(&encoded);
         Ok(())
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
         self.text.into_bytes()
     }
+}
+
+/// The longest line of CRLF-ended text, in octets without its CRLF.
+pub fn longest_line(text: &[u8]) -> usize {
+    let mut start = 0;
+    let mut longest = 0;
+    for end in memchr::memchr_iter(b'\n', text) {
+        longest = longest.max(end.saturating_sub(start + 1)); // without CR
+        start = end + 1;
+    }
+    longest.max(text.len() - start)
 }
 
 /// RFC 5322 field name: printable ASCII except `:`, and not one we own.

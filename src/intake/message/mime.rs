@@ -73,10 +73,10 @@ pub fn body(text: &str, html: &str, attachments: &[AttachmentInput]) -> Result<N
     }
     let mut main = Vec::with_capacity(2 + alternatives.len());
     if !text.is_empty() {
-        main.push(Node::Single(SinglePart::plain(lines(text))));
+        main.push(Node::Single(SinglePart::plain(self::text(text))));
     }
     if !html.is_empty() {
-        let html = Node::Single(SinglePart::html(lines(html)));
+        let html = Node::Single(SinglePart::html(self::text(html)));
         main.push(if related.is_empty() {
             html
         } else {
@@ -113,14 +113,21 @@ fn multi(builder: MultiPartBuilder, nodes: Vec<Node>) -> MultiPart {
     m
 }
 
-/// Text with every line ending CRLF: a bare CR counts as a line end too
-/// (lettre turns LF into CRLF).
+/// Text with every line ending CRLF, made here in one pass (lettre would
+/// insert a CR before each bare LF, moving the rest of the text each time).
 fn lines(s: &str) -> String {
-    if s.contains('\r') {
-        s.replace("\r\n", "\n").replace('\r', "\n")
-    } else {
-        s.to_string()
+    String::from_utf8(super::crlf(s.as_bytes())).expect("CR and LF are ASCII: still UTF-8")
+}
+
+/// A text body: as it is (7bit) when it is ASCII in short lines, which is
+/// what lettre would choose, without its second scan and copy; else
+/// lettre's choice of quoted-printable or base64.
+fn text(s: &str) -> Body {
+    let crlf = super::crlf(s.as_bytes());
+    if crlf.is_ascii() && super::header::longest_line(&crlf) < 74 {
+        return Body::dangerous_pre_encoded(crlf, ContentTransferEncoding::SevenBit);
     }
+    Body::new(String::from_utf8(crlf).expect("CR and LF are ASCII: still UTF-8"))
 }
 
 fn attachment(

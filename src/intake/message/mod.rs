@@ -248,6 +248,35 @@ fn too_big(bytes: usize, limits: &Limits) -> InvalidField {
     )
 }
 
+/// Every line ending CRLF: bare LF and bare CR become CRLF (one pass; the
+/// input comes back as is when it has neither). CR and LF are ASCII, so
+/// UTF-8 stays UTF-8.
+fn crlf(data: &[u8]) -> Vec<u8> {
+    let bare = memchr::memchr2_iter(b'\r', b'\n', data).any(|i| match data[i] {
+        b'\n' => i == 0 || data[i - 1] != b'\r',
+        _ => data.get(i + 1) != Some(&b'\n'),
+    });
+    if !bare {
+        return data.to_vec();
+    }
+    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'\r' => {
+                out.extend_from_slice(b"\r\n");
+                if data.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
 fn no_line_breaks(field: &str, value: &str) -> Result<(), InvalidField> {
     if value.contains(['\r', '\n']) {
         return Err(invalid(field, "must not contain CR or LF"));

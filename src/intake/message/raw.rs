@@ -7,7 +7,7 @@ use lettre::message::header::{self as hdr, Headers};
 use rand::Rng;
 
 use super::header::{has_field, section_of, MAX_LINE_OCTETS};
-use super::{address, invalid, key_and_schedule, InvalidField, Limits};
+use super::{address, crlf, invalid, key_and_schedule, InvalidField, Limits};
 use crate::model::{Lane, NewMessage};
 
 pub struct RawInput<'a> {
@@ -121,33 +121,6 @@ pub fn build_raw(
         not_before_ms,
         client: String::new(),
     })
-}
-
-/// Every line ending CRLF: bare LF and bare CR become CRLF.
-fn crlf(data: &[u8]) -> Vec<u8> {
-    let bare = data.iter().enumerate().any(|(i, &b)| {
-        (b == b'\n' && (i == 0 || data[i - 1] != b'\r'))
-            || (b == b'\r' && data.get(i + 1) != Some(&b'\n'))
-    });
-    if !bare {
-        return data.to_vec();
-    }
-    let mut out = Vec::with_capacity(data.len() + data.len() / 16);
-    let mut i = 0;
-    while i < data.len() {
-        match data[i] {
-            b'\r' => {
-                out.extend_from_slice(b"\r\n");
-                if data.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
 }
 
 fn check_lines(data: &[u8]) -> Result<(), InvalidField> {
