@@ -10,16 +10,36 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// TLS policy towards the relay.
+/// TLS policy towards the relay, as Postfix's `smtp_tls_security_level`
+/// means its levels (RFC 7435 for the opportunistic one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayTls {
-    /// Plain SMTP, never STARTTLS.
+    /// Plain SMTP, never STARTTLS (not with smtps://).
     None,
-    /// STARTTLS when the relay offers it.
+    /// STARTTLS when the relay offers it, the certificate not verified
+    /// (Postfix `may`); plain SMTP when it does not.
     Opportunistic,
-    /// STARTTLS must succeed, certificate verified (implicit TLS for smtps://).
-    Required,
+    /// TLS mandatory (STARTTLS or smtps://), the certificate not verified
+    /// (Postfix `encrypt`).
+    Encrypt,
+    /// TLS mandatory, the certificate chain and the relay's name verified
+    /// against the web roots or `relay_ca_file` (Postfix `verify`/`secure`).
+    /// `required`, the earlier spelling, means this.
+    #[serde(alias = "required")]
+    #[value(alias = "required")]
+    Verify,
+}
+
+impl RelayTls {
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayTls::None => "none",
+            RelayTls::Opportunistic => "opportunistic",
+            RelayTls::Encrypt => "encrypt",
+            RelayTls::Verify => "verify",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -73,6 +93,15 @@ pub struct Config {
     #[serde(skip)]
     pub relay_password: Option<Secret>,
     pub relay_password_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that sign the relay's certificate, trusted
+    /// besides the web roots (a private CA, a self-signed relay).
+    pub relay_ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM) for relays that ask for one.
+    pub relay_client_cert_file: Option<PathBuf>,
+    pub relay_client_key_file: Option<PathBuf>,
+    /// The name in EHLO; default: the machine's fully qualified name, else
+    /// the connection's own address as an address literal (`[192.0.2.7]`).
+    pub relay_helo_name: Option<String>,
     /// Upper bound on concurrent SMTP connections.
     pub relay_max_connections: usize,
     /// Delivery workers; default = relay_max_connections.
@@ -167,6 +196,10 @@ impl Default for Config {
             relay_user: None,
             relay_password: None,
             relay_password_file: None,
+            relay_ca_file: None,
+            relay_client_cert_file: None,
+            relay_client_key_file: None,
+            relay_helo_name: None,
             relay_max_connections: 16,
             workers: None,
             lease_batch: 32,
@@ -410,6 +443,7 @@ impl Config {
         } else if self.relay_user.is_some() {
             return Err(bad("relay_user", "set without a relay"));
         }
+        self.validate_relay_identity()?;
         if let Some(file) = &self.relay_password_file {
             let pw = std::fs::read_to_string(file).map_err(|e| {
                 bad(
@@ -579,6 +613,79 @@ impl Config {
         }
     }
 
+    /// The relay's CA file, client certificate and EHLO name: readable,
+    /// parseable, and set only together with what they need.
+    fn validate_relay_identity(&self) -> Result<(), ConfigError> {
+        let pem = |key: &'static str, file: &PathBuf| -> Result<Vec<u8>, ConfigError> {
+            let bytes = std::fs::read(file)
+                .map_err(|e| bad(key, format!("cannot read {}: {e}", file.display())))?;
+            if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+                return Err(bad(key, format!("{} is not PEM", file.display())));
+            }
+            Ok(bytes)
+        };
+        if let Some(file) = &self.relay_ca_file {
+            let bytes = pem("relay_ca_file", file)?;
+            lettre::transport::smtp::client::Certificate::from_pem(&bytes)
+                .map_err(|e| bad("relay_ca_file", format!("{}: {e}", file.display())))?;
+        }
+        match (&self.relay_client_cert_file, &self.relay_client_key_file) {
+            (Some(cert), Some(key)) => {
+                let (c, k) = (
+                    pem("relay_client_cert_file", cert)?,
+                    pem("relay_client_key_file", key)?,
+                );
+                lettre::transport::smtp::client::Identity::from_pem(&c, &k).map_err(|e| {
+                    bad(
+                        "relay_client_cert_file",
+                        format!("{} with {}: {e}", cert.display(), key.display()),
+                    )
+                })?;
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(bad(
+                    "relay_client_key_file",
+                    "relay_client_cert_file needs its key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "relay_client_cert_file",
+                    "relay_client_key_file needs its certificate",
+                ))
+            }
+        }
+        if let Some(name) = &self.relay_helo_name {
+            let literal = name.starts_with('[') && name.ends_with(']');
+            let domain = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !(literal || domain) {
+                return Err(bad(
+                    "relay_helo_name",
+                    format!("`{name}` is neither a domain name (mail.example.com) nor an address literal ([192.0.2.7])"),
+                ));
+            }
+        }
+        if self.relay.is_none() {
+            let set = [
+                ("relay_ca_file", self.relay_ca_file.is_some()),
+                (
+                    "relay_client_cert_file",
+                    self.relay_client_cert_file.is_some(),
+                ),
+                ("relay_helo_name", self.relay_helo_name.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(bad(key, "set without a relay"));
+            }
+        }
+        Ok(())
+    }
+
     /// The relay, parsed (call after `validate`).
     pub fn relay_url(&self) -> Option<RelayUrl> {
         self.relay.as_deref().and_then(|r| RelayUrl::parse(r).ok())
@@ -589,7 +696,7 @@ impl Config {
         match (self.relay_tls, self.relay_url()) {
             (Some(t), _) => t,
             (None, Some(url)) if url.is_loopback() => RelayTls::Opportunistic,
-            _ => RelayTls::Required,
+            _ => RelayTls::Verify,
         }
     }
 
@@ -695,7 +802,7 @@ mod tests {
         assert_eq!(c.max_attempts, 3);
         assert_eq!(c.effective_relay_tls(), RelayTls::Opportunistic);
         c.relay = Some("smtp://mail.example.com".into());
-        assert_eq!(c.effective_relay_tls(), RelayTls::Required);
+        assert_eq!(c.effective_relay_tls(), RelayTls::Verify);
     }
 
     /// The same settings as flat keys (every older file) and in sections.

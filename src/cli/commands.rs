@@ -76,7 +76,13 @@ pub async fn status(a: StatusArgs) -> ClientResult {
         println!("last error    {}", m.last_error);
     }
     if m.next_attempt_unix_ms > 0 && matches!(m.state(), pb::MessageState::Queued) {
-        println!("next attempt  {} (unix ms)", m.next_attempt_unix_ms);
+        let at = m.next_attempt_unix_ms;
+        let now = ac::human::now_ms();
+        println!(
+            "next attempt  {} ({})",
+            ac::human::until(at, now),
+            ac::human::utc_time(at)
+        );
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ pub struct ServeArgs {
     /// smtp://host[:port] or smtps://host[:port]; unset = local outbox
     #[arg(long)]
     pub relay: Option<String>,
-    /// [default: required; opportunistic for loopback relays]
+    /// none | opportunistic (STARTTLS if offered, unverified) | encrypt (TLS, unverified) | verify [default: verify; opportunistic for loopback relays]
     #[arg(long, value_enum)]
     pub relay_tls: Option<RelayTls>,
     /// Relay user; the password comes from MAILSPOOL_RELAY_PASSWORD or --relay-password-file.
@@ -54,6 +54,17 @@ pub struct ServeArgs {
     pub relay_user: Option<String>,
     #[arg(long)]
     pub relay_password_file: Option<PathBuf>,
+    /// PEM CA file trusted for the relay's certificate (besides the web roots)
+    #[arg(long)]
+    pub relay_ca_file: Option<PathBuf>,
+    /// PEM client certificate for relays that ask for one (with --relay-client-key-file)
+    #[arg(long)]
+    pub relay_client_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    pub relay_client_key_file: Option<PathBuf>,
+    /// The EHLO name [default: the machine's FQDN, else the address literal]
+    #[arg(long)]
+    pub relay_helo_name: Option<String>,
     #[arg(long)]
     pub relay_max_connections: Option<usize>,
     /// Delivery workers [default: relay_max_connections]

@@ -35,6 +35,7 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "max_spool_bytes": s.max_spool_bytes, "disk_free_bytes": s.disk_free_bytes,
             "refused_total": s.refused_total, "relay_state": s.relay_state,
             "relay_consecutive_failures": s.relay_consecutive_failures,
+            "relay_reason": s.relay_reason,
             "relay_backoff_remaining_ms": s.relay_backoff_remaining_ms,
             "congestion": s.congestion().as_str_name(),
             "congestion_reason": s.congestion_reason,
@@ -156,10 +157,17 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         ),
         (
             "relay",
-            format!(
-                "{} ({} failures)",
-                s.relay_state, s.relay_consecutive_failures
-            ),
+            if s.relay_reason.is_empty() {
+                format!(
+                    "{} ({} failures)",
+                    s.relay_state, s.relay_consecutive_failures
+                )
+            } else {
+                format!(
+                    "{} ({} failures): {}",
+                    s.relay_state, s.relay_consecutive_failures, s.relay_reason
+                )
+            },
         ),
         ("spool bytes", s.spool_bytes.to_string()),
         ("refused total", s.refused_total.to_string()),

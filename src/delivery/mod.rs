@@ -3,6 +3,7 @@
 //! (`relay`, one mail transaction each: `transaction`) and turn the reply
 //! into an outcome (`retry`).
 
+pub(crate) mod connect;
 pub mod lanes;
 pub(crate) mod relay;
 pub(crate) mod retry;

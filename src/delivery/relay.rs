@@ -13,13 +13,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::{Address, AsyncFileTransport, AsyncTransport, Tokio1Executor};
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, RelayTls, RelayUrl};
+use crate::config::Config;
+use crate::delivery::connect::{error_text, ConnectError, Connector};
 use crate::delivery::retry::{classify, SendResult};
 use crate::delivery::transaction;
 use crate::model::{Leased, Record};
@@ -35,7 +34,7 @@ pub enum Relay {
 impl Relay {
     pub fn from_config(config: &Config) -> std::io::Result<Relay> {
         match config.relay_url() {
-            Some(url) => Ok(Relay::Smtp(Box::new(SmtpRelay::new(url, config)))),
+            Some(url) => Ok(Relay::Smtp(Box::new(SmtpRelay::new(url, config)?))),
             None => Outbox::new(config.data_dir.join("outbox")).map(Relay::Outbox),
         }
     }
@@ -66,6 +65,7 @@ impl Relay {
             Relay::Smtp(s) => s.breaker.lock().expect("breaker").state(Instant::now()),
             Relay::Outbox(_) => RelayState {
                 state: "ok",
+                reason: String::new(),
                 consecutive_failures: 0,
                 backoff_remaining_ms: 0,
             },
@@ -74,7 +74,7 @@ impl Relay {
 
     pub fn describe(&self) -> String {
         match self {
-            Relay::Smtp(s) => format!("smtp relay {}:{}", s.url.host, s.url.port),
+            Relay::Smtp(s) => format!("relay {}", s.connector.describe()),
             Relay::Outbox(o) => format!("outbox {}", o.dir.display()),
         }
     }
@@ -129,11 +129,8 @@ impl Outbox {
 }
 
 pub struct SmtpRelay {
-    url: RelayUrl,
-    tls: RelayTls,
-    credentials: Option<Credentials>,
+    connector: Connector,
     timeout: Duration,
-    hello: ClientId,
     /// Bounds concurrent connections.
     permits: Semaphore,
     max_connections: usize,
@@ -149,8 +146,11 @@ pub struct SmtpRelay {
 pub struct Breaker {
     failures: u32,
     until: Option<Instant>,
-    /// Why it opened last: "unreachable" or "throttled".
+    /// Why it opened last: "unreachable", "throttled", "tls failed" or
+    /// "auth failed".
     reason: &'static str,
+    /// What the relay said or what failed, last time.
+    detail: String,
     /// After a backoff, one worker probes the relay while the others wait.
     probing: bool,
 }
@@ -158,9 +158,12 @@ pub struct Breaker {
 /// The relay as QueueStats shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelayState {
-    /// "ok", "unreachable" (connection or TLS failures) or "throttled"
-    /// (421/451/454 replies), while the pool is backing off.
+    /// "ok", "unreachable" (connection failures, timeouts), "throttled"
+    /// (slow-down replies), "tls failed" or "auth failed", while the pool
+    /// is backing off.
     pub state: &'static str,
+    /// The last error or reply behind that state ("" when ok).
+    pub reason: String,
     pub consecutive_failures: u32,
     pub backoff_remaining_ms: u64,
 }
@@ -196,8 +199,17 @@ impl Breaker {
         self.probing = false;
     }
 
-    pub fn failed(&mut self, now: Instant, reason: &'static str) {
+    /// A failure of the relay; a change of state is logged once, at WARN.
+    pub fn failed(&mut self, now: Instant, reason: &'static str, detail: &str) {
+        if self.failures == 0 || self.reason != reason {
+            tracing::warn!(
+                state = reason,
+                error = %crate::delivery::worker::redact_addresses(detail),
+                "RelayDown: messages wait (no attempts counted for throttling, TLS or credentials)"
+            );
+        }
         self.reason = reason;
+        detail.clone_into(&mut self.detail);
         let was_probe = std::mem::take(&mut self.probing);
         if self.is_open(now) && !was_probe {
             // Other workers' attempts that began before the pool backed off:
@@ -217,6 +229,13 @@ impl Breaker {
     }
 
     pub fn succeeded(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(
+                was = self.reason,
+                failures = self.failures,
+                "RelayRecovered"
+            );
+        }
         self.failures = 0;
         self.until = None;
         self.probing = false;
@@ -234,6 +253,11 @@ impl Breaker {
             } else {
                 self.reason
             },
+            reason: if self.failures == 0 {
+                String::new()
+            } else {
+                self.detail.clone()
+            },
             consecutive_failures: self.failures,
             backoff_remaining_ms: wait.map(|d| d.as_millis() as u64).unwrap_or(0),
         }
@@ -241,22 +265,16 @@ impl Breaker {
 }
 
 impl SmtpRelay {
-    pub fn new(url: RelayUrl, config: &Config) -> SmtpRelay {
-        let credentials = match (&config.relay_user, &config.relay_password) {
-            (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.expose().to_string())),
-            _ => None,
-        };
-        SmtpRelay {
-            url,
-            tls: config.effective_relay_tls(),
-            credentials,
+    pub fn new(url: crate::config::RelayUrl, config: &Config) -> std::io::Result<SmtpRelay> {
+        let connector = Connector::new(url, config).map_err(std::io::Error::other)?;
+        Ok(SmtpRelay {
+            connector,
             timeout: config.smtp_timeout(),
-            hello: ClientId::default(),
             permits: Semaphore::new(config.relay_max_connections),
             max_connections: config.relay_max_connections,
             idle: Mutex::new(Vec::new()),
             breaker: Mutex::new(Breaker::default()),
-        }
+        })
     }
 
     async fn send_all(&self, messages: &[Leased], deadline: Instant) -> Vec<SendResult> {
@@ -298,18 +316,22 @@ impl SmtpRelay {
             };
             let mut c = match conn.take() {
                 Some(c) => c,
-                None => match self.connect().await {
+                None => match self.connector.connect().await {
                     Ok(c) => c,
                     Err(e) => {
-                        // The relay is unreachable: the rest of the batch fails
-                        // alike, and the pool backs off.
-                        self.breaker
-                            .lock()
-                            .expect("breaker")
-                            .failed(Instant::now(), "unreachable");
+                        // The rest of the batch fails alike, and the pool
+                        // backs off. TLS and credentials are configuration:
+                        // no message pays an attempt for them.
+                        self.breaker.lock().expect("breaker").failed(
+                            Instant::now(),
+                            e.state(),
+                            e.text(),
+                        );
                         let rest =
-                            SendResult::NotAttempted(format!("the relay is unreachable ({e})"));
-                        out.push(SendResult::Transient(e));
+                            SendResult::NotAttempted(format!("relay {}: {}", e.state(), e.text()));
+                        if let ConnectError::Unreachable(text) = e {
+                            out.push(SendResult::Transient(text));
+                        }
                         out.resize(messages.len(), rest);
                         return out;
                     }
@@ -335,9 +357,14 @@ impl SmtpRelay {
             {
                 let mut breaker = self.breaker.lock().expect("breaker");
                 match &result {
-                    SendResult::Throttled(_) => breaker.failed(Instant::now(), "throttled"),
+                    SendResult::Throttled(reply) => {
+                        breaker.failed(Instant::now(), "throttled", reply)
+                    }
+                    SendResult::Refused(reply) => {
+                        breaker.failed(Instant::now(), "auth failed", reply)
+                    }
                     SendResult::Transient(e) if e.starts_with("timed out") => {
-                        breaker.failed(Instant::now(), "unreachable")
+                        breaker.failed(Instant::now(), "unreachable", e)
                     }
                     // The relay answered: it is up, whatever it thought of this message.
                     _ => breaker.succeeded(),
@@ -348,6 +375,7 @@ impl SmtpRelay {
             // message waiting out its own timeout.
             let stop_reason = match &result {
                 SendResult::Throttled(reply) => Some(format!("the relay is throttling ({reply})")),
+                SendResult::Refused(reply) => Some(format!("the relay refuses us ({reply})")),
                 SendResult::Transient(e) if e.starts_with("timed out") => {
                     Some(format!("the relay {e}"))
                 }
@@ -392,71 +420,6 @@ impl SmtpRelay {
             close(c).await;
         }
     }
-
-    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
-        let connect = async {
-            let mut conn = if self.url.implicit_tls {
-                let tls = TlsParameters::new(self.url.host.clone())
-                    .map_err(|e| format!("TLS setup: {e}"))?;
-                AsyncSmtpConnection::connect_tokio1(
-                    (self.url.host.as_str(), self.url.port),
-                    Some(self.timeout),
-                    &self.hello,
-                    Some(tls),
-                    None,
-                )
-                .await
-                .map_err(|e| format!("connecting to {}:{}: {e}", self.url.host, self.url.port))?
-            } else {
-                let stream =
-                    tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
-                        .await
-                        .map_err(|e| {
-                            format!("connecting to {}:{}: {e}", self.url.host, self.url.port)
-                        })?;
-                stream.set_nodelay(true).map_err(|e| e.to_string())?;
-                let mut conn =
-                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
-                        .await
-                        .map_err(|e| format!("greeting from {}: {e}", self.url.host))?;
-                let want_tls = match self.tls {
-                    RelayTls::None => false,
-                    RelayTls::Opportunistic => conn.can_starttls(),
-                    RelayTls::Required => true,
-                };
-                if want_tls {
-                    if !conn.can_starttls() {
-                        close(conn).await;
-                        return Err(format!(
-                            "relay {} does not offer STARTTLS and relay_tls = required",
-                            self.url.host
-                        ));
-                    }
-                    let tls = TlsParameters::new(self.url.host.clone())
-                        .map_err(|e| format!("TLS setup: {e}"))?;
-                    conn.starttls(tls, &self.hello)
-                        .await
-                        .map_err(|e| format!("STARTTLS with {}: {e}", self.url.host))?;
-                }
-                conn
-            };
-            if let Some(creds) = &self.credentials {
-                conn.auth(
-                    &[
-                        lettre::transport::smtp::authentication::Mechanism::Plain,
-                        lettre::transport::smtp::authentication::Mechanism::Login,
-                    ],
-                    creds,
-                )
-                .await
-                .map_err(|e| format!("authentication with {}: {e}", self.url.host))?;
-            }
-            Ok(conn)
-        };
-        tokio::time::timeout(self.timeout, connect)
-            .await
-            .unwrap_or_else(|_| Err(format!("timed out after {:?} connecting", self.timeout)))
-    }
 }
 
 /// Ends a connection we will not reuse: a polite QUIT if the peer answers
@@ -469,13 +432,14 @@ async fn close(mut c: AsyncSmtpConnection) {
 /// Maps a lettre error to a result: reply codes by class, anything else
 /// (I/O, TLS, a reply we could not parse) is transient.
 fn smtp_error(e: &lettre::transport::smtp::Error) -> SendResult {
+    let text = error_text(e);
     match e.status() {
         Some(code) => {
             let n: u16 = code.into();
-            let text = e.to_string();
-            classify(n, &text)
+            let reply = text.strip_prefix(&format!("{code} ")).unwrap_or(&text);
+            classify(n, reply)
         }
-        None => SendResult::Transient(e.to_string()),
+        None => SendResult::Transient(text),
     }
 }
 
@@ -490,9 +454,9 @@ mod tests {
         assert!(!b.is_open(t));
         let waits: Vec<u128> = (0..10)
             .map(|_| {
-                b.failed(t, "unreachable");
+                b.failed(t, "unreachable", "refused");
                 // Failures while open do not escalate.
-                b.failed(t, "unreachable");
+                b.failed(t, "unreachable", "refused");
                 let w = b.wait(t).unwrap();
                 t += w;
                 w.as_millis()
@@ -517,7 +481,7 @@ mod tests {
         let t = Instant::now();
         assert_eq!(b.acquire(t), None, "healthy: everyone goes");
         assert_eq!(b.acquire(t), None);
-        b.failed(t, "unreachable");
+        b.failed(t, "unreachable", "refused");
         assert!(b.acquire(t).is_some(), "backing off");
         let later = t + Duration::from_millis(150);
         assert_eq!(b.acquire(later), None, "the first caller probes");
@@ -526,7 +490,7 @@ mod tests {
             Some(Breaker::BASE),
             "the others wait for the probe"
         );
-        b.failed(later, "unreachable");
+        b.failed(later, "unreachable", "refused");
         assert_eq!(
             b.state(later).consecutive_failures,
             2,

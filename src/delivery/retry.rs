@@ -18,8 +18,12 @@ pub enum SendResult {
     Permanent(String),
     /// 4xx other than throttling, timeout, connection or TLS failure.
     Transient(String),
-    /// 421, 451 or 454: the relay asks everyone to slow down.
+    /// The relay asks everyone to slow down (421, 454, a 4xx with a 4.7.x
+    /// status or a rate-limit text): relay-wide, costs no attempt.
     Throttled(String),
+    /// The relay refuses us, not the message (530/535: our credentials):
+    /// relay-wide, costs no attempt; the message waits for a fix.
+    Refused(String),
     /// Never sent (the relay was unreachable or backing off, or the lease
     /// ended first): not an attempt; tried again soon.
     NotAttempted(String),
@@ -33,6 +37,7 @@ impl SendResult {
             SendResult::Accepted => Some("2xx"),
             SendResult::Permanent(_) => Some("5xx"),
             SendResult::Throttled(_) => Some("4xx"),
+            SendResult::Refused(_) => Some("5xx"),
             SendResult::Transient(text) => {
                 let has_4xx_code = text
                     .as_bytes()
@@ -52,15 +57,38 @@ impl SendResult {
 /// When a message that was not attempted is due again.
 pub const NOT_ATTEMPTED_DELAY: Duration = Duration::from_secs(1);
 
-/// Classifies an SMTP reply code.
+/// Classifies an SMTP reply: its code, and for 4xx the enhanced status
+/// and text (relays say "slow down" in many ways).
 pub fn classify(code: u16, text: &str) -> SendResult {
     let reply = format!("{code} {text}");
     match code {
         200..=299 => SendResult::Accepted,
-        421 | 451 | 454 => SendResult::Throttled(reply),
+        421 | 454 => SendResult::Throttled(reply),
+        400..=499 if is_rate_limit(text) => SendResult::Throttled(reply),
+        530 | 534 | 535 | 538 => SendResult::Refused(reply),
         500..=599 => SendResult::Permanent(reply),
         _ => SendResult::Transient(reply),
     }
+}
+
+/// A 4xx that means "you are sending too fast": a 4.7.x status (policy:
+/// Postfix's "4.7.1 ... too much mail", Microsoft's "4.7.500 Server busy")
+/// or the words rate limiters use (SES "Maximum sending rate exceeded").
+pub fn is_rate_limit(text: &str) -> bool {
+    let t = text.trim_start().to_ascii_lowercase();
+    t.starts_with("4.7.")
+        || [
+            "too much mail",
+            "too many messages",
+            "rate limit",
+            "rate exceeded",
+            "sending rate",
+            "server busy",
+            "throttl",
+            "slow down",
+        ]
+        .iter()
+        .any(|p| t.contains(p))
 }
 
 /// Retry settings.
@@ -99,7 +127,15 @@ pub fn decide(
     let error = match result {
         SendResult::Accepted => return Outcome::Ack,
         SendResult::Permanent(reply) => return Outcome::Dead { reason: reply },
-        SendResult::Transient(e) | SendResult::Throttled(e) => e,
+        SendResult::Transient(e) => e,
+        // The relay's trouble, not the message's: no attempt is counted
+        // (the relay's backoff paces the next try).
+        SendResult::Throttled(reply) | SendResult::Refused(reply) => {
+            return Outcome::Postpone {
+                due_ms: now_ms + NOT_ATTEMPTED_DELAY.as_millis() as u64,
+                error: format!("relay: {reply}"),
+            }
+        }
         SendResult::NotAttempted(why) => {
             return Outcome::Postpone {
                 due_ms: now_ms + NOT_ATTEMPTED_DELAY.as_millis() as u64,
@@ -175,24 +211,45 @@ mod tests {
     #[test]
     fn reply_codes() {
         let cases = [
-            (250, "accepted"),
-            (421, "throttled"),
-            (451, "throttled"),
-            (454, "throttled"),
-            (450, "transient"),
-            (452, "transient"),
-            (550, "permanent"),
-            (554, "permanent"),
+            (250, "x", "accepted"),
+            (421, "x", "throttled"),
+            (451, "4.3.0 try again later", "transient"),
+            (451, "4.7.1 too many connections, slow down", "throttled"),
+            (454, "x", "throttled"),
+            (450, "4.2.0 mailbox busy", "transient"),
+            (452, "4.5.3 too many recipients", "transient"),
+            // Rate limits, as Postfix, Microsoft and SES say them.
+            (
+                450,
+                "4.7.1 <a@b.c>: Recipient address rejected: too much mail",
+                "throttled",
+            ),
+            (
+                450,
+                "4.7.500 Server busy. Please try again later",
+                "throttled",
+            ),
+            (
+                454,
+                "Throttling failure: Maximum sending rate exceeded.",
+                "throttled",
+            ),
+            (452, "4.3.1 sending rate limit reached", "throttled"),
+            (535, "5.7.8 Authentication credentials invalid", "refused"),
+            (530, "5.7.0 Authentication required", "refused"),
+            (550, "x", "permanent"),
+            (554, "x", "permanent"),
         ];
-        for (code, want) in cases {
-            let got = match classify(code, "x") {
+        for (code, text, want) in cases {
+            let got = match classify(code, text) {
                 SendResult::Accepted => "accepted",
                 SendResult::Throttled(_) => "throttled",
+                SendResult::Refused(_) => "refused",
                 SendResult::Transient(_) => "transient",
                 SendResult::Permanent(_) => "permanent",
                 SendResult::NotAttempted(_) => "not attempted",
             };
-            assert_eq!(got, want, "{code}");
+            assert_eq!(got, want, "{code} {text}");
         }
     }
 
@@ -211,6 +268,16 @@ mod tests {
             decide(SendResult::Transient("451".into()), &record(0, now), &P, now, 1.0),
             Outcome::Retry { due_ms, .. } if due_ms == now + 30_000
         ));
+        // the relay throttling or refusing us: no attempt counted either
+        for r in [
+            SendResult::Throttled("450 4.7.1 too much mail".into()),
+            SendResult::Refused("535 5.7.8".into()),
+        ] {
+            assert!(matches!(
+                decide(r, &record(19, now), &P, now, 0.5),
+                Outcome::Postpone { due_ms, .. } if due_ms == now + 1000
+            ));
+        }
         // not attempted: no attempt counted, due again soon
         assert_eq!(
             decide(

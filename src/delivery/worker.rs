@@ -30,6 +30,9 @@ pub async fn run_worker(
 ) {
     while let Some(lease) = scheduler.next_lease(&stop).await {
         let mut stopped: Option<String> = None;
+        // Messages that went dead in this lease: one WARN line for them all,
+        // so a relay rejecting everything does not flood the log.
+        let mut dead: Vec<(crate::model::MessageId, String)> = Vec::new();
         // Outcomes are recorded every ACK_CHUNK messages, not at the end of
         // the lease: a crash then re-sends at most a chunk per worker.
         for chunk in lease.messages.chunks(ACK_CHUNK) {
@@ -52,6 +55,9 @@ pub async fn run_worker(
                     }
                     let outcome =
                         decide(result, &m.record, &policy, now, rand::rng().random::<f64>());
+                    if let Outcome::Dead { reason } = &outcome {
+                        dead.push((m.id, reason.clone()));
+                    }
                     if outcome == Outcome::Ack {
                         let latency = now.saturating_sub(m.record.enqueued_ms) as f64 / 1000.0;
                         metrics.delivered_after(m.record.lane, latency);
@@ -66,21 +72,35 @@ pub async fn run_worker(
                 rates.delivered(&delivered);
             }
         }
+        log_dead(&dead);
+    }
+}
+
+/// Messages that will not be delivered, at WARN: the first with its reason
+/// (addresses redacted), and how many more died in the same lease.
+fn log_dead(dead: &[(crate::model::MessageId, String)]) {
+    let Some((id, reason)) = dead.first() else {
+        return;
+    };
+    let reason = redact_addresses(reason);
+    if dead.len() == 1 {
+        tracing::warn!(%id, %reason, "MessageDead");
+    } else {
+        tracing::warn!(count = dead.len(), first = %id, %reason, "MessagesDead (the first one's reason)");
     }
 }
 
 fn log_result(id: crate::model::MessageId, result: &SendResult) {
     match result {
         SendResult::Accepted => tracing::debug!(%id, "MessageDelivered"),
-        SendResult::Permanent(reply) => {
-            // Relays quote the recipient in rejections: the address is
-            // personal data, so it shows at debug level only.
-            tracing::debug!(%id, %reply, "MessageRejected (full reply)");
-            tracing::warn!(%id, reply = %redact_addresses(reply), "MessageRejected")
-        }
+        // Relays quote the recipient in rejections: the address is personal
+        // data, so the full reply shows at debug level only (the WARN of
+        // the dead message has it redacted).
+        SendResult::Permanent(reply) => tracing::debug!(%id, %reply, "MessageRejected"),
         SendResult::Transient(error) => tracing::debug!(%id, %error, "MessageDeferred"),
-        SendResult::Throttled(reply) => {
-            tracing::info!(%id, reply = %redact_addresses(reply), "RelayThrottled")
+        // The relay's state change is logged once, at WARN (relay::Breaker).
+        SendResult::Throttled(reply) | SendResult::Refused(reply) => {
+            tracing::debug!(%id, %reply, "MessagePostponedByRelay")
         }
         SendResult::NotAttempted(why) => tracing::debug!(%id, %why, "MessagePostponed"),
     }

@@ -53,6 +53,7 @@ impl Api {
                 .load(std::sync::atomic::Ordering::Relaxed),
             cancelled_total: admin.cancelled_total,
             relay_state: relay.state,
+            relay_reason: relay.reason,
             relay_consecutive_failures: relay.consecutive_failures,
             relay_backoff_remaining_ms: relay.backoff_remaining_ms,
             congestion,
@@ -135,6 +136,7 @@ pub(crate) fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
         disk_free_bytes: o.disk_free_bytes,
         refused_total: o.refused_total,
         relay_state: o.relay_state.to_string(),
+        relay_reason: o.relay_reason.clone(),
         relay_consecutive_failures: o.relay_consecutive_failures,
         relay_backoff_remaining_ms: o.relay_backoff_remaining_ms,
         congestion: match o.congestion {

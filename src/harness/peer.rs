@@ -24,6 +24,9 @@ pub enum Mode {
     DeferMailbox,
     /// 421 4.7.0: the relay asks everyone to slow down.
     Throttle,
+    /// 450 4.7.1 "too much mail": Postfix's rate limit (anvil), a 450
+    /// that is about us, not the mailbox.
+    RateLimited,
     /// 550 5.1.1
     Reject,
     /// Never answer; keep the connection open.
@@ -193,6 +196,13 @@ async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io
                     peer.state.lock().unwrap().refused += 1;
                     w.write_all(b"450 4.2.1 mailbox busy, try again later\r\n")
                         .await?
+                }
+                Mode::RateLimited => {
+                    peer.state.lock().unwrap().refused += 1;
+                    w.write_all(
+                        b"450 4.7.1 <user@example.org>: Recipient address rejected: too much mail from 127.0.0.1\r\n",
+                    )
+                    .await?;
                 }
                 Mode::Throttle => {
                     peer.state.lock().unwrap().refused += 1;

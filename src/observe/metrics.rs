@@ -343,7 +343,13 @@ impl Metrics {
         self.disk_free
             .set(o.disk_free_bytes.min(i64::MAX as u64) as i64);
         self.relay_connections.set(relay_connections as i64);
-        for state in ["ok", "unreachable", "throttled"] {
+        for state in [
+            "ok",
+            "unreachable",
+            "throttled",
+            "tls failed",
+            "auth failed",
+        ] {
             self.relay_state
                 .get_or_create(&vec![("state", state)])
                 .set(i64::from(o.relay_state == state));
@@ -448,6 +454,7 @@ mod tests {
             },
             congestion: crate::observe::congestion::Level::Warning,
             relay_state: "throttled",
+            relay_reason: "450 4.7.1 too much mail".into(),
             paused_lanes: vec![Lane::Bulk],
             ..Default::default()
         };

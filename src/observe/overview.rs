@@ -13,8 +13,10 @@ pub struct Overview {
     pub disk_free_bytes: u64,
     pub refused_total: u64,
     pub cancelled_total: u64,
-    /// "ok", "unreachable" or "throttled".
+    /// "ok", "unreachable", "throttled", "tls failed" or "auth failed".
     pub relay_state: &'static str,
+    /// What is behind relay_state ("" when ok).
+    pub relay_reason: String,
     pub relay_consecutive_failures: u32,
     pub relay_backoff_remaining_ms: u64,
     pub congestion: Level,

@@ -12,10 +12,21 @@ use crate::support::smtp::{Mode, SmtpPeer};
 use crate::support::*;
 
 async fn wait_error(s: &TestServer, id: &str, needle: &str) -> pb::GetMessageResponse {
+    wait_error_after(s, id, needle, 1).await
+}
+
+/// The last error contains `needle` after at least `attempts` attempts
+/// (0: the relay's trouble, which costs none).
+async fn wait_error_after(
+    s: &TestServer,
+    id: &str,
+    needle: &str,
+    attempts: u32,
+) -> pb::GetMessageResponse {
     let mut last = None;
     for _ in 0..500 {
         let m = s.get(id).await.unwrap();
-        if m.attempts >= 1 && m.last_error.contains(needle) {
+        if m.attempts >= attempts && m.last_error.contains(needle) {
             return m;
         }
         last = Some(m);
@@ -36,7 +47,8 @@ async fn throttling_slows_the_whole_relay_and_shows_in_stats() {
     for i in 0..20 {
         ids.push(s.enqueue(request(&format!("t{i}"))).await.unwrap().id);
     }
-    wait_error(&s, &ids[0], "421").await;
+    let m = wait_error_after(&s, &ids[0], "421", 0).await;
+    assert_eq!(m.attempts, 0, "throttling costs no attempt: {m:?}");
     assert!(
         wait_until(Duration::from_secs(10), || async {
             let st = s.stats().await;
@@ -83,17 +95,18 @@ async fn tls_handshake_failure_is_retried_not_sent_in_clear() {
     peer.set_broken_tls(true);
     let dir = tempdir();
     let mut cfg = config(dir.path(), Some(peer.url()));
-    cfg.relay_tls = Some(RelayTls::Required);
+    cfg.relay_tls = Some(RelayTls::Verify);
     let s = TestServer::start(cfg).await;
     let r = s.enqueue(request("secret")).await.unwrap();
-    let m = wait_error(&s, &r.id, "STARTTLS").await;
+    let m = wait_error_after(&s, &r.id, "STARTTLS", 0).await;
     assert_ne!(m.state(), pb::MessageState::Delivered);
+    assert_eq!(m.attempts, 0, "a TLS failure costs no attempt: {m:?}");
     assert_eq!(peer.received_count(), 0, "nothing may go out without TLS");
-    assert_eq!(s.stats().await.relay_state, "unreachable");
+    assert_eq!(s.stats().await.relay_state, "tls failed");
     // A relay that stops offering STARTTLS is refused too under `required`.
     peer.set_broken_tls(false);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    wait_error(&s, &r.id, "does not offer STARTTLS").await;
+    wait_error_after(&s, &r.id, "does not offer STARTTLS", 0).await;
     assert_eq!(peer.received_count(), 0);
     s.shutdown().await;
 }

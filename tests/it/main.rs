@@ -14,6 +14,7 @@ mod limits;
 mod mime;
 mod ops;
 mod power;
+mod relays;
 mod restart;
 mod security;
 mod smtp_sink;

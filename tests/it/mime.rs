@@ -16,20 +16,23 @@ use tokio::process::{Child, Command};
 use crate::support::*;
 
 /// The capture relay: aiosmtpd, writing N.eml and N.json into `dir`.
-struct Capture {
+pub(crate) struct Capture {
     _child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
 async fn capture(smtputf8: bool) -> Capture {
+    let flags: &[&str] = if smtputf8 { &["--smtputf8"] } else { &[] };
+    capture_with(flags).await
+}
+
+/// capture.py with its flags (`--starttls CERT KEY`, `--auth U:P`, ...).
+pub(crate) async fn capture_with(flags: &[&str]) -> Capture {
     let dir = tempdir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/capture.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(script).arg("--dir").arg(dir.path());
-    if smtputf8 {
-        cmd.arg("--smtputf8");
-    }
+    cmd.arg(script).arg("--dir").arg(dir.path()).args(flags);
     let mut child = cmd
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -49,12 +52,12 @@ async fn capture(smtputf8: bool) -> Capture {
 }
 
 impl Capture {
-    fn relay(&self) -> Option<String> {
+    pub(crate) fn relay(&self) -> Option<String> {
         Some(format!("smtp://127.0.0.1:{}", self.port))
     }
 
     /// What it received so far, in order: (summary, bytes).
-    fn received(&self) -> Vec<(Value, Vec<u8>)> {
+    pub(crate) fn received(&self) -> Vec<(Value, Vec<u8>)> {
         let mut n = 1;
         let mut all = Vec::new();
         while let Ok(json) = std::fs::read(self.dir.path().join(format!("{n}.json"))) {

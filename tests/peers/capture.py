@@ -16,9 +16,11 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import time
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 def describe(raw: bytes) -> dict:
@@ -58,8 +60,9 @@ def describe(raw: bytes) -> dict:
 
 
 class Capture:
-    def __init__(self, out: str):
+    def __init__(self, out: str, implicit_tls: bool = False):
         self.out = out
+        self.implicit_tls = implicit_tls
         self.n = itertools.count(1)
 
     async def handle_DATA(self, server, session, envelope):
@@ -68,6 +71,10 @@ class Capture:
         with open(os.path.join(self.out, f"{n}.eml"), "wb") as f:
             f.write(raw)
         info = {
+            "helo": session.host_name,
+            # aiosmtpd notes STARTTLS in session.ssl; smtps is TLS throughout.
+            "tls": session.ssl is not None or self.implicit_tls,
+            "login": session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None,
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "mail_options": envelope.mail_options,
@@ -96,11 +103,38 @@ def parse_dumps(paths):
         print(json.dumps(info, ensure_ascii=False), flush=True)
 
 
+def tls_and_auth(args) -> dict:
+    kw = {}
+    if args.starttls:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*args.starttls)
+        kw.update(tls_context=ctx, require_starttls=True)
+    if args.smtps:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*args.smtps)
+        kw.update(ssl_context=ctx)
+    if args.auth:
+        user, password = args.auth.split(":", 1)
+
+        def check(server, session, envelope, mechanism, auth_data):
+            ok = isinstance(auth_data, LoginPassword) and (
+                auth_data.login.decode(), auth_data.password.decode()) == (user, password)
+            # handled=False: aiosmtpd answers 535 itself.
+            return AuthResult(success=ok, handled=False, auth_data=auth_data)
+
+        kw.update(authenticator=check, auth_required=True,
+                  auth_require_tls=bool(args.starttls or args.smtps))
+    return kw
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir")
     ap.add_argument("--smtputf8", action="store_true")
     ap.add_argument("--parse", nargs="+", help="read smtp-sink dump files instead")
+    ap.add_argument("--starttls", nargs=2, metavar=("CERT", "KEY"), help="offer and require STARTTLS")
+    ap.add_argument("--smtps", nargs=2, metavar=("CERT", "KEY"), help="TLS from the first byte")
+    ap.add_argument("--auth", metavar="USER:PASSWORD", help="require AUTH PLAIN/LOGIN")
     args = ap.parse_args()
     if args.parse:
         parse_dumps(args.parse)
@@ -115,12 +149,13 @@ def main():
         port = probe.getsockname()[1]
         probe.close()
         c = Controller(
-            Capture(args.dir),
+            Capture(args.dir, implicit_tls=bool(args.smtps)),
             hostname="127.0.0.1",
             port=port,
             decode_data=False,
             enable_SMTPUTF8=args.smtputf8,
             server_hostname="capture.test",
+            **tls_and_auth(args),
         )
         try:
             c.start()

@@ -15,7 +15,7 @@ use crate::pb;
 
 mod domains;
 mod flags;
-mod human;
+pub(crate) mod human;
 mod messages;
 mod ops;
 mod table;
