@@ -357,7 +357,7 @@ impl SmtpRelay {
             {
                 let mut breaker = self.breaker.lock().expect("breaker");
                 match &result {
-                    SendResult::Throttled(reply) => {
+                    SendResult::Throttled(reply) | SendResult::Deferred(reply) => {
                         breaker.failed(Instant::now(), "throttled", reply)
                     }
                     SendResult::Refused(reply) => {
@@ -374,7 +374,9 @@ impl SmtpRelay {
             // rest of this lease waits for the next one instead of each
             // message waiting out its own timeout.
             let stop_reason = match &result {
-                SendResult::Throttled(reply) => Some(format!("the relay is throttling ({reply})")),
+                SendResult::Throttled(reply) | SendResult::Deferred(reply) => {
+                    Some(format!("the relay is throttling ({reply})"))
+                }
                 SendResult::Refused(reply) => Some(format!("the relay refuses us ({reply})")),
                 SendResult::Transient(e) if e.starts_with("timed out") => {
                     Some(format!("the relay {e}"))

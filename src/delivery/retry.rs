@@ -21,6 +21,11 @@ pub enum SendResult {
     /// The relay asks everyone to slow down (421, 454, a 4xx with a 4.7.x
     /// status or a rate-limit text): relay-wide, costs no attempt.
     Throttled(String),
+    /// 451 without a rate-limit sign (4.3.0: a local problem at the relay,
+    /// its disk full): the whole relay backs off as when throttled, and the
+    /// message counts an attempt, so a relay that never recovers does not
+    /// hold mail forever.
+    Deferred(String),
     /// The relay refuses us, not the message (530/535: our credentials):
     /// relay-wide, costs no attempt; the message waits for a fix.
     Refused(String),
@@ -38,6 +43,7 @@ impl SendResult {
             SendResult::Permanent(_) => Some("5xx"),
             SendResult::Throttled(_) => Some("4xx"),
             SendResult::Refused(_) => Some("5xx"),
+            SendResult::Deferred(_) => Some("4xx"),
             SendResult::Transient(text) => {
                 let has_4xx_code = text
                     .as_bytes()
@@ -65,6 +71,7 @@ pub fn classify(code: u16, text: &str) -> SendResult {
         200..=299 => SendResult::Accepted,
         421 | 454 => SendResult::Throttled(reply),
         400..=499 if is_rate_limit(text) => SendResult::Throttled(reply),
+        451 => SendResult::Deferred(reply),
         530 | 534 | 535 | 538 => SendResult::Refused(reply),
         500..=599 => SendResult::Permanent(reply),
         _ => SendResult::Transient(reply),
@@ -127,7 +134,7 @@ pub fn decide(
     let error = match result {
         SendResult::Accepted => return Outcome::Ack,
         SendResult::Permanent(reply) => return Outcome::Dead { reason: reply },
-        SendResult::Transient(e) => e,
+        SendResult::Transient(e) | SendResult::Deferred(e) => e,
         // The relay's trouble, not the message's: no attempt is counted
         // (the relay's backoff paces the next try).
         SendResult::Throttled(reply) | SendResult::Refused(reply) => {
@@ -213,7 +220,7 @@ mod tests {
         let cases = [
             (250, "x", "accepted"),
             (421, "x", "throttled"),
-            (451, "4.3.0 try again later", "transient"),
+            (451, "4.3.0 try again later", "deferred"),
             (451, "4.7.1 too many connections, slow down", "throttled"),
             (454, "x", "throttled"),
             (450, "4.2.0 mailbox busy", "transient"),
@@ -245,6 +252,7 @@ mod tests {
                 SendResult::Accepted => "accepted",
                 SendResult::Throttled(_) => "throttled",
                 SendResult::Refused(_) => "refused",
+                SendResult::Deferred(_) => "deferred",
                 SendResult::Transient(_) => "transient",
                 SendResult::Permanent(_) => "permanent",
                 SendResult::NotAttempted(_) => "not attempted",

@@ -97,7 +97,9 @@ fn log_result(id: crate::model::MessageId, result: &SendResult) {
         // data, so the full reply shows at debug level only (the WARN of
         // the dead message has it redacted).
         SendResult::Permanent(reply) => tracing::debug!(%id, %reply, "MessageRejected"),
-        SendResult::Transient(error) => tracing::debug!(%id, %error, "MessageDeferred"),
+        SendResult::Transient(error) | SendResult::Deferred(error) => {
+            tracing::debug!(%id, %error, "MessageDeferred")
+        }
         // The relay's state change is logged once, at WARN (relay::Breaker).
         SendResult::Throttled(reply) | SendResult::Refused(reply) => {
             tracing::debug!(%id, %reply, "MessagePostponedByRelay")

@@ -314,7 +314,7 @@ impl Server {
         tracing::info!(
             %addr,
             relay = %relay.describe(),
-            tls = tls.is_some(),
+            grpc_tls = tls.is_some(),
             auth = auth.enabled(),
             clients = config.clients.len(),
             "ServerStarted"

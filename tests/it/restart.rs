@@ -155,7 +155,8 @@ async fn compact_keeps_every_message_and_status() {
                 .id,
         );
     }
-    // Each is deferred (451 4.3.0: an attempt, retried in 10 minutes).
+    // The first is deferred (451 4.3.0: an attempt); the relay backs off,
+    // so the others wait without attempts.
     assert!(
         wait_until(Duration::from_secs(10), || async {
             s.get(&waiting[0]).await.unwrap().attempts >= 1
