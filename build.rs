@@ -50,6 +50,10 @@ fn tools() {
         ("have_faketime", exists("/usr/bin/faketime")),
         ("have_spamassassin", exists("/usr/bin/spamassassin")),
         ("have_aiosmtpd", python_has("aiosmtpd")),
+        (
+            "have_dkimpy",
+            python_has("aiosmtpd") && python_has("dkim") && python_has("nacl"),
+        ),
         ("have_root", root),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");

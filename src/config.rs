@@ -169,6 +169,9 @@ pub struct Config {
     /// listen address is not loopback.
     #[serde(skip_serializing)]
     pub clients: Vec<crate::intake::auth::ClientConfig>,
+    /// `[[dkim]]`: a signing key per From domain.
+    #[serde(skip_serializing)]
+    pub dkim: Vec<crate::intake::message::dkim::DkimConfig>,
     /// gRPC over TLS: certificate chain and key (PEM), reloaded on SIGHUP.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
@@ -234,6 +237,7 @@ impl Default for Config {
             congestion_clear_after_secs: 30,
             insecure_no_auth: false,
             clients: Vec::new(),
+            dkim: Vec::new(),
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
@@ -444,6 +448,7 @@ impl Config {
             return Err(bad("relay_user", "set without a relay"));
         }
         self.validate_relay_identity()?;
+        crate::intake::message::dkim::signers(&self.dkim).map_err(|e| bad("dkim", e))?;
         if let Some(file) = &self.relay_password_file {
             let pw = std::fs::read_to_string(file).map_err(|e| {
                 bad(

@@ -21,7 +21,12 @@ use crate::config::Config;
 use crate::delivery::connect::{error_text, ConnectError, Connector};
 use crate::delivery::retry::{classify, SendResult};
 use crate::delivery::transaction;
+use crate::intake::message::dkim;
 use crate::model::{Leased, Record};
+
+fn now_secs() -> u64 {
+    crate::model::wall_ms() / 1000
+}
 
 /// Idle connections older than this are checked with NOOP before use.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
@@ -33,9 +38,10 @@ pub enum Relay {
 
 impl Relay {
     pub fn from_config(config: &Config) -> std::io::Result<Relay> {
+        let signers = dkim::signers(&config.dkim).map_err(std::io::Error::other)?;
         match config.relay_url() {
-            Some(url) => Ok(Relay::Smtp(Box::new(SmtpRelay::new(url, config)?))),
-            None => Outbox::new(config.data_dir.join("outbox")).map(Relay::Outbox),
+            Some(url) => Ok(Relay::Smtp(Box::new(SmtpRelay::new(url, config, signers)?))),
+            None => Outbox::new(config.data_dir.join("outbox"), signers).map(Relay::Outbox),
         }
     }
 
@@ -103,13 +109,18 @@ fn envelope(record: &Record) -> Result<Envelope, String> {
 pub struct Outbox {
     pub dir: PathBuf,
     transport: AsyncFileTransport<Tokio1Executor>,
+    signers: Vec<dkim::Signer>,
 }
 
 impl Outbox {
-    pub fn new(dir: PathBuf) -> std::io::Result<Outbox> {
+    pub fn new(dir: PathBuf, signers: Vec<dkim::Signer>) -> std::io::Result<Outbox> {
         std::fs::create_dir_all(&dir)?;
         let transport = AsyncFileTransport::new(&dir);
-        Ok(Outbox { dir, transport })
+        Ok(Outbox {
+            dir,
+            transport,
+            signers,
+        })
     }
 
     async fn send_all(&self, messages: &[Leased]) -> Vec<SendResult> {
@@ -117,7 +128,11 @@ impl Outbox {
         for r in messages {
             let result = match envelope(&r.record) {
                 Err(e) => SendResult::Permanent(format!("bad envelope: {e}")),
-                Ok(env) => match self.transport.send_raw(&env, &r.raw).await {
+                Ok(env) => match self
+                    .transport
+                    .send_raw(&env, &dkim::sign_with(&self.signers, &r.raw, now_secs()))
+                    .await
+                {
                     Ok(_) => SendResult::Accepted,
                     Err(e) => SendResult::Transient(format!("outbox write failed: {e}")),
                 },
@@ -130,6 +145,8 @@ impl Outbox {
 
 pub struct SmtpRelay {
     connector: Connector,
+    /// DKIM keys by From domain: messages are signed as they are sent.
+    signers: Vec<dkim::Signer>,
     timeout: Duration,
     /// Bounds concurrent connections.
     permits: Semaphore,
@@ -265,10 +282,15 @@ impl Breaker {
 }
 
 impl SmtpRelay {
-    pub fn new(url: crate::config::RelayUrl, config: &Config) -> std::io::Result<SmtpRelay> {
+    pub fn new(
+        url: crate::config::RelayUrl,
+        config: &Config,
+        signers: Vec<dkim::Signer>,
+    ) -> std::io::Result<SmtpRelay> {
         let connector = Connector::new(url, config).map_err(std::io::Error::other)?;
         Ok(SmtpRelay {
             connector,
+            signers,
             timeout: config.smtp_timeout(),
             permits: Semaphore::new(config.relay_max_connections),
             max_connections: config.relay_max_connections,
@@ -337,7 +359,8 @@ impl SmtpRelay {
                     }
                 },
             };
-            let params = match transaction::parameters(c.server_info(), &r.record, &r.raw) {
+            let raw = dkim::sign_with(&self.signers, &r.raw, now_secs());
+            let params = match transaction::parameters(c.server_info(), &r.record, &raw) {
                 Ok(p) => p,
                 Err(why) => {
                     // This relay can never take it; the connection is fine.
@@ -346,7 +369,7 @@ impl SmtpRelay {
                     continue;
                 }
             };
-            let send = transaction::send(&mut c, &env, params, &r.raw);
+            let send = transaction::send(&mut c, &env, params, &raw);
             let result = match tokio::time::timeout(self.timeout, send).await {
                 Err(_) => {
                     SendResult::Transient(format!("timed out after {:?} sending", self.timeout))

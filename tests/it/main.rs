@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod corruption;
 mod delivery;
+mod dkim;
 mod durability;
 mod faults;
 mod layering;

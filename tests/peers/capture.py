@@ -60,10 +60,28 @@ def describe(raw: bytes) -> dict:
 
 
 class Capture:
-    def __init__(self, out: str, implicit_tls: bool = False):
+    def __init__(self, out: str, implicit_tls: bool = False, dkim_records=None):
         self.out = out
         self.implicit_tls = implicit_tls
+        self.dkim_records = dkim_records or {}
         self.n = itertools.count(1)
+
+    def dkim_verdict(self, raw: bytes) -> dict:
+        """dkimpy's verdict on the message and on a copy with one body byte
+        changed (which must fail), the keys' TXT records given by --dkim."""
+        if not self.dkim_records:
+            return {}
+        import dkim
+
+        def txt(name, timeout=5):
+            return self.dkim_records.get(name.decode().rstrip("."), "").encode() or None
+
+        end = raw.find(b"\r\n\r\n")
+        tampered = raw[: end + 4] + b"X" + raw[end + 4:]
+        return {
+            "dkim": bool(dkim.verify(raw, dnsfunc=txt)),
+            "dkim_tampered": bool(dkim.verify(tampered, dnsfunc=txt)),
+        }
 
     async def handle_DATA(self, server, session, envelope):
         n = next(self.n)
@@ -75,6 +93,7 @@ class Capture:
             # aiosmtpd notes STARTTLS in session.ssl; smtps is TLS throughout.
             "tls": session.ssl is not None or self.implicit_tls,
             "login": session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None,
+            **self.dkim_verdict(raw),
             "mail_from": envelope.mail_from,
             "rcpt_tos": envelope.rcpt_tos,
             "mail_options": envelope.mail_options,
@@ -135,6 +154,8 @@ def main():
     ap.add_argument("--starttls", nargs=2, metavar=("CERT", "KEY"), help="offer and require STARTTLS")
     ap.add_argument("--smtps", nargs=2, metavar=("CERT", "KEY"), help="TLS from the first byte")
     ap.add_argument("--auth", metavar="USER:PASSWORD", help="require AUTH PLAIN/LOGIN")
+    ap.add_argument("--dkim", action="append", default=[], metavar="NAME=TXT",
+                    help="a DKIM key record (selector._domainkey.domain=v=DKIM1; ...) to verify with dkimpy")
     args = ap.parse_args()
     if args.parse:
         parse_dumps(args.parse)
@@ -149,7 +170,8 @@ def main():
         port = probe.getsockname()[1]
         probe.close()
         c = Controller(
-            Capture(args.dir, implicit_tls=bool(args.smtps)),
+            Capture(args.dir, implicit_tls=bool(args.smtps),
+                    dkim_records=dict(d.split("=", 1) for d in args.dkim)),
             hostname="127.0.0.1",
             port=port,
             decode_data=False,

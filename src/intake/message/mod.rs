@@ -6,6 +6,7 @@
 //! at most 998 octets ending in CRLF, domains as A-labels.
 
 mod address;
+pub mod dkim;
 mod header;
 mod mime;
 mod raw;
