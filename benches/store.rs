@@ -1,6 +1,7 @@
 //! criterion micro-benchmarks of the spool on 2 KiB messages: append+commit
 //! (one message, and a group of 100), lease, ack, retry; and message building
-//! (2 KiB of text; text and HTML with an inline image and a 100 KiB PDF).
+//! (2 KiB of text; text and HTML with an inline image and a 100 KiB PDF);
+//! DKIM signing at send time (rsa-sha256, ed25519-sha256; keys from openssl).
 //!
 //! `cargo bench --bench store`
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mailspool::delivery::scheduler::Scheduler;
-use mailspool::intake::message::{build, AttachmentInput, EmailInput, Limits};
+use mailspool::intake::message::{build, dkim, AttachmentInput, EmailInput, Limits};
 use mailspool::model::{now_ms, Lane, NewMessage, Outcome};
 use mailspool::spool::{Store, StoreOptions};
 
@@ -89,6 +90,46 @@ fn benches(c: &mut Criterion) {
     g.bench_function("build 2KiB text+html, 4KiB inline image, 100KiB PDF", |b| {
         b.iter(|| build(&with_files, Lane::Normal, "", 0, &LIMITS, now_ms()).unwrap())
     });
+    // DKIM at send time: the cost per message a delivery worker pays.
+    for (alg, args) in [
+        (
+            "rsa-sha256",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+        ),
+        ("ed25519-sha256", &["-algorithm", "ed25519"][..]),
+    ] {
+        let key = dir.path().join(format!("{alg}.pem"));
+        let made = std::process::Command::new("openssl")
+            .args(["genpkey", "-out"])
+            .arg(&key)
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !made {
+            eprintln!("openssl is missing: no DKIM benchmark");
+            continue;
+        }
+        let pem = std::fs::read(&key).unwrap();
+        let algorithm = dkim::Algorithm::parse(alg).unwrap();
+        let signer = dkim::Signer::new("example.com", "s1", algorithm, &pem, &[]).unwrap();
+        let signers = vec![signer];
+        let raw = build(
+            &EmailInput {
+                from: "bench@example.com".into(),
+                ..email()
+            },
+            Lane::Normal,
+            "",
+            0,
+            &LIMITS,
+            now_ms(),
+        )
+        .unwrap()
+        .raw;
+        g.bench_function(format!("DKIM {alg} sign a 2KiB message"), |b| {
+            b.iter(|| dkim::sign_with(&signers, &raw, 1_800_000_000).len())
+        });
+    }
     g.bench_function("append+commit 1", |b| {
         b.iter(|| rt.block_on(store.append(vec![m.clone()])).unwrap())
     });
