@@ -93,6 +93,10 @@ pub struct Config {
     #[serde(skip)]
     pub relay_password: Option<Secret>,
     pub relay_password_file: Option<PathBuf>,
+    /// An OAuth2 access token (SMTP AUTH XOAUTH2, for Microsoft 365 and
+    /// Gmail), kept current by an external refresher: read at each new
+    /// connection, never logged.
+    pub relay_oauth2_token_file: Option<PathBuf>,
     /// PEM file of the CA(s) that sign the relay's certificate, trusted
     /// besides the web roots (a private CA, a self-signed relay).
     pub relay_ca_file: Option<PathBuf>,
@@ -199,6 +203,7 @@ impl Default for Config {
             relay_user: None,
             relay_password: None,
             relay_password_file: None,
+            relay_oauth2_token_file: None,
             relay_ca_file: None,
             relay_client_cert_file: None,
             relay_client_key_file: None,
@@ -464,10 +469,29 @@ impl Config {
                 "a relay password is set but no relay user",
             ));
         }
-        if self.relay_user.is_some() && self.relay_password.is_none() {
+        if let Some(file) = &self.relay_oauth2_token_file {
+            if self.relay_user.is_none() {
+                return Err(bad(
+                    "relay_user",
+                    "relay_oauth2_token_file is set but no relay user",
+                ));
+            }
+            if self.relay_password.is_some() {
+                return Err(bad(
+                    "relay_oauth2_token_file",
+                    "give a password or an OAuth2 token file, not both",
+                ));
+            }
+            std::fs::metadata(file).map_err(|e| {
+                bad(
+                    "relay_oauth2_token_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+        } else if self.relay_user.is_some() && self.relay_password.is_none() {
             return Err(bad(
                 "relay_password",
-                "relay_user is set: give the password in MAILSPOOL_RELAY_PASSWORD or relay_password_file",
+                "relay_user is set: give the password in MAILSPOOL_RELAY_PASSWORD or relay_password_file (or an OAuth2 token in relay_oauth2_token_file)",
             ));
         }
         if self.metrics_listen != "off" && self.metrics_listen.parse::<SocketAddr>().is_err() {

@@ -54,6 +54,9 @@ pub struct ServeArgs {
     pub relay_user: Option<String>,
     #[arg(long)]
     pub relay_password_file: Option<PathBuf>,
+    /// An OAuth2 access token file for AUTH XOAUTH2 (re-read at each connection)
+    #[arg(long)]
+    pub relay_oauth2_token_file: Option<PathBuf>,
     /// PEM CA file trusted for the relay's certificate (besides the web roots)
     #[arg(long)]
     pub relay_ca_file: Option<PathBuf>,

@@ -50,6 +50,8 @@ pub struct Connector {
     pub tls: RelayTls,
     params: TlsParameters,
     credentials: Option<Credentials>,
+    /// XOAUTH2: the user and the file its current token is read from.
+    oauth2: Option<(String, std::path::PathBuf)>,
     helo: Option<String>,
     timeout: Duration,
 }
@@ -88,11 +90,16 @@ impl Connector {
             _ => None,
         };
         let helo = config.relay_helo_name.clone().or_else(fqdn);
+        let oauth2 = match (&config.relay_user, &config.relay_oauth2_token_file) {
+            (Some(u), Some(f)) => Some((u.clone(), f.clone())),
+            _ => None,
+        };
         Ok(Connector {
             url,
             tls,
             params,
             credentials,
+            oauth2,
             helo,
             timeout: config.smtp_timeout(),
         })
@@ -111,10 +118,10 @@ impl Connector {
             self.url.host,
             self.url.port,
             self.tls.name(),
-            if self.credentials.is_some() {
-                ", auth"
-            } else {
-                ""
+            match (&self.credentials, &self.oauth2) {
+                (Some(_), _) => ", auth",
+                (_, Some(_)) => ", auth xoauth2",
+                _ => "",
             }
         )
     }
@@ -193,17 +200,32 @@ impl Connector {
                 }
                 conn
             };
-            if let Some(creds) = &self.credentials {
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
-                    .await
-                    .map_err(|e| {
-                        let text = format!("authentication with {host}: {}", error_text(&e));
-                        match e.status() {
-                            // 4xx during AUTH (454 temporary failure) is the relay's trouble.
-                            Some(c) if u16::from(c) < 500 => ConnectError::Unreachable(text),
-                            _ => ConnectError::Auth(text),
-                        }
+            let oauth2 = match &self.oauth2 {
+                Some((user, file)) => {
+                    let token = std::fs::read_to_string(file).map_err(|e| {
+                        ConnectError::Auth(format!(
+                            "reading relay_oauth2_token_file {}: {e}",
+                            file.display()
+                        ))
                     })?;
+                    Some(Credentials::new(user.clone(), token.trim().to_string()))
+                }
+                None => None,
+            };
+            let auth = match (&self.credentials, &oauth2) {
+                (Some(c), _) => Some((c, &[Mechanism::Plain, Mechanism::Login][..])),
+                (None, Some(c)) => Some((c, &[Mechanism::Xoauth2][..])),
+                _ => None,
+            };
+            if let Some((creds, mechanisms)) = auth {
+                conn.auth(mechanisms, creds).await.map_err(|e| {
+                    let text = format!("authentication with {host}: {}", error_text(&e));
+                    match e.status() {
+                        // 4xx during AUTH (454 temporary failure) is the relay's trouble.
+                        Some(c) if u16::from(c) < 500 => ConnectError::Unreachable(text),
+                        _ => ConnectError::Auth(text),
+                    }
+                })?;
             }
             Ok(conn)
         };

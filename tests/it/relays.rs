@@ -214,3 +214,49 @@ async fn a_rate_limit_reply_throttles_the_relay_and_burns_no_attempts() {
     }
     s.shutdown().await;
 }
+
+/// AUTH XOAUTH2 (Microsoft 365, Gmail) with the token read from a file an
+/// external refresher keeps current: a stale token is `auth failed` and
+/// costs nothing; the refreshed file is read at the next connection.
+#[cfg_attr(
+    not(have_aiosmtpd),
+    ignore = "needs python3 with aiosmtpd (pip install aiosmtpd)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xoauth2_reads_the_refreshed_token_at_the_next_connection() {
+    let pki = Pki::new();
+    let (cert, key) = (pki.file("relay.pem"), pki.file("relay.key"));
+    let cap = capture_with(&[
+        "--starttls",
+        &cert,
+        &key,
+        "--oauth2",
+        "svc@example.com:fresh-token",
+    ])
+    .await;
+    let dir = tempdir();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "stale-token\n").unwrap();
+    let mut cfg = relay_config(
+        &dir.path().join("data"),
+        format!("smtp://127.0.0.1:{}", cap.port),
+        RelayTls::Encrypt,
+        None,
+    );
+    cfg.relay_user = Some("svc@example.com".into());
+    cfg.relay_oauth2_token_file = Some(token.clone());
+    let s = TestServer::start(cfg).await;
+    let id = s.enqueue(request("oauth")).await.unwrap().id;
+    let refused = wait_until(Duration::from_secs(20), || async {
+        s.stats().await.relay_state == "auth failed"
+    })
+    .await;
+    assert!(refused, "{:?}", s.stats().await);
+    let m = s.get(&id).await.unwrap();
+    assert_eq!((m.state(), m.attempts), (pb::MessageState::Queued, 0));
+    std::fs::write(&token, "fresh-token\n").unwrap();
+    s.wait_state(&id, pb::MessageState::Delivered).await;
+    assert_eq!(cap.received()[0].0["login"], "svc@example.com");
+    assert_eq!(s.stats().await.relay_state, "ok");
+    s.shutdown().await;
+}

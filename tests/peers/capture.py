@@ -10,6 +10,7 @@ the port it listens on, then serves until killed.
     python3 capture.py --parse FILE...   (smtp-sink dumps: one JSON line each)
 """
 import argparse
+import base64
 import email
 import email.policy
 import itertools
@@ -60,10 +61,11 @@ def describe(raw: bytes) -> dict:
 
 
 class Capture:
-    def __init__(self, out: str, implicit_tls: bool = False, dkim_records=None):
+    def __init__(self, out: str, implicit_tls: bool = False, dkim_records=None, oauth2=None):
         self.out = out
         self.implicit_tls = implicit_tls
         self.dkim_records = dkim_records or {}
+        self.oauth2 = oauth2
         self.n = itertools.count(1)
 
     def dkim_verdict(self, raw: bytes) -> dict:
@@ -82,6 +84,21 @@ class Capture:
             "dkim": bool(dkim.verify(raw, dnsfunc=txt)),
             "dkim_tampered": bool(dkim.verify(tampered, dnsfunc=txt)),
         }
+
+    async def auth_XOAUTH2(self, server, args):
+        """SASL XOAUTH2 (Microsoft, Google): user=U^Aauth=Bearer T^A^A."""
+        if len(args) > 1:
+            data = base64.b64decode(args[1])
+        else:
+            data = await server.challenge_auth("")
+            if not isinstance(data, bytes):
+                return AuthResult(success=False, handled=False)
+        fields = dict(p.split(b"=", 1) for p in data.split(b"\x01") if b"=" in p)
+        user = fields.get(b"user", b"").decode()
+        token = fields.get(b"auth", b"").decode().removeprefix("Bearer ")
+        if (user, token) == self.oauth2:
+            return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
+        return AuthResult(success=False, handled=False)
 
     async def handle_DATA(self, server, session, envelope):
         n = next(self.n)
@@ -143,6 +160,13 @@ def tls_and_auth(args) -> dict:
 
         kw.update(authenticator=check, auth_required=True,
                   auth_require_tls=bool(args.starttls or args.smtps))
+    if args.oauth2:
+        # XOAUTH2 only (Capture.auth_XOAUTH2); PLAIN and LOGIN refused.
+        kw.update(authenticator=lambda *a: AuthResult(success=False, handled=False),
+                  auth_required=True, auth_require_tls=bool(args.starttls or args.smtps),
+                  auth_exclude_mechanism=["LOGIN", "PLAIN"])
+    else:
+        kw.update(auth_exclude_mechanism=["XOAUTH2"])
     return kw
 
 
@@ -154,6 +178,7 @@ def main():
     ap.add_argument("--starttls", nargs=2, metavar=("CERT", "KEY"), help="offer and require STARTTLS")
     ap.add_argument("--smtps", nargs=2, metavar=("CERT", "KEY"), help="TLS from the first byte")
     ap.add_argument("--auth", metavar="USER:PASSWORD", help="require AUTH PLAIN/LOGIN")
+    ap.add_argument("--oauth2", metavar="USER:TOKEN", help="require AUTH XOAUTH2 with this token")
     ap.add_argument("--dkim", action="append", default=[], metavar="NAME=TXT",
                     help="a DKIM key record (selector._domainkey.domain=v=DKIM1; ...) to verify with dkimpy")
     args = ap.parse_args()
@@ -171,7 +196,8 @@ def main():
         probe.close()
         c = Controller(
             Capture(args.dir, implicit_tls=bool(args.smtps),
-                    dkim_records=dict(d.split("=", 1) for d in args.dkim)),
+                    dkim_records=dict(d.split("=", 1) for d in args.dkim),
+                    oauth2=tuple(args.oauth2.split(":", 1)) if args.oauth2 else None),
             hostname="127.0.0.1",
             port=port,
             decode_data=False,
