@@ -395,6 +395,13 @@ impl Config {
 
     /// Flat keys over the defaults.
     pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        if table.contains_key("relay_password") {
+            return Err(bad(
+                "relay_password",
+                "a password never goes in the config file (anyone who can read the config \
+                 would have it): use MAILSPOOL_RELAY_PASSWORD or relay_password_file",
+            ));
+        }
         Config::deserialize(table).map_err(|e| bad("config", e.to_string()))
     }
 
@@ -874,5 +881,76 @@ mod tests {
             Config::default().thresholds(),
             crate::observe::congestion::Thresholds::default()
         );
+    }
+}
+
+#[cfg(test)]
+mod relay_identity_tests {
+    use super::*;
+
+    /// Each bad relay setting stops the start naming itself.
+    #[test]
+    fn bad_relay_settings_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let relay = "relay = \"smtp://mail.example.com:587\"\n";
+        let cases = [
+            (format!("{relay}relay_tls = \"bogus\"\n"), "config", "bogus"),
+            (
+                format!("{relay}relay_password = \"hunter2\"\n"),
+                "relay_password",
+                "MAILSPOOL_RELAY_PASSWORD",
+            ),
+            (
+                format!("{relay}relay_helo_name = \"my host\"\n"),
+                "relay_helo_name",
+                "neither a domain",
+            ),
+            (
+                format!("{relay}relay_helo_name = \"vm..x\"\n"),
+                "relay_helo_name",
+                "neither a domain",
+            ),
+            (
+                format!(
+                    "{relay}relay_ca_file = {:?}\n",
+                    not_pem.display().to_string()
+                ),
+                "relay_ca_file",
+                "not PEM",
+            ),
+            (
+                format!(
+                    "{relay}relay_client_cert_file = {:?}\n",
+                    not_pem.display().to_string()
+                ),
+                "relay_client_key_file",
+                "needs its key",
+            ),
+            (
+                "relay_helo_name = \"mail.example.com\"\n".to_string(),
+                "relay_helo_name",
+                "without a relay",
+            ),
+            (
+                format!(
+                    "{relay}relay_user = \"u\"\nrelay_oauth2_token_file = \"/nonexistent/token\"\n"
+                ),
+                "relay_oauth2_token_file",
+                "cannot read",
+            ),
+        ];
+        for (toml, setting, words) in cases {
+            let e = Config::from_toml(&toml)
+                .and_then(|mut c| c.validate().map(|_| c))
+                .expect_err(&toml);
+            assert_eq!(e.setting, setting, "{toml}: {e}");
+            assert!(e.to_string().contains(words), "{toml}: {e}");
+        }
+        // `required`, the old spelling, is `verify`.
+        let mut c = Config::from_toml(&format!("{relay}relay_tls = \"required\"\n")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.effective_relay_tls(), RelayTls::Verify);
     }
 }

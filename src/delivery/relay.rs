@@ -80,7 +80,7 @@ impl Relay {
 
     pub fn describe(&self) -> String {
         match self {
-            Relay::Smtp(s) => format!("relay {}", s.connector.describe()),
+            Relay::Smtp(s) => s.connector.describe(),
             Relay::Outbox(o) => format!("outbox {}", o.dir.display()),
         }
     }
