@@ -1,0 +1,208 @@
+//! The settings' tests.
+
+use super::*;
+
+mod general {
+    use super::*;
+
+    #[test]
+    fn relay_urls() {
+        type Case<'a> = (&'a str, Result<(&'a str, u16, bool), ()>);
+        let cases: &[Case] = &[
+            (
+                "smtp://mail.example.com",
+                Ok(("mail.example.com", 25, false)),
+            ),
+            ("smtp://127.0.0.1:2525", Ok(("127.0.0.1", 2525, false))),
+            (
+                "smtps://mail.example.com",
+                Ok(("mail.example.com", 465, true)),
+            ),
+            ("smtp://[::1]:25", Ok(("::1", 25, false))),
+            ("http://x", Err(())),
+            ("smtp://user:pw@host", Err(())),
+            ("smtp://host:notaport", Err(())),
+            ("host:25", Err(())),
+        ];
+        for (input, want) in cases {
+            let got = RelayUrl::parse(input).map(|u| (u.host.clone(), u.port, u.implicit_tls));
+            match want {
+                Ok((h, p, t)) => assert_eq!(got, Ok((h.to_string(), *p, *t)), "{input}"),
+                Err(()) => assert!(got.is_err(), "{input} should fail"),
+            }
+        }
+    }
+
+    #[test]
+    fn one_credential_belongs_to_one_client() {
+        let entry = |name: &str, hash: char| {
+            crate::intake::auth::ClientConfig::with_token(
+                name,
+                hash.to_string().repeat(64),
+                &[crate::intake::auth::Role::Enqueue],
+            )
+        };
+        let mut c = Config {
+            clients: vec![entry("a", 'a'), entry("b", 'b')],
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        c.clients[1].token_sha256 = Some("A".repeat(64));
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.setting, "clients");
+        assert!(e.reason.contains("same token"), "{e}");
+        c.clients[1] = entry("a", 'b');
+        assert!(c.validate().unwrap_err().reason.contains("twice"));
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = Config {
+            retry_base_ms: 10,
+            retry_cap_ms: 5,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "retry_cap_ms");
+        let mut c = Config {
+            relay: Some("ftp://x".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "relay");
+        let mut c = Config {
+            lease_batch: 0,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "lease_batch");
+        let mut c = Config {
+            relay: Some("smtp://h".into()),
+            relay_user: Some("u".into()),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "relay_password");
+        c.relay_password = Some(Secret("hunter2-secret".into()));
+        assert!(
+            !format!("{c:?}").contains("hunter2"),
+            "Debug shows no secret"
+        );
+        assert!(Config::from_toml("nonsense_key = 1").is_err());
+        let mut c = Config::from_toml("relay = \"smtp://127.0.0.1:25\"\nmax_attempts = 3").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_attempts, 3);
+        assert_eq!(c.effective_relay_tls(), RelayTls::Opportunistic);
+        c.relay = Some("smtp://mail.example.com".into());
+        assert_eq!(c.effective_relay_tls(), RelayTls::Verify);
+    }
+
+    /// The same settings as flat keys (every older file) and in sections.
+    #[test]
+    fn sections_and_flat_keys_mean_the_same() {
+        let flat = Config::from_toml(
+            "relay = \"smtp://r.example:25\"\nrelay_max_connections = 4\nlease_batch = 8\n\
+             congestion_warn_age_secs = 60\ngrpc_max_connections = 10\nmax_spool_bytes = 5\n\
+             retry_base_ms = 7\nmax_attempts = 3\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let sections = Config::from_toml(
+            "[relay]\nrelay = \"smtp://r.example:25\"\nmax_connections = 4\n\
+             [spool]\nmax_spool_bytes = 5\n[limits]\nlease_batch = 8\n\
+             [congestion]\nwarn_age_secs = 60\n[grpc]\nmax_connections = 10\n\
+             [retry]\nbase_ms = 7\nmax_attempts = 3\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let table = |c: &Config| toml::Table::try_from(c).unwrap();
+        assert_eq!(table(&flat), table(&sections));
+        assert_eq!(sections.relay_max_connections, 4);
+        assert_eq!(sections.retry_base_ms, 7);
+        assert_eq!(sections.log_format, LogFormat::Json);
+        assert_ne!(table(&flat), table(&Config::default()));
+    }
+
+    #[test]
+    fn a_wrong_key_in_a_section_is_named_with_its_section() {
+        let e = Config::from_toml("[relay]\nmax_conections = 4\n").unwrap_err();
+        assert!(e.to_string().contains("`max_conections` in [relay]"), "{e}");
+        let e = Config::from_toml("lease_batch = 1\n[limits]\nlease_batch = 2\n").unwrap_err();
+        assert!(e.to_string().contains("`lease_batch` is set twice"), "{e}");
+        // A flat key that does not exist is refused as before.
+        assert!(Config::from_toml("lease_bach = 1\n").is_err());
+    }
+
+    #[test]
+    fn the_threshold_fixture_is_the_default_configuration() {
+        assert_eq!(
+            Config::default().thresholds(),
+            crate::observe::congestion::Thresholds::default()
+        );
+    }
+}
+
+#[cfg(test)]
+mod relay_identity_tests {
+    use super::*;
+
+    /// Each bad relay setting stops the start naming itself.
+    #[test]
+    fn bad_relay_settings_name_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let relay = "relay = \"smtp://mail.example.com:587\"\n";
+        let cases = [
+            (format!("{relay}relay_tls = \"bogus\"\n"), "config", "bogus"),
+            (
+                format!("{relay}relay_password = \"hunter2\"\n"),
+                "relay_password",
+                "MAILSPOOL_RELAY_PASSWORD",
+            ),
+            (
+                format!("{relay}relay_helo_name = \"my host\"\n"),
+                "relay_helo_name",
+                "neither a domain",
+            ),
+            (
+                format!("{relay}relay_helo_name = \"vm..x\"\n"),
+                "relay_helo_name",
+                "neither a domain",
+            ),
+            (
+                format!(
+                    "{relay}relay_ca_file = {:?}\n",
+                    not_pem.display().to_string()
+                ),
+                "relay_ca_file",
+                "not PEM",
+            ),
+            (
+                format!(
+                    "{relay}relay_client_cert_file = {:?}\n",
+                    not_pem.display().to_string()
+                ),
+                "relay_client_key_file",
+                "needs its key",
+            ),
+            (
+                "relay_helo_name = \"mail.example.com\"\n".to_string(),
+                "relay_helo_name",
+                "without a relay",
+            ),
+            (
+                format!(
+                    "{relay}relay_user = \"u\"\nrelay_oauth2_token_file = \"/nonexistent/token\"\n"
+                ),
+                "relay_oauth2_token_file",
+                "cannot read",
+            ),
+        ];
+        for (toml, setting, words) in cases {
+            let e = Config::from_toml(&toml)
+                .and_then(|mut c| c.validate().map(|_| c))
+                .expect_err(&toml);
+            assert_eq!(e.setting, setting, "{toml}: {e}");
+            assert!(e.to_string().contains(words), "{toml}: {e}");
+        }
+        // `required`, the old spelling, is `verify`.
+        let mut c = Config::from_toml(&format!("{relay}relay_tls = \"required\"\n")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.effective_relay_tls(), RelayTls::Verify);
+    }
+}
