@@ -11,6 +11,7 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter, ServerInfo};
 use lettre::transport::smtp::response::Response;
 
+use crate::intake::message::section_of;
 use crate::model::Record;
 
 /// The MAIL FROM parameters `record` needs, or why this relay cannot take
@@ -21,10 +22,7 @@ pub fn parameters(
     raw: &[u8],
 ) -> Result<Vec<MailParameter>, String> {
     let mut params = Vec::new();
-    let header_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(raw.len());
+    let header_end = section_of(raw).map_or(raw.len(), <[u8]>::len);
     let utf8 = std::iter::once(&record.envelope_from)
         .chain(&record.envelope_to)
         .find(|a| !a.is_ascii())

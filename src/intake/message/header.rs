@@ -157,15 +157,35 @@ pub fn section_of(raw: &[u8]) -> Option<&[u8]> {
         .map(|end| &raw[..end + 2])
 }
 
-/// Whether the header section has a field called `name`.
-pub fn has_field(section: &[u8], name: &str) -> bool {
-    section.split(|&b| b == b'\n').any(|line| {
-        line.iter().position(|&b| b == b':').is_some_and(|colon| {
-            line[..colon]
-                .trim_ascii()
-                .eq_ignore_ascii_case(name.as_bytes())
-        })
-    })
+/// The unfolded value of the first field called `name`.
+pub fn field_value(section: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(section);
+    let mut lines = text.split("\r\n").peekable();
+    while let Some(line) = lines.next() {
+        let Some((n, v)) = line.split_once(':') else {
+            continue;
+        };
+        if !n.trim().eq_ignore_ascii_case(name) {
+            continue;
+        }
+        let mut value = v.to_string();
+        while let Some(next) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
+            value.push_str(next);
+        }
+        return Some(value);
+    }
+    None
+}
+
+/// The domain of the From field's (first) address, lowercase.
+pub fn from_domain(section: &[u8]) -> Option<String> {
+    let value = field_value(section, "From")?;
+    let addr = match (value.rfind('<'), value.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.trim(),
+    };
+    let (_, domain) = addr.rsplit_once('@')?;
+    Some(domain.trim().to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -202,8 +222,14 @@ mod tests {
     fn fields_are_found_in_a_header_section() {
         let raw = b"Subject: x\r\nmessage-id : <a@b>\r\n\r\nFrom: not a header\r\n";
         let s = section_of(raw).unwrap();
-        assert!(has_field(s, "Message-ID") && has_field(s, "subject"));
-        assert!(!has_field(s, "from") && !has_field(s, "date"));
+        assert_eq!(field_value(s, "Message-ID").as_deref(), Some(" <a@b>"));
+        assert!(field_value(s, "subject").is_some());
+        assert!(field_value(s, "from").is_none() && field_value(s, "date").is_none());
+        let folded = b"From: Jo\r\n <jo@Example.COM>\r\n\r\n";
+        assert_eq!(
+            from_domain(section_of(folded).unwrap()).as_deref(),
+            Some("example.com")
+        );
         assert_eq!(section_of(b"\r\nbody"), Some(&b""[..]));
         assert_eq!(section_of(b"Subject: x\r\n"), None);
     }

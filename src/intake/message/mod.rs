@@ -17,7 +17,7 @@ use rand::Rng;
 
 use crate::model::{Lane, NewMessage};
 pub use address::domain_a_label;
-pub use header::MAX_LINE_OCTETS;
+pub use header::{section_of, MAX_LINE_OCTETS};
 pub use mime::{guess_content_type, AttachmentInput};
 pub use raw::{build_raw, RawInput};
 
@@ -141,7 +141,7 @@ pub fn build(
     } else {
         &limits.message_id_domain
     };
-    let message_id = format!("{:032x}@{domain}", rand::rng().random::<u128>());
+    let message_id = new_message_id(domain);
 
     let mut h = header::Section::default();
     h.mailboxes("email.from", "From", std::slice::from_ref(&from))?;
@@ -186,6 +186,11 @@ pub fn build(
         not_before_ms,
         client: String::new(),
     })
+}
+
+/// A fresh Message-ID (without <>): 128 random bits at `domain`.
+fn new_message_id(domain: &str) -> String {
+    format!("{:032x}@{domain}", rand::rng().random::<u128>())
 }
 
 /// What the caller gave, in bytes: refused before anything is built when
@@ -289,7 +294,7 @@ fn no_line_breaks(field: &str, value: &str) -> Result<(), InvalidField> {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    pub(super) const LIMITS: Limits = Limits {
         max_recipients: 3,
         max_message_bytes: 4096,
         message_id_domain: String::new(),

@@ -4,10 +4,9 @@
 //! it has none (as a submission server would, RFC 6409 section 8).
 
 use lettre::message::header::{self as hdr, Headers};
-use rand::Rng;
 
-use super::header::{has_field, section_of, MAX_LINE_OCTETS};
-use super::{address, crlf, invalid, key_and_schedule, InvalidField, Limits};
+use super::header::{field_value, from_domain, section_of, MAX_LINE_OCTETS};
+use super::{address, crlf, invalid, key_and_schedule, new_message_id, InvalidField, Limits};
 use crate::model::{Lane, NewMessage};
 
 pub struct RawInput<'a> {
@@ -78,7 +77,7 @@ pub fn build_raw(
         ));
     };
     let mut added = Headers::new();
-    if !has_field(section, "Date") {
+    if field_value(section, "Date").is_none() {
         added.set(hdr::Date::new(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms),
         ));
@@ -97,7 +96,7 @@ pub fn build_raw(
             } else {
                 from_domain(section).unwrap_or_else(|| "localhost".into())
             };
-            let id = format!("{:032x}@{domain}", rand::rng().random::<u128>());
+            let id = new_message_id(&domain);
             added.set(hdr::MessageId::from(format!("<{id}>")));
             id
         }
@@ -143,46 +142,11 @@ fn check_lines(data: &[u8]) -> Result<(), InvalidField> {
     Ok(())
 }
 
-/// The (unfolded) value of the first field called `name`.
-fn field_value(section: &[u8], name: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(section);
-    let mut lines = text.split("\r\n").peekable();
-    while let Some(line) = lines.next() {
-        let Some((n, v)) = line.split_once(':') else {
-            continue;
-        };
-        if !n.trim().eq_ignore_ascii_case(name) {
-            continue;
-        }
-        let mut value = v.to_string();
-        while let Some(next) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
-            value.push_str(next);
-        }
-        return Some(value);
-    }
-    None
-}
-
-/// The domain of the From field's address, for a Message-ID.
-fn from_domain(section: &[u8]) -> Option<String> {
-    let from = field_value(section, "From")?;
-    let (_, rest) = from.rsplit_once('@')?;
-    let domain: String = rest
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
-        .collect();
-    (!domain.is_empty()).then_some(domain)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_recipients: 3,
-        max_message_bytes: 4096,
-        message_id_domain: String::new(),
-    };
+    use super::super::tests::LIMITS;
 
     fn raw<'a>(data: &'a [u8], to: &'a [String]) -> RawInput<'a> {
         RawInput {
