@@ -16,6 +16,7 @@ fn main() -> ExitCode {
                 | Command::Status(_)
                 | Command::Queue(_)
                 | Command::TopDomains(_)
+                | Command::Relay(_)
                 | Command::Token(_)
         )
     ) {
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Some(Command::Status(a)) => runtime.block_on(cli::status(a)),
         Some(Command::Queue(a)) => runtime.block_on(mailspool::cli::queue::queue(a)),
         Some(Command::TopDomains(a)) => runtime.block_on(mailspool::cli::queue::top_domains(a)),
+        Some(Command::Relay(a)) => runtime.block_on(cli::relay(a)),
         Some(Command::Compact(a)) => cli::compact(a),
         Some(Command::Token(a)) => cli::token(a),
         Some(Command::Soak(a)) => {

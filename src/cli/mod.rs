@@ -25,6 +25,7 @@ pub(crate) mod admin;
 mod commands;
 mod enqueue;
 pub mod queue;
+mod relay;
 mod serve_args;
 mod show_stats;
 mod token;
@@ -32,6 +33,7 @@ pub(crate) mod watch;
 
 pub use commands::{compact, status, CompactArgs, StatsArgs, StatusArgs};
 pub use enqueue::{enqueue, EnqueueArgs};
+pub use relay::{relay, RelayArgs};
 pub use serve_args::ServeArgs;
 
 /// The command line, with each setting's default in its help (from
@@ -77,6 +79,8 @@ pub enum Command {
     /// Operate on the queue: list, show, retry, cancel, requeue, purge,
     /// pause, resume, transfer.
     Queue(QueueArgs),
+    /// Pause or resume relays by name: `mailspool relay pause backup`.
+    Relay(RelayArgs),
     /// Queued recipients by domain and age (like Postfix qshape).
     TopDomains(TopDomainsArgs),
     /// Create a client token: `mailspool token create --name svc --role enqueue`.

@@ -44,6 +44,12 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "cancelled_total": s.cancelled_total,
         });
         v["clients"] = s.clients.iter().map(ac::client_json).collect();
+        v["relays"] = s.relays.iter().map(ac::relay_json).collect();
+        v["lanes_without_relay"] = s
+            .lanes_without_relay
+            .iter()
+            .map(|&l| ac::lane_name(l))
+            .collect();
         // Outside the json! literal, whose macro recursion has its limit.
         for (k, x) in [
             (
@@ -180,6 +186,9 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
     ];
     for (k, v) in rows {
         println!("{k:<18} {v:>14}");
+    }
+    if !s.relays.is_empty() {
+        print!("\n{}", ac::relays_table(&s.relays));
     }
     if !s.clients.is_empty() {
         print!("\n{}", ac::clients_table(&s.clients));

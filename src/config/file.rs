@@ -94,6 +94,19 @@ impl Config {
                  would have it): use MAILSPOOL_RELAY_PASSWORD or relay_password_file",
             ));
         }
+        let entries = table.get("relays").and_then(|v| v.as_array());
+        for entry in entries.into_iter().flatten() {
+            if let Some(t) = entry.as_table().filter(|t| t.contains_key("password")) {
+                let name = t.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                return Err(bad(
+                    "relays",
+                    format!(
+                        "relay `{name}`: a password never goes in the config file (anyone who \
+                         can read the config would have it): use password_file or password_env"
+                    ),
+                ));
+            }
+        }
         Config::deserialize(table).map_err(|e| bad("config", e.to_string()))
     }
 

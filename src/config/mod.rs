@@ -6,7 +6,8 @@
 //!
 //! Files: this one the settings, their defaults and what is derived from
 //! them; `file.rs` the TOML file's sections and flat keys; `validate.rs`
-//! the checks; `relay.rs` the relay's URL, TLS level and their checks.
+//! the checks; `relay.rs` a relay's URL and TLS level; `relays.rs` the
+//! relays (`[[relays]]`, or the flat `relay` settings) and their checks.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,10 +17,12 @@ use serde::{Deserialize, Serialize};
 
 mod file;
 mod relay;
+mod relays;
 mod validate;
 
 pub use file::is_setting;
 pub use relay::{RelayTls, RelayUrl};
+pub use relays::{RelayConfig, DEFAULT_RELAY};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -62,7 +65,15 @@ pub struct Config {
     pub relay_helo_name: Option<String>,
     /// Upper bound on concurrent SMTP connections.
     pub relay_max_connections: usize,
-    /// Delivery workers; default = relay_max_connections.
+    /// The relay's sending quota, messages per second (0 = none) ...
+    pub relay_rate_per_second: u32,
+    /// ... and how many may go back to back above it (0 = none).
+    pub relay_burst: u32,
+    /// `[[relays]]`: several relays with routes, priorities and weights;
+    /// instead of `relay` (which is one relay named `default`).
+    #[serde(skip_serializing)]
+    pub relays: Vec<RelayConfig>,
+    /// Delivery workers; default = the relays' max_connections summed.
     pub workers: Option<usize>,
     /// Messages per lease.
     pub lease_batch: usize,
@@ -163,6 +174,9 @@ impl Default for Config {
             relay_client_key_file: None,
             relay_helo_name: None,
             relay_max_connections: 16,
+            relay_rate_per_second: 0,
+            relay_burst: 0,
+            relays: Vec::new(),
             workers: None,
             lease_batch: 32,
             lease_timeout_ms: 300_000,
@@ -276,7 +290,12 @@ impl Config {
     }
 
     pub fn effective_workers(&self) -> usize {
-        self.workers.unwrap_or(self.relay_max_connections)
+        let relays = self.relay_set();
+        self.workers.unwrap_or(if relays.is_empty() {
+            self.relay_max_connections
+        } else {
+            relays.iter().map(|r| r.max_connections).sum()
+        })
     }
 
     pub fn lease_timeout(&self) -> Duration {

@@ -45,7 +45,8 @@ impl Config {
         if self.lease_batch > 10_000 {
             return Err(bad("lease_batch", "at most 10000"));
         }
-        self.validate_relay()?;
+        self.validate_relays()?;
+        crate::intake::message::dkim::signers(&self.dkim).map_err(|e| bad("dkim", e))?;
         if self.metrics_listen != "off" && self.metrics_listen.parse::<SocketAddr>().is_err() {
             return Err(bad(
                 "metrics_listen",

@@ -14,7 +14,7 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Identity, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 
-use crate::config::{Config, RelayTls, RelayUrl};
+use crate::config::{RelayConfig, RelayTls, RelayUrl};
 
 /// Why a connection could not be had.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,25 +57,22 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// From the (validated) config; Err when a TLS file cannot be used.
-    pub fn new(url: RelayUrl, config: &Config) -> Result<Connector, String> {
-        let tls = config.effective_relay_tls();
+    /// From a (validated) relay; Err when a TLS file cannot be used.
+    pub fn new(relay: &RelayConfig, timeout: Duration) -> Result<Connector, String> {
+        let url = relay.parsed_url();
+        let tls = relay.effective_tls();
         let mut b = TlsParameters::builder(url.host.clone());
-        if let Some(file) = &config.relay_ca_file {
-            let pem = std::fs::read(file).map_err(|e| format!("relay_ca_file: {e}"))?;
-            let cert = Certificate::from_pem(&pem).map_err(|e| format!("relay_ca_file: {e}"))?;
+        if let Some(file) = &relay.ca_file {
+            let pem = std::fs::read(file).map_err(|e| format!("ca_file: {e}"))?;
+            let cert = Certificate::from_pem(&pem).map_err(|e| format!("ca_file: {e}"))?;
             b = b.add_root_certificate(cert);
         }
-        if let (Some(c), Some(k)) = (
-            &config.relay_client_cert_file,
-            &config.relay_client_key_file,
-        ) {
+        if let (Some(c), Some(k)) = (&relay.client_cert_file, &relay.client_key_file) {
             let (c, k) = (
-                std::fs::read(c).map_err(|e| format!("relay_client_cert_file: {e}"))?,
-                std::fs::read(k).map_err(|e| format!("relay_client_key_file: {e}"))?,
+                std::fs::read(c).map_err(|e| format!("client_cert_file: {e}"))?,
+                std::fs::read(k).map_err(|e| format!("client_key_file: {e}"))?,
             );
-            let id =
-                Identity::from_pem(&c, &k).map_err(|e| format!("relay_client_cert_file: {e}"))?;
+            let id = Identity::from_pem(&c, &k).map_err(|e| format!("client_cert_file: {e}"))?;
             b = b.identify_with(id);
         }
         if tls != RelayTls::Verify {
@@ -85,12 +82,12 @@ impl Connector {
                 .dangerous_accept_invalid_hostnames(true);
         }
         let params = b.build_rustls().map_err(|e| format!("relay TLS: {e}"))?;
-        let credentials = match (&config.relay_user, &config.relay_password) {
+        let credentials = match (&relay.user, &relay.password) {
             (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.expose().to_string())),
             _ => None,
         };
-        let helo = config.relay_helo_name.clone().or_else(fqdn);
-        let oauth2 = match (&config.relay_user, &config.relay_oauth2_token_file) {
+        let helo = relay.helo_name.clone().or_else(fqdn);
+        let oauth2 = match (&relay.user, &relay.oauth2_token_file) {
             (Some(u), Some(f)) => Some((u.clone(), f.clone())),
             _ => None,
         };
@@ -101,7 +98,7 @@ impl Connector {
             credentials,
             oauth2,
             helo,
-            timeout: config.smtp_timeout(),
+            timeout,
         })
     }
 

@@ -1,12 +1,18 @@
-//! From the spool to the relay: the scheduler leases due messages lane by
-//! lane (`lanes`, `scheduler`), workers send them (`worker`) through a relay
-//! (`relay`, one mail transaction each: `transaction`) and turn the reply
-//! into an outcome (`retry`).
+//! From the spool to the relays: the scheduler leases due messages lane by
+//! lane (`lanes`, `scheduler`), workers send them (`worker`) through the
+//! relays (`relay`: each message routed by `router`, each relay a `pool`
+//! with its `breaker` and `throttle`, reached by `connect`, one mail
+//! transaction each: `transaction`) and turn the reply into an outcome
+//! (`retry`).
 
+pub(crate) mod breaker;
 pub(crate) mod connect;
 pub mod lanes;
+pub(crate) mod pool;
 pub(crate) mod relay;
 pub(crate) mod retry;
+pub(crate) mod router;
 pub mod scheduler;
+pub(crate) mod throttle;
 pub(crate) mod transaction;
 pub(crate) mod worker;

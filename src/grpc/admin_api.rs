@@ -274,6 +274,44 @@ impl QueueAdminService {
     }
 }
 
+impl QueueAdminService {
+    /// Pauses or resumes the relays named (each must be configured),
+    /// persisted before the relays change.
+    async fn set_relays_paused(
+        &self,
+        names: &[String],
+        pause: bool,
+    ) -> Result<Response<pb::RelayStateResponse>, Status> {
+        self.check_open()?;
+        let known = self.relay.names();
+        if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
+            return Err(Status::not_found(format!(
+                "relays: no relay named `{unknown}`; the relays are: {}",
+                if known.is_empty() {
+                    "none (delivery goes to the local outbox)".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        let mut paused = self.store.paused_relays();
+        paused.retain(|p| !names.contains(p));
+        if pause {
+            paused.extend(names.iter().cloned());
+        }
+        self.store
+            .admin(AdminOp::SetPausedRelays(paused.clone()))
+            .await
+            .map_err(store_status)?;
+        self.relay.set_paused(&paused);
+        self.scheduler.wake();
+        paused.retain(|p| known.contains(p));
+        Ok(Response::new(pb::RelayStateResponse {
+            paused_relays: paused,
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
     async fn queue_stats(
@@ -412,6 +450,31 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         Ok(Response::new(pb::DeliveryStateResponse {
             paused_lanes: paused_lanes(mask),
         }))
+    }
+
+    async fn pause_relay(
+        &self,
+        r: Request<pb::PauseRelayRequest>,
+    ) -> Result<Response<pb::RelayStateResponse>, Status> {
+        let names = r.into_inner().relays;
+        if names.is_empty() {
+            return Err(bad(
+                "relays",
+                "name the relays to pause (pausing every relay would stop all mail: pause lanes with PauseDelivery)",
+            ));
+        }
+        self.set_relays_paused(&names, true).await
+    }
+
+    async fn resume_relay(
+        &self,
+        r: Request<pb::ResumeRelayRequest>,
+    ) -> Result<Response<pb::RelayStateResponse>, Status> {
+        let mut names = r.into_inner().relays;
+        if names.is_empty() {
+            names = self.relay.names();
+        }
+        self.set_relays_paused(&names, false).await
     }
 
     async fn top_domains(

@@ -61,6 +61,8 @@ impl Api {
             congestion_since_ms,
             paused_lanes: crate::spool::paused_lanes(admin.paused),
             clients: self.client_figures(),
+            relays: self.relay.figures(),
+            lanes_without_relay: self.relay.lanes_without_relay(),
             time_to_inbox: self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0))),
         }
     }
@@ -169,6 +171,33 @@ pub(crate) fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
                 max_queued_messages: c.max_queued_messages,
                 max_queued_bytes: c.max_queued_bytes,
             })
+            .collect(),
+        relays: o
+            .relays
+            .into_iter()
+            .map(|r| pb::RelayStats {
+                name: r.name,
+                state: r.state.to_string(),
+                reason: r.reason,
+                connections: r.connections,
+                max_connections: r.max_connections,
+                rate_per_second: r.rate_per_second,
+                effective_rate_per_second: r.effective_rate,
+                sent_total: r.sent,
+                deferred_total: r.deferred,
+                failed_total: r.failed,
+                last_reply: r.last_reply,
+                priority: r.priority,
+                weight: r.weight,
+                describe: r.describe,
+                consecutive_failures: r.consecutive_failures,
+                backoff_remaining_ms: r.backoff_remaining_ms,
+            })
+            .collect(),
+        lanes_without_relay: o
+            .lanes_without_relay
+            .into_iter()
+            .map(|l| lane_to_proto(l) as i32)
             .collect(),
         net_drain_rate_per_second: s.net_drain_rate_per_second,
         rate_window_seconds: s.rate_window_seconds as u32,

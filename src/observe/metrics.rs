@@ -56,6 +56,13 @@ pub struct Metrics {
     disk_free: Gauge,
     relay_connections: Gauge,
     relay_state: Family<Labels, Gauge>,
+    /// Per relay (label `relay`): 1 for its state, its connections, its
+    /// rates (configured, effective), its messages by result.
+    relay_status: Family<ClientLabels, Gauge>,
+    relay_open_connections: Family<ClientLabels, Gauge>,
+    relay_rate: Family<ClientLabels, FGauge>,
+    relay_messages: Family<ClientLabels, Counter>,
+    lane_without_relay: Family<Labels, Gauge>,
     enqueued: Counter,
     delivered: Counter,
     retried: Counter,
@@ -101,6 +108,11 @@ impl Default for Metrics {
             disk_free: Gauge::default(),
             relay_connections: Gauge::default(),
             relay_state: Family::default(),
+            relay_status: Family::default(),
+            relay_open_connections: Family::default(),
+            relay_rate: Family::default(),
+            relay_messages: Family::default(),
+            lane_without_relay: Family::default(),
             enqueued: Counter::default(),
             delivered: Counter::default(),
             retried: Counter::default(),
@@ -219,6 +231,31 @@ impl Default for Metrics {
                 m.relay_state.clone(),
             );
             r.register(
+                "mailspool_relay_status",
+                "Per relay: 1 for its current state (ok, throttled, unreachable, auth failed, tls failed, paused)",
+                m.relay_status.clone(),
+            );
+            r.register(
+                "mailspool_relay_open_connections",
+                "Per relay: SMTP connections open or in use",
+                m.relay_open_connections.clone(),
+            );
+            r.register(
+                "mailspool_relay_rate_per_second",
+                "Per relay: the configured ceiling and the effective rate (0 = none)",
+                m.relay_rate.clone(),
+            );
+            r.register(
+                "mailspool_relay_messages",
+                "Per relay: messages sent, deferred and failed",
+                m.relay_messages.clone(),
+            );
+            r.register(
+                "mailspool_lane_without_relay",
+                "1 when no relay that is up and not paused carries the lane",
+                m.lane_without_relay.clone(),
+            );
+            r.register(
                 "mailspool_enqueued_messages",
                 "Messages accepted",
                 m.enqueued.clone(),
@@ -311,7 +348,8 @@ impl Metrics {
     }
 
     /// Refreshes the gauges and totals from the QueueStats view.
-    pub fn refresh(&self, o: &Overview, relay_connections: u64) {
+    pub fn refresh(&self, o: &Overview) {
+        let relay_connections: u64 = o.relays.iter().map(|r| r.connections).sum();
         let s = &o.stats;
         for (state, v) in [
             ("ready", s.ready),
@@ -354,6 +392,7 @@ impl Metrics {
                 .get_or_create(&vec![("state", state)])
                 .set(i64::from(o.relay_state == state));
         }
+        self.refresh_relays(o);
         sync(&self.enqueued, s.enqueued_total);
         sync(&self.delivered, s.delivered_total);
         sync(&self.retried, s.retried_total);
@@ -384,6 +423,50 @@ impl Metrics {
             ] {
                 let labels = vec![("client", c.name.clone()), ("reason", reason.to_string())];
                 sync(&self.client_refused.get_or_create(&labels), v);
+            }
+        }
+    }
+
+    fn refresh_relays(&self, o: &Overview) {
+        for r in &o.relays {
+            let relay = || ("relay", r.name.clone());
+            for state in [
+                "ok",
+                "unreachable",
+                "throttled",
+                "tls failed",
+                "auth failed",
+                "paused",
+            ] {
+                self.relay_status
+                    .get_or_create(&vec![relay(), ("state", state.to_string())])
+                    .set(i64::from(r.state == state));
+            }
+            self.relay_open_connections
+                .get_or_create(&vec![relay()])
+                .set(r.connections as i64);
+            for (kind, v) in [
+                ("configured", f64::from(r.rate_per_second)),
+                ("effective", r.effective_rate),
+            ] {
+                self.relay_rate
+                    .get_or_create(&vec![relay(), ("kind", kind.to_string())])
+                    .set(v);
+            }
+            for (result, v) in [
+                ("sent", r.sent),
+                ("deferred", r.deferred),
+                ("failed", r.failed),
+            ] {
+                let labels = vec![relay(), ("result", result.to_string())];
+                sync(&self.relay_messages.get_or_create(&labels), v);
+            }
+        }
+        if !o.relays.is_empty() {
+            for lane in Lane::ALL {
+                self.lane_without_relay
+                    .get_or_create(&vec![("lane", lane.name())])
+                    .set(i64::from(o.lanes_without_relay.contains(&lane)));
             }
         }
     }
@@ -455,10 +538,20 @@ mod tests {
             congestion: crate::observe::congestion::Level::Warning,
             relay_state: "throttled",
             relay_reason: "450 4.7.1 too much mail".into(),
+            relays: vec![crate::observe::overview::RelayFigures {
+                name: "ses".into(),
+                state: "throttled",
+                connections: 2,
+                rate_per_second: 14,
+                effective_rate: 7.0,
+                sent: 5,
+                ..Default::default()
+            }],
+            lanes_without_relay: vec![Lane::Bulk],
             paused_lanes: vec![Lane::Bulk],
             ..Default::default()
         };
-        m.refresh(&s, 2);
+        m.refresh(&s);
         m.smtp_reply("4xx");
         m.enqueue_duration.observe(0.002);
         let text = m.render();
@@ -471,13 +564,19 @@ mod tests {
             "mailspool_delivery_paused{lane=\"normal\"} 0",
             "mailspool_relay_state{state=\"throttled\"} 1",
             "mailspool_relay_connections 2",
+            "mailspool_relay_status{relay=\"ses\",state=\"throttled\"} 1",
+            "mailspool_relay_status{relay=\"ses\",state=\"ok\"} 0",
+            "mailspool_relay_open_connections{relay=\"ses\"} 2",
+            "mailspool_relay_rate_per_second{relay=\"ses\",kind=\"effective\"} 7.0",
+            "mailspool_relay_messages_total{relay=\"ses\",result=\"sent\"} 5",
+            "mailspool_lane_without_relay{lane=\"bulk\"} 1",
             "mailspool_smtp_replies_total{class=\"4xx\"} 1",
             "mailspool_enqueue_duration_seconds_count 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         // Totals only move forward.
-        m.refresh(&Overview::default(), 0);
+        m.refresh(&Overview::default());
         assert!(m.render().contains("mailspool_enqueued_messages_total 10"));
     }
 }

@@ -24,9 +24,39 @@ pub struct Overview {
     pub congestion_since_ms: u64,
     pub paused_lanes: Vec<Lane>,
     pub clients: Vec<ClientFigures>,
+    pub relays: Vec<RelayFigures>,
+    /// Lanes that no relay which is up and not paused carries.
+    pub lanes_without_relay: Vec<Lane>,
     /// Per lane (`Lane::index`): time to inbox p50 and p99 over the last
     /// minute, in seconds (0 when nothing was delivered).
     pub time_to_inbox: [(f64, f64); 3],
+}
+
+/// One relay's figures: its state and why, its connections, rates and
+/// counts (QueueStats `relays`, `/metrics` label `relay`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RelayFigures {
+    pub name: String,
+    /// `smtps://host:port (tls verify, helo …)`.
+    pub describe: String,
+    /// ok, throttled, unreachable, auth failed, tls failed or paused.
+    pub state: &'static str,
+    pub reason: String,
+    pub consecutive_failures: u32,
+    pub backoff_remaining_ms: u64,
+    pub connections: u64,
+    pub max_connections: u64,
+    /// The configured ceiling (0 = none).
+    pub rate_per_second: u32,
+    /// The rate now (0 = unlimited): below the ceiling after throttling.
+    pub effective_rate: f64,
+    pub rate_lowered: bool,
+    pub sent: u64,
+    pub deferred: u64,
+    pub failed: u64,
+    pub last_reply: String,
+    pub priority: u32,
+    pub weight: u32,
 }
 
 /// One client's figures: what the spool holds and counted for it, what its

@@ -100,6 +100,7 @@ impl Server {
                 source,
             })?;
         let relay = Arc::new(Relay::from_config(&config).map_err(StartError::Outbox)?);
+        relay.set_paused(&store.paused_relays());
         let tls = match config.tls_files() {
             Some(files) => Some(crate::tls::ReloadableTls::load(files).map_err(StartError::Tls)?),
             None => None,
@@ -209,8 +210,7 @@ impl Server {
         if let Some(listener) = metrics_listener {
             let api = api.clone();
             let scrape = Arc::new(move || {
-                api.metrics
-                    .refresh(&api.overview(), api.relay.connections());
+                api.metrics.refresh(&api.overview());
                 api.metrics.render()
             });
             tokio::spawn(crate::observe::metrics::serve(

@@ -261,6 +261,11 @@ impl Committer {
         };
         match op {
             AdminOp::SetPaused(mask) => self.admin.paused = mask & 0b111,
+            AdminOp::SetPausedRelays(names) => {
+                let names = PausedRelays(names);
+                g.batch.insert(key::PAUSED_RELAYS, codec::encode(&names));
+                g.paused_relays = Some(names);
+            }
             AdminOp::Cancel { ids, reason } => {
                 for id in ids {
                     let done = self.cancel_one(id, &reason, now, g);

@@ -155,6 +155,8 @@ pub(super) struct Group {
     pub(super) appended: usize,
     /// Client slots whose counters changed.
     pub(super) clients_touched: BTreeSet<u16>,
+    /// The paused relays, when an operator changed them in this group.
+    pub(super) paused_relays: Option<PausedRelays>,
 }
 
 impl Group {
@@ -417,6 +419,13 @@ impl Committer {
                 }
                 *self.shared.counters.lock().expect("counters lock") = self.counters;
                 *self.shared.admin.lock().expect("admin lock") = self.admin;
+                if let Some(paused) = g.paused_relays.take() {
+                    *self
+                        .shared
+                        .paused_relays
+                        .lock()
+                        .expect("paused relays lock") = paused;
+                }
                 let mut shared = self.shared.clients.lock().expect("clients lock");
                 if *shared != self.clients {
                     shared.clone_from(&self.clients);

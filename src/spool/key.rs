@@ -7,6 +7,7 @@ pub const COUNTERS: &[u8] = b"c";
 pub const FORMAT: &[u8] = b"v";
 pub const ADMIN: &[u8] = b"a";
 pub const NODE: &[u8] = b"n";
+pub const PAUSED_RELAYS: &[u8] = b"r";
 /// Present once a binary that syncs bodies before their index has opened
 /// the spool: from then on no index entry can outlive its body.
 pub const ORDERED: &[u8] = b"o";

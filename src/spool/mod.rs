@@ -50,6 +50,7 @@
 //! c                             → Counters
 //! a                             → AdminState      paused lanes, cancelled total
 //! n                             → node id         random, made at creation
+//! r                             → PausedRelays    relays paused by an operator, by name
 //! o                             → ()              bodies are synced before their index (set at open)
 //! u <client:2>                  → name            client registry (slot 0 = no client)
 //! w <client:2>                  → ClientCounters  per-client queued, bytes, totals
@@ -109,6 +110,7 @@ struct Shared {
     delivered_retention: Duration,
     bodies: SegmentReader,
     admin: Mutex<AdminState>,
+    paused_relays: Mutex<PausedRelays>,
     node_id: String,
     observer: Arc<dyn SpoolObserver>,
     /// Published by the committer after each group.
@@ -200,6 +202,13 @@ impl Store {
                 AdminState::default()
             }),
             None => AdminState::default(),
+        };
+        let paused_relays = match tree.get(key::PAUSED_RELAYS)? {
+            Some(v) => codec::decode::<PausedRelays>(&v).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "paused relays undecodable; every relay is in use");
+                PausedRelays::default()
+            }),
+            None => PausedRelays::default(),
         };
         let node_id = match tree.get(key::NODE)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
@@ -318,6 +327,7 @@ impl Store {
             delivered_retention: options.delivered_retention,
             bodies: segments.reader(),
             admin: Mutex::new(admin),
+            paused_relays: Mutex::new(paused_relays),
             node_id,
             observer: options.observer.clone(),
             clients: Mutex::new(clients.clone()),
@@ -415,6 +425,16 @@ impl Store {
     /// Paused lanes and the cancelled total, as last committed. Cheap.
     pub fn admin_state(&self) -> AdminState {
         *self.shared.admin.lock().expect("admin lock")
+    }
+
+    /// The relays an operator paused, by name, as last committed.
+    pub fn paused_relays(&self) -> Vec<String> {
+        self.shared
+            .paused_relays
+            .lock()
+            .expect("paused relays lock")
+            .0
+            .clone()
     }
 
     /// This spool's random id, made when it was created.

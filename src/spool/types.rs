@@ -81,7 +81,13 @@ pub enum AdminOp {
     Purge(Vec<MessageId>),
     /// Which lanes' delivery is paused (bit i = `Lane::index` i).
     SetPaused(u8),
+    /// Which relays are paused, by name (the whole set).
+    SetPausedRelays(Vec<String>),
 }
+
+/// The relays an operator paused, by name (key `r`).
+#[derive(Debug, Clone, Default, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct PausedRelays(pub Vec<String>);
 
 /// Ids an admin op changed; the rest were not in a state it applies to.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -201,6 +207,7 @@ pub struct ClientCounters {
 
 impl codec::Versioned for Counters {}
 impl codec::Versioned for AdminState {}
+impl codec::Versioned for PausedRelays {}
 impl codec::Versioned for CancelledRecord {}
 impl codec::Versioned for IdemEntry {}
 impl codec::Versioned for ClientCounters {}

@@ -6,7 +6,8 @@
 //!
 //! Files by job: `flags.rs` (durations, states, lanes), `human.rs` (numbers,
 //! sizes, times), `table.rs`, `messages.rs` (lists, the show page, filters),
-//! `ops.rs` (bulk operations), `domains.rs` (top-domains, transfer, clients).
+//! `ops.rs` (bulk operations), `domains.rs` (top-domains, transfer, clients),
+//! `relays.rs` (the relays in stats).
 
 use clap::ValueEnum;
 use serde_json::{json, Value};
@@ -18,6 +19,7 @@ mod flags;
 pub(crate) mod human;
 mod messages;
 mod ops;
+mod relays;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -27,4 +29,5 @@ pub use flags::*;
 pub use human::*;
 pub use messages::*;
 pub use ops::*;
+pub use relays::*;
 pub use table::*;

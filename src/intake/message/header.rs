@@ -177,15 +177,20 @@ pub fn field_value(section: &[u8], name: &str) -> Option<String> {
     None
 }
 
-/// The domain of the From field's (first) address, lowercase.
-pub fn from_domain(section: &[u8]) -> Option<String> {
+/// The From field's (first) address, lowercase.
+pub fn from_address(section: &[u8]) -> Option<String> {
     let value = field_value(section, "From")?;
     let addr = match (value.rfind('<'), value.rfind('>')) {
         (Some(a), Some(b)) if a < b => &value[a + 1..b],
         _ => value.trim(),
     };
-    let (_, domain) = addr.rsplit_once('@')?;
-    Some(domain.trim().to_ascii_lowercase())
+    addr.contains('@').then(|| addr.trim().to_ascii_lowercase())
+}
+
+/// The domain of the From field's (first) address, lowercase.
+pub fn from_domain(section: &[u8]) -> Option<String> {
+    let addr = from_address(section)?;
+    addr.rsplit_once('@').map(|(_, d)| d.trim().to_string())
 }
 
 #[cfg(test)]
@@ -229,6 +234,10 @@ mod tests {
         assert_eq!(
             from_domain(section_of(folded).unwrap()).as_deref(),
             Some("example.com")
+        );
+        assert_eq!(
+            from_address(section_of(folded).unwrap()).as_deref(),
+            Some("jo@example.com")
         );
         assert_eq!(section_of(b"\r\nbody"), Some(&b""[..]));
         assert_eq!(section_of(b"Subject: x\r\n"), None);

@@ -7,7 +7,7 @@
 
 mod address;
 pub mod dkim;
-mod header;
+pub mod header;
 mod mime;
 mod raw;
 
