@@ -68,6 +68,33 @@ pub struct RelayConfig {
     pub senders: Vec<String>,
 }
 
+impl RelayConfig {
+    /// A relay with every other setting at its default.
+    pub fn new(name: &str, url: &str) -> RelayConfig {
+        RelayConfig {
+            name: name.into(),
+            url: url.into(),
+            tls: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            helo_name: None,
+            user: None,
+            password_file: None,
+            password_env: None,
+            password: None,
+            oauth2_token_file: None,
+            max_connections: default_max_connections(),
+            rate_per_second: 0,
+            burst: 0,
+            priority: 0,
+            weight: 1,
+            lanes: Vec::new(),
+            senders: Vec::new(),
+        }
+    }
+}
+
 fn default_max_connections() -> usize {
     16
 }
@@ -288,8 +315,6 @@ impl Config {
 
     fn default_relay(&self) -> Option<RelayConfig> {
         Some(RelayConfig {
-            name: DEFAULT_RELAY.into(),
-            url: self.relay.clone()?,
             tls: self.relay_tls,
             ca_file: self.relay_ca_file.clone(),
             client_cert_file: self.relay_client_cert_file.clone(),
@@ -303,10 +328,7 @@ impl Config {
             max_connections: self.relay_max_connections,
             rate_per_second: self.relay_rate_per_second,
             burst: self.relay_burst,
-            priority: 0,
-            weight: 1,
-            lanes: Vec::new(),
-            senders: Vec::new(),
+            ..RelayConfig::new(DEFAULT_RELAY, self.relay.as_deref()?)
         })
     }
 

@@ -206,3 +206,117 @@ mod relay_identity_tests {
         assert_eq!(c.effective_relay_tls(), RelayTls::Verify);
     }
 }
+
+mod relays_tests {
+    use super::*;
+
+    const TWO: &str = r#"
+[[relays]]
+name = "ses"
+url = "smtps://email-smtp.eu-west-1.amazonaws.com"
+user = "AKIA"
+password_env = "MAILSPOOL_TEST_SES_PASSWORD"
+rate_per_second = 14
+lanes = ["transactional", "normal"]
+
+[[relays]]
+name = "backup"
+url = "smtp://127.0.0.1:2525"
+priority = 1
+weight = 2
+"#;
+
+    #[test]
+    fn two_providers_parse_with_their_defaults() {
+        std::env::set_var("MAILSPOOL_TEST_SES_PASSWORD", "s3cret");
+        let mut c = Config::from_toml(TWO).unwrap();
+        c.validate().unwrap();
+        let set = c.relay_set();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set[0].password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(set[0].effective_tls(), RelayTls::Verify);
+        assert_eq!(set[1].effective_tls(), RelayTls::Opportunistic);
+        assert_eq!(
+            (set[1].priority, set[1].weight, set[1].max_connections),
+            (1, 2, 16)
+        );
+        assert_eq!(
+            c.effective_workers(),
+            32,
+            "workers follow the relays' connections"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // The single relay is one named `default`.
+        let mut one =
+            Config::from_toml("relay = \"smtp://127.0.0.1:25\"\nrelay_rate_per_second = 5")
+                .unwrap();
+        one.validate().unwrap();
+        let set = one.relay_set();
+        assert_eq!(
+            (set[0].name.as_str(), set[0].rate_per_second),
+            ("default", 5)
+        );
+    }
+
+    /// Each bad `[[relays]]` setting stops the start naming the relay and field.
+    #[test]
+    fn bad_relays_name_the_relay_and_the_field() {
+        let relay = |extra: &str| {
+            format!("[[relays]]\nname = \"a\"\nurl = \"smtp://127.0.0.1:25\"\n{extra}")
+        };
+        let cases = [
+            (relay("tls = \"maybe\"\n"), "config", "maybe"),
+            (
+                relay("password = \"hunter2\"\n"),
+                "relays",
+                "password_file or password_env",
+            ),
+            (relay("user = \"u\"\n"), "relays", "`password`"),
+            (relay("weight = 0\n"), "relays", "`weight`"),
+            (
+                relay("lanes = [\"urgent\"]\n"),
+                "relays",
+                "unknown lane `urgent`",
+            ),
+            (relay("senders = [\"nobody\"]\n"), "relays", "`senders`"),
+            (
+                relay("password_env = \"MAILSPOOL_TEST_UNSET_VAR\"\nuser = \"u\"\n"),
+                "relays",
+                "not set",
+            ),
+            (
+                format!("{}{}", relay(""), relay("")),
+                "relays",
+                "two relays are named `a`",
+            ),
+            (
+                relay("senders = [\"@shop.example\"]\n"),
+                "relays",
+                "from every sender",
+            ),
+            (relay("lanes = [\"bulk\"]\n"), "relays", "`transactional`"),
+            (
+                format!("relay = \"smtp://h:25\"\n{}", relay("")),
+                "relays",
+                "not both",
+            ),
+            (
+                relay("url = \"smtps://h\"\n").replace("url = \"smtp://127.0.0.1:25\"\n", "")
+                    + "tls = \"none\"\n",
+                "relays",
+                "contradicts",
+            ),
+        ];
+        for (toml, setting, words) in cases {
+            let e = Config::from_toml(&toml)
+                .and_then(|mut c| c.validate().map(|_| c))
+                .expect_err(&toml);
+            assert_eq!(e.setting, setting, "{toml}: {e}");
+            assert!(e.to_string().contains(words), "{toml}: {e}");
+            let whole_set = ["not both", "every sender", "transactional", "two relays"];
+            if setting == "relays" && !whole_set.iter().any(|w| words.contains(w)) {
+                assert!(e.to_string().contains("relay `a`"), "{toml}: {e}");
+            }
+        }
+    }
+}

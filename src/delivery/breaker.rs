@@ -19,6 +19,8 @@ pub struct Breaker {
     detail: String,
     /// After a backoff, one worker probes the relay while the others wait.
     probing: bool,
+    /// The last state logged at WARN, and when.
+    warned: Option<(&'static str, Instant)>,
 }
 
 /// The relay as QueueStats shows it.
@@ -35,6 +37,8 @@ pub struct RelayState {
 }
 
 impl Breaker {
+    pub const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+    const WARN_AGAIN_AFTER: Duration = Duration::from_secs(60);
     pub const BASE: Duration = Duration::from_millis(100);
     const CAP: Duration = Duration::from_secs(30);
 
@@ -65,14 +69,20 @@ impl Breaker {
         self.probing = false;
     }
 
-    /// A failure of the relay; a change of state is logged once, at WARN.
+    /// A failure of the relay; a change of state is logged once, at WARN
+    /// (again for the same state only after `WARN_AGAIN_AFTER`, so a relay
+    /// that throttles every other message does not flood the log).
     pub fn failed(&mut self, now: Instant, relay: &str, reason: &'static str, detail: &str) {
-        if self.failures == 0 || self.reason != reason {
+        let repeated = self.warned.is_some_and(|(r, at)| {
+            r == reason && now.saturating_duration_since(at) < Self::WARN_AGAIN_AFTER
+        });
+        if (self.failures == 0 || self.reason != reason) && !repeated {
+            self.warned = Some((reason, now));
             tracing::warn!(
                 relay,
                 state = reason,
                 error = %crate::delivery::worker::redact_addresses(detail),
-                "RelayDown: messages wait (no attempts counted for throttling, TLS or credentials)"
+                "RelayDown: its messages go to another relay of their route, or wait (no attempts counted for throttling, TLS or credentials)"
             );
         }
         self.reason = reason;
@@ -84,9 +94,15 @@ impl Breaker {
             return;
         }
         self.failures = self.failures.saturating_add(1);
-        let backoff = Self::BASE
-            .saturating_mul(1 << self.failures.min(20).saturating_sub(1))
-            .min(Self::CAP);
+        // A relay that asks us to slow down is up: its throttle lowers the
+        // rate, and it is tried again after a pause, not an escalating wait.
+        let backoff = if reason == "throttled" {
+            Self::THROTTLE_PAUSE
+        } else {
+            Self::BASE
+                .saturating_mul(1 << self.failures.min(20).saturating_sub(1))
+                .min(Self::CAP)
+        };
         self.until = Some(now + backoff);
         tracing::debug!(
             failures = self.failures,

@@ -8,10 +8,19 @@
 //! cost no message an attempt (see `relay`).
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, Identity, TlsParameters};
+// lettre 0.11 marks its network stream deprecated ("not meant to be made
+// public") but it is the one way to run its TLS handshake over a socket we
+// opened with TCP_NODELAY; 0.12 will need tokio-rustls here instead.
+#[allow(deprecated)]
+use lettre::transport::smtp::client::AsyncNetworkStream;
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, Identity, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 
 use crate::config::{RelayConfig, RelayTls, RelayUrl};
@@ -127,55 +136,35 @@ impl Connector {
     pub async fn connect(&self) -> Result<AsyncSmtpConnection, ConnectError> {
         let (host, port) = (self.url.host.as_str(), self.url.port);
         let connect = async {
-            let mut conn = if self.url.implicit_tls {
-                let hello = self.hello(None);
-                AsyncSmtpConnection::connect_tokio1(
-                    (host, port),
-                    Some(self.timeout),
-                    &hello,
-                    Some(self.params.clone()),
-                    None,
-                )
+            let stream = tokio::net::TcpStream::connect((host, port))
                 .await
                 .map_err(|e| {
-                    let text = format!("connecting to {host}:{port}: {}", error_text(&e));
-                    // lettre reports a failed implicit-TLS handshake as a
-                    // connection error: tell it by rustls's words.
-                    let lower = text.to_ascii_lowercase();
-                    let tls = [
-                        "certificate",
-                        "tls",
-                        "handshake",
-                        "alert",
-                        "peer is incompatible",
-                    ]
-                    .iter()
-                    .any(|w| lower.contains(w));
-                    if e.is_tls() || tls {
-                        ConnectError::Tls(text)
-                    } else {
-                        ConnectError::Unreachable(text)
-                    }
-                })?
-            } else {
-                let stream = tokio::net::TcpStream::connect((host, port))
+                    ConnectError::Unreachable(format!("connecting to {host}:{port}: {e}"))
+                })?;
+            // Without it every message waits for a delayed ACK (lettre
+            // writes the body and the final `.` separately).
+            stream
+                .set_nodelay(true)
+                .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+            let hello = self.hello(stream.local_addr().ok().map(|a| a.ip()));
+            let greeting = |e: lettre::transport::smtp::Error| {
+                ConnectError::Unreachable(format!("greeting from {host}: {}", error_text(&e)))
+            };
+            let mut conn = if self.url.implicit_tls {
+                // smtps://: TLS from the first byte, over our own socket.
+                #[allow(deprecated)] // the way lettre offers to wrap a stream it did not open
+                let mut tls = AsyncNetworkStream::use_existing_tokio1(Box::new(stream));
+                tls.upgrade_tls(self.params.clone()).await.map_err(|e| {
+                    ConnectError::Tls(format!("TLS with {host}:{port}: {}", error_text(&e)))
+                })?;
+                AsyncSmtpConnection::connect_with_transport(Box::new(Upgraded(tls)), &hello)
                     .await
-                    .map_err(|e| {
-                        ConnectError::Unreachable(format!("connecting to {host}:{port}: {e}"))
-                    })?;
-                stream
-                    .set_nodelay(true)
-                    .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
-                let hello = self.hello(stream.local_addr().ok().map(|a| a.ip()));
+                    .map_err(greeting)?
+            } else {
                 let mut conn =
                     AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
                         .await
-                        .map_err(|e| {
-                            ConnectError::Unreachable(format!(
-                                "greeting from {host}: {}",
-                                error_text(&e)
-                            ))
-                        })?;
+                        .map_err(greeting)?;
                 let want_tls = match self.tls {
                     RelayTls::None => false,
                     RelayTls::Opportunistic => conn.can_starttls(),
@@ -246,6 +235,54 @@ impl Connector {
             (None, Some(IpAddr::V6(a))) => ClientId::Ipv6(a),
             (None, None) => ClientId::default(),
         }
+    }
+}
+
+/// lettre's stream after its TLS handshake, as the tokio stream its
+/// connection is built on: implicit TLS over a socket we opened.
+#[derive(Debug)]
+#[allow(deprecated)]
+struct Upgraded(AsyncNetworkStream);
+
+impl tokio::io::AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let unfilled = buf.initialize_unfilled();
+        match futures_io::AsyncRead::poll_read(Pin::new(&mut self.0), cx, unfilled) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        futures_io::AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures_io::AsyncWrite::poll_flush(Pin::new(&mut self.0), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures_io::AsyncWrite::poll_close(Pin::new(&mut self.0), cx)
+    }
+}
+
+impl AsyncTokioStream for Upgraded {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.peer_addr()
     }
 }
 

@@ -231,19 +231,22 @@ impl SmtpRelay {
                 }
             };
             let send = transaction::send(&mut c, &env, params, &raw);
-            let (result, reply) = match tokio::time::timeout(self.timeout, send).await {
+            // `answered`: the relay replied (whatever it said); else the
+            // connection broke or stalled.
+            let (result, reply, answered) = match tokio::time::timeout(self.timeout, send).await {
                 Err(_) => {
                     let e = format!("timed out after {:?} sending", self.timeout);
-                    (SendResult::Transient(e.clone()), e)
+                    (SendResult::Transient(e.clone()), e, false)
                 }
                 Ok(Ok(response)) => {
                     let first = response.first_line().unwrap_or_default().to_string();
-                    (SendResult::Accepted, format!("{} {first}", response.code()))
+                    let reply = format!("{} {first}", response.code());
+                    (SendResult::Accepted, reply, true)
                 }
-                Ok(Err(e)) => (smtp_error(&e), error_text(&e)),
+                Ok(Err(e)) => (smtp_error(&e), error_text(&e), e.status().is_some()),
             };
             self.count(&result, reply);
-            let stop_reason = self.judge(&result);
+            let stop_reason = self.judge(&result, answered);
             if !c.has_broken() && result == SendResult::Accepted {
                 conn = Some(c);
             } else {
@@ -299,7 +302,7 @@ impl SmtpRelay {
 
     /// The relay's state after one reply, and why the rest of the batch
     /// should not go through it now (None: carry on).
-    fn judge(&self, result: &SendResult) -> Option<String> {
+    fn judge(&self, result: &SendResult, answered: bool) -> Option<String> {
         let now = Instant::now();
         let mut breaker = self.breaker.lock().expect("breaker");
         let name = &self.name;
@@ -315,9 +318,9 @@ impl SmtpRelay {
                 breaker.failed(now, name, "auth failed", reply);
                 Some(format!("relay {name} refuses us ({reply})"))
             }
-            SendResult::Transient(e) if e.starts_with("timed out") => {
+            SendResult::Transient(e) if !answered => {
                 breaker.failed(now, name, "unreachable", e);
-                Some(format!("relay {name} {e}"))
+                Some(format!("relay {name}: {e}"))
             }
             // The relay answered: it is up, whatever it thought of this message.
             SendResult::Accepted => {

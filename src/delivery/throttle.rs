@@ -155,10 +155,14 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// `rate_per_second` 0 = no quota; `burst` 0 = evenly spaced.
+    /// `rate_per_second` 0 = no quota; `burst` 0 = a twentieth of the
+    /// rate (at least 1): 50 ms of slack, so timer jitter does not cost
+    /// the relay part of its quota.
     pub fn new(rate_per_second: u32, burst: u32) -> Throttle {
         let ceiling = NonZeroU32::new(rate_per_second).map(|rate| {
-            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(burst)
+                .or(NonZeroU32::new(rate_per_second / 20))
+                .unwrap_or(NonZeroU32::MIN);
             RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
         });
         Throttle {

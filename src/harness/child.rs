@@ -39,18 +39,18 @@ impl ServerProcess {
         relay: &str,
         extra: &[&str],
     ) -> Result<ServerProcess, Error> {
+        command.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
+        // "": the relays come from a --config file.
+        if !relay.is_empty() {
+            command.args(["--relay", relay, "--relay-tls", "none"]);
+        }
         let mut child = command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--relay",
-                relay,
-                "--relay-tls",
-                "none",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

@@ -9,6 +9,7 @@ mod corruption;
 mod delivery;
 mod dkim;
 mod durability;
+mod failover;
 mod faults;
 mod layering;
 mod limits;

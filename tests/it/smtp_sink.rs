@@ -24,6 +24,11 @@ pub(crate) async fn start_sink(bin: &Path, dump: &Path, flags: &[&str]) -> (Chil
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    (start_sink_on(bin, dump, flags, port).await, port)
+}
+
+/// As `start_sink`, on a given port (a relay coming back where it was).
+pub(crate) async fn start_sink_on(bin: &Path, dump: &Path, flags: &[&str], port: u16) -> Child {
     std::fs::create_dir_all(dump).unwrap();
     set_mode_777(dump);
     let mut cmd = Command::new(bin);
@@ -48,7 +53,7 @@ pub(crate) async fn start_sink(bin: &Path, dump: &Path, flags: &[&str]) -> (Chil
     })
     .await;
     assert!(up, "smtp-sink did not start listening");
-    (child, port)
+    child
 }
 
 fn set_mode_777(p: &Path) {
@@ -56,7 +61,7 @@ fn set_mode_777(p: &Path) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
-fn dumped_message_ids(dump: &Path) -> Vec<String> {
+pub(crate) fn dumped_message_ids(dump: &Path) -> Vec<String> {
     std::fs::read_dir(dump)
         .map(|d| {
             d.flatten()
