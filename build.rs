@@ -55,6 +55,10 @@ fn tools() {
             python_has("aiosmtpd") && python_has("dkim") && python_has("nacl"),
         ),
         ("have_root", root),
+        (
+            "have_smarthost",
+            root && exists("/usr/sbin/postfix") && exists("/usr/sbin/dovecot"),
+        ),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         if present || ci {

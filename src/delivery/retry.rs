@@ -73,6 +73,7 @@ pub fn classify(code: u16, text: &str) -> SendResult {
         400..=499 if is_rate_limit(text) => SendResult::Throttled(reply),
         451 => SendResult::Deferred(reply),
         530 | 534 | 535 | 538 => SendResult::Refused(reply),
+        500..=599 if refuses_us(text) => SendResult::Refused(reply),
         500..=599 => SendResult::Permanent(reply),
         _ => SendResult::Transient(reply),
     }
@@ -96,6 +97,23 @@ pub fn is_rate_limit(text: &str) -> bool {
         ]
         .iter()
         .any(|p| t.contains(p))
+}
+
+/// A 5xx about us, not the message: the relay does not take mail from us
+/// as we are configured (our EHLO name, relaying not permitted to us).
+/// Postfix applies its HELO and client restrictions at RCPT by default, so
+/// these come as a reply to RCPT TO and would otherwise bounce the message.
+pub fn refuses_us(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "helo command rejected",
+        "relay access denied",
+        "relaying denied",
+        "client host rejected",
+        "authentication required",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
 }
 
 /// Retry settings.
@@ -244,6 +262,17 @@ mod tests {
             (452, "4.3.1 sending rate limit reached", "throttled"),
             (535, "5.7.8 Authentication credentials invalid", "refused"),
             (530, "5.7.0 Authentication required", "refused"),
+            (
+                504,
+                "5.5.2 <vm>: Helo command rejected: need fully-qualified hostname",
+                "refused",
+            ),
+            (554, "5.7.1 <u@example.org>: Relay access denied", "refused"),
+            (
+                550,
+                "5.1.1 <u@example.org>: Recipient address rejected",
+                "permanent",
+            ),
             (550, "x", "permanent"),
             (554, "x", "permanent"),
         ];

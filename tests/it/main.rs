@@ -19,6 +19,7 @@ mod power;
 mod relays;
 mod restart;
 mod security;
+mod smarthost;
 mod smtp_sink;
 mod surge;
 mod transfer;

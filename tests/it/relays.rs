@@ -14,12 +14,12 @@ use crate::support::smtp::{Mode, SmtpPeer};
 use crate::support::*;
 
 /// A private CA and a certificate it signed for 127.0.0.1, as files.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
@@ -34,7 +34,7 @@ impl Pki {
         Pki { dir }
     }
 
-    fn file(&self, name: &str) -> String {
+    pub(crate) fn file(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 }

@@ -14,6 +14,9 @@
 //! 6. drain: until the backlog is delivered (end-to-end messages/s);
 //! 7. resources: peak RSS, bytes written per message, data dir after the
 //!    drain, fsyncs per 1,000 enqueues.
+//!
+//! `--surge` replays the incident instead (`surge.rs`); `--relays` drains
+//! through one relay against two (`relays.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +31,7 @@ use crate::pb::mail_queue_client::MailQueueClient;
 use crate::pb::queue_admin_client::QueueAdminClient;
 
 pub mod postfix;
+mod relays;
 mod resources;
 mod surge;
 
@@ -67,6 +71,8 @@ pub struct BenchArgs {
     pub keep: bool,
     #[command(flatten)]
     pub surge: surge::SurgeArgs,
+    #[command(flatten)]
+    pub relays: relays::RelaysArgs,
 }
 
 /// Latencies and duration of one phase.
@@ -283,6 +289,9 @@ fn listening(port: u16, within: Duration) -> bool {
 pub async fn run(args: BenchArgs) -> Result<(), Error> {
     if args.surge.surge {
         return surge::run(&args.surge, args.size).await;
+    }
+    if args.relays.relays {
+        return relays::run(&args.relays, args.size).await;
     }
     let body = body(args.size);
     let mut rows: Vec<(String, String)> = Vec::new();

@@ -1,8 +1,10 @@
-//! A Postfix instance of its own for the surge replay: its own config
-//! directory, queue and log under a temporary folder, listening on a free
-//! loopback port and relaying everything to one smarthost. The system's
-//! Postfix (if any) is not touched. Needs root (Postfix's daemons drop to
-//! the `postfix` user) and an installed Postfix (`apt-get install postfix`).
+//! A Postfix instance of its own for the surge replay and the smarthost
+//! tests: its own config directory, queue and log under a temporary folder,
+//! listening on a free loopback port and relaying everything to one
+//! smarthost; and a Dovecot of its own answering Postfix's SASL over TCP
+//! (`DovecotAuth`). The system's Postfix and Dovecot (if any) are not
+//! touched. Needs root (their daemons drop privileges) and an installed
+//! Postfix (`apt-get install postfix`; Dovecot: `dovecot-core`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +58,17 @@ impl Postfix {
     /// Starts an instance under `dir` that relays to `127.0.0.1:relay_port`
     /// over `concurrency` connections, and waits until it accepts SMTP.
     pub fn start(dir: &Path, relay_port: u16, concurrency: usize) -> Result<Postfix, Error> {
+        Self::start_with(dir, relay_port, concurrency, "")
+    }
+
+    /// As `start`, with more main.cf settings after the defaults (a
+    /// setting given again there wins: TLS, SASL, restrictions).
+    pub fn start_with(
+        dir: &Path,
+        relay_port: u16,
+        concurrency: usize,
+        extra_main_cf: &str,
+    ) -> Result<Postfix, Error> {
         let (etc, queue, data) = (dir.join("etc"), dir.join("queue"), dir.join("data"));
         for d in [&etc, &queue, &data] {
             std::fs::create_dir_all(d)?;
@@ -88,7 +101,7 @@ impl Postfix {
             data = data.display(),
             log = log.display(),
             dir = dir.display(),
-        );
+        ) + extra_main_cf;
         std::fs::write(etc.join("main.cf"), main_cf)?;
         let system = std::fs::read_to_string("/etc/postfix/master.cf")?;
         std::fs::write(etc.join("master.cf"), master_cf(&system, port))?;
@@ -107,6 +120,11 @@ impl Postfix {
         Ok(pf)
     }
 
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of its log, for an error message.
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -122,6 +140,79 @@ impl Drop for Postfix {
             .arg(&self.etc)
             .arg("stop")
             .output();
+    }
+}
+
+/// Dovecot's authentication service alone, on a loopback TCP port, with
+/// one user: what Postfix's `smtpd_sasl_type = dovecot` asks.
+pub struct DovecotAuth {
+    conf: PathBuf,
+    /// Postfix's `smtpd_sasl_path = inet:127.0.0.1:<port>`.
+    pub port: u16,
+}
+
+/// Why Dovecot cannot run here, if it cannot.
+pub fn dovecot_unavailable() -> Option<String> {
+    if !Path::new("/usr/sbin/dovecot").exists() {
+        return Some("Dovecot is not installed (apt-get install dovecot-core)".into());
+    }
+    unavailable()
+}
+
+impl DovecotAuth {
+    pub fn start(dir: &Path, user: &str, password: &str) -> Result<DovecotAuth, Error> {
+        let (run, state) = (dir.join("run"), dir.join("state"));
+        for d in [&run, &state] {
+            std::fs::create_dir_all(d)?;
+        }
+        let users = dir.join("users");
+        std::fs::write(&users, format!("{user}:{{PLAIN}}{password}\n"))?;
+        let port = super::free_port()?;
+        let conf = dir.join("dovecot.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "base_dir = {run}\nstate_dir = {state}\nlog_path = {log}\n\
+                 protocols =\nssl = no\nlisten = 127.0.0.1\n\
+                 auth_mechanisms = plain login\n\
+                 passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {users}\n}}\n\
+                 userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}}\n\
+                 service auth {{\n  inet_listener {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n",
+                run = run.display(),
+                state = state.display(),
+                log = dir.join("dovecot.log").display(),
+                users = users.display(),
+            ),
+        )?;
+        // The daemon keeps inherited pipes open: no output() here.
+        let started = Command::new("/usr/sbin/dovecot")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        let auth = DovecotAuth { conf, port };
+        if !started.success() {
+            let log = std::fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default();
+            return Err(format!("dovecot did not start: {}", log.trim()).into());
+        }
+        if !super::listening(port, Duration::from_secs(20)) {
+            return Err("Dovecot's auth service did not listen within 20 s".into());
+        }
+        Ok(auth)
+    }
+}
+
+impl Drop for DovecotAuth {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/dovecot")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
