@@ -137,6 +137,16 @@ mod general {
 }
 
 #[cfg(test)]
+/// The start a TOML text makes fails on `setting`, saying `words`.
+fn refused(toml: &str, setting: &str, words: &str) -> ConfigError {
+    let e = Config::from_toml(toml)
+        .and_then(|mut c| c.validate().map(|_| c))
+        .expect_err(toml);
+    assert_eq!(e.setting, setting, "{toml}: {e}");
+    assert!(e.to_string().contains(words), "{toml}: {e}");
+    e
+}
+
 mod relay_identity_tests {
     use super::*;
 
@@ -194,11 +204,7 @@ mod relay_identity_tests {
             ),
         ];
         for (toml, setting, words) in cases {
-            let e = Config::from_toml(&toml)
-                .and_then(|mut c| c.validate().map(|_| c))
-                .expect_err(&toml);
-            assert_eq!(e.setting, setting, "{toml}: {e}");
-            assert!(e.to_string().contains(words), "{toml}: {e}");
+            refused(&toml, setting, words);
         }
         // `required`, the old spelling, is `verify`.
         let mut c = Config::from_toml(&format!("{relay}relay_tls = \"required\"\n")).unwrap();
@@ -308,11 +314,7 @@ weight = 2
             ),
         ];
         for (toml, setting, words) in cases {
-            let e = Config::from_toml(&toml)
-                .and_then(|mut c| c.validate().map(|_| c))
-                .expect_err(&toml);
-            assert_eq!(e.setting, setting, "{toml}: {e}");
-            assert!(e.to_string().contains(words), "{toml}: {e}");
+            let e = refused(&toml, setting, words);
             let whole_set = ["not both", "every sender", "transactional", "two relays"];
             if setting == "relays" && !whole_set.iter().any(|w| words.contains(w)) {
                 assert!(e.to_string().contains("relay `a`"), "{toml}: {e}");

@@ -39,6 +39,16 @@ impl crate::spool::SpoolObserver for Metrics {
     }
 }
 
+/// The states a relay shows (`RelayFigures::state`).
+const RELAY_STATES: [&str; 6] = [
+    "ok",
+    "unreachable",
+    "throttled",
+    "tls failed",
+    "auth failed",
+    "paused",
+];
+
 /// Every metric mailspool exports. Cloning the handles is cheap; the
 /// registry is shared.
 pub struct Metrics {
@@ -381,13 +391,7 @@ impl Metrics {
         self.disk_free
             .set(o.disk_free_bytes.min(i64::MAX as u64) as i64);
         self.relay_connections.set(relay_connections as i64);
-        for state in [
-            "ok",
-            "unreachable",
-            "throttled",
-            "tls failed",
-            "auth failed",
-        ] {
+        for state in RELAY_STATES {
             self.relay_state
                 .get_or_create(&vec![("state", state)])
                 .set(i64::from(o.relay_state == state));
@@ -430,14 +434,7 @@ impl Metrics {
     fn refresh_relays(&self, o: &Overview) {
         for r in &o.relays {
             let relay = || ("relay", r.name.clone());
-            for state in [
-                "ok",
-                "unreachable",
-                "throttled",
-                "tls failed",
-                "auth failed",
-                "paused",
-            ] {
+            for state in RELAY_STATES {
                 self.relay_status
                     .get_or_create(&vec![relay(), ("state", state.to_string())])
                     .set(i64::from(r.state == state));

@@ -3,28 +3,8 @@
 
 use mailspool::pb;
 
+use crate::support::run_cli as cli;
 use crate::support::*;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn cli(server: &str, args: &[&str]) -> Run {
-    let out = tokio::process::Command::new(binary())
-        .args(args)
-        .arg("--server")
-        .arg(server)
-        .output()
-        .await
-        .expect("run mailspool");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_confirms_and_acts_through_the_real_server() {

@@ -216,18 +216,8 @@ async fn messages_go_by_lane_and_by_sender() {
 }
 
 async fn cli(server: &str, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(binary())
-        .args(args)
-        .arg("--server")
-        .arg(server)
-        .output()
-        .await
-        .expect("run mailspool");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = run_cli(server, args).await;
+    (r.code, r.stdout, r.stderr)
 }
 
 /// `mailspool relay pause NAME` sends its mail to the next relay, survives

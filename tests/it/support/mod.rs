@@ -326,3 +326,26 @@ pub fn sample(all: &[(String, f64)], series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in {all:?}"))
         .1
 }
+
+/// What the `mailspool` binary printed and its exit code.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `mailspool` binary with `args` against the server at `server`.
+pub async fn run_cli(server: &str, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(binary())
+        .args(args)
+        .arg("--server")
+        .arg(server)
+        .output()
+        .await
+        .expect("run mailspool");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
