@@ -81,7 +81,7 @@ impl Breaker {
             tracing::warn!(
                 relay,
                 state = reason,
-                error = %crate::delivery::worker::redact_addresses(detail),
+                error = %crate::delivery::redact::redact_addresses(detail),
                 "RelayDown: its messages go to another relay of their route, or wait (no attempts counted for throttling, TLS or credentials)"
             );
         }

@@ -9,6 +9,7 @@ pub(crate) mod breaker;
 pub(crate) mod connect;
 pub mod lanes;
 pub(crate) mod pool;
+pub(crate) mod redact;
 pub(crate) mod relay;
 pub(crate) mod retry;
 pub(crate) mod router;

@@ -11,16 +11,16 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use lettre::address::Envelope;
-use lettre::{Address, AsyncFileTransport, AsyncTransport, Tokio1Executor};
+use lettre::{AsyncFileTransport, AsyncTransport, Tokio1Executor};
 
 use crate::config::Config;
 use crate::delivery::breaker::RelayState;
 use crate::delivery::pool::SmtpRelay;
 use crate::delivery::retry::SendResult;
 use crate::delivery::router::{choose, Candidate, Choice, Route};
+use crate::delivery::transaction::envelope;
 use crate::intake::message::{dkim, header};
-use crate::model::{Lane, Leased, Record};
+use crate::model::{Lane, Leased};
 use crate::observe::overview::RelayFigures;
 
 fn now_secs() -> u64 {
@@ -226,25 +226,6 @@ impl Relay {
             })
             .collect()
     }
-}
-
-pub(crate) fn envelope(record: &Record) -> Result<Envelope, String> {
-    let from = if record.envelope_from.is_empty() {
-        None
-    } else {
-        Some(
-            record
-                .envelope_from
-                .parse::<Address>()
-                .map_err(|e| e.to_string())?,
-        )
-    };
-    let to = record
-        .envelope_to
-        .iter()
-        .map(|a| a.parse::<Address>().map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Envelope::new(from, to).map_err(|e| e.to_string())
 }
 
 /// `.eml` files in a directory, through lettre's file transport.

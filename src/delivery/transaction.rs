@@ -10,6 +10,7 @@ use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter, ServerInfo};
 use lettre::transport::smtp::response::Response;
+use lettre::Address;
 
 use crate::intake::message::section_of;
 use crate::model::Record;
@@ -66,4 +67,24 @@ pub async fn send(
     }
     c.command(Data).await?;
     c.message(raw).await
+}
+
+/// The SMTP envelope of a record: MAIL FROM (or none) and every RCPT TO.
+pub fn envelope(record: &Record) -> Result<Envelope, String> {
+    let from = if record.envelope_from.is_empty() {
+        None
+    } else {
+        Some(
+            record
+                .envelope_from
+                .parse::<Address>()
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let to = record
+        .envelope_to
+        .iter()
+        .map(|a| a.parse::<Address>().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Envelope::new(from, to).map_err(|e| e.to_string())
 }
