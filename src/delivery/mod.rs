@@ -5,6 +5,7 @@
 //! transaction each: `transaction`) and turn the reply into an outcome
 //! (`retry`).
 
+pub(crate) mod bounce;
 pub(crate) mod breaker;
 pub(crate) mod connect;
 pub mod lanes;

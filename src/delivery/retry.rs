@@ -35,6 +35,18 @@ pub enum SendResult {
 }
 
 impl SendResult {
+    /// The error of an attempt that failed (None: delivered, or not attempted).
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            SendResult::Accepted | SendResult::NotAttempted(_) => None,
+            SendResult::Permanent(e)
+            | SendResult::Transient(e)
+            | SendResult::Throttled(e)
+            | SendResult::Deferred(e)
+            | SendResult::Refused(e) => Some(e),
+        }
+    }
+
     /// The SMTP reply class for metrics: 2xx, 4xx, 5xx, or `error` when
     /// there was no reply (connection, TLS, timeout). None: not attempted.
     pub fn reply_class(&self) -> Option<&'static str> {

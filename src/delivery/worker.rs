@@ -53,6 +53,12 @@ pub async fn run_worker(
                     if let Some(class) = result.reply_class() {
                         metrics.smtp_reply(class);
                     }
+                    if let Some(class) = result
+                        .error()
+                        .and_then(crate::delivery::bounce::classify_error)
+                    {
+                        metrics.failed_attempt(class.name());
+                    }
                     let outcome =
                         decide(result, &m.record, &policy, now, rand::rng().random::<f64>());
                     if let Outcome::Dead { reason } = &outcome {

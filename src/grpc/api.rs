@@ -423,6 +423,23 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
                 resp.message_id = d.record.message_id;
             }
         }
+        let class = crate::delivery::bounce::classify_error(&resp.last_error);
+        resp.set_bounce_class(class.map_or(pb::BounceClass::Unspecified, bounce_to_proto));
         Ok(Response::new(resp))
+    }
+}
+
+pub(crate) fn bounce_to_proto(c: crate::delivery::bounce::BounceClass) -> pb::BounceClass {
+    use crate::delivery::bounce::BounceClass as B;
+    match c {
+        B::BadMailbox => pb::BounceClass::BounceBadMailbox,
+        B::BadDomain => pb::BounceClass::BounceBadDomain,
+        B::MailboxFull => pb::BounceClass::BounceMailboxFull,
+        B::MessageTooLarge => pb::BounceClass::BounceMessageTooLarge,
+        B::Policy => pb::BounceClass::BouncePolicy,
+        B::RelayAuth => pb::BounceClass::BounceRelayAuth,
+        B::Throttled => pb::BounceClass::BounceThrottled,
+        B::Temporary => pb::BounceClass::BounceTemporary,
+        B::Other => pb::BounceClass::BounceOther,
     }
 }

@@ -87,6 +87,8 @@ pub struct Metrics {
     client_refused: Family<ClientLabels, Counter>,
     /// SMTP replies by class: 2xx, 4xx, 5xx, error (no reply).
     pub smtp_replies: Family<Labels, Counter>,
+    /// Failed attempts by bounce class (`delivery::bounce`).
+    failures: Family<Labels, Counter>,
     /// Per Enqueue / EnqueueBatch call, seconds.
     pub enqueue_duration: Histogram,
     /// Enqueue to relay acceptance (time to inbox), seconds, per lane.
@@ -123,6 +125,7 @@ impl Default for Metrics {
             relay_rate: Family::default(),
             relay_messages: Family::default(),
             lane_without_relay: Family::default(),
+            failures: Family::default(),
             enqueued: Counter::default(),
             delivered: Counter::default(),
             retried: Counter::default(),
@@ -261,6 +264,11 @@ impl Default for Metrics {
                 m.relay_messages.clone(),
             );
             r.register(
+                "mailspool_failed_attempts",
+                "Failed delivery attempts by bounce class (bad_mailbox, bad_domain, mailbox_full, message_too_large, policy, relay_auth, throttled, temporary, other)",
+                m.failures.clone(),
+            );
+            r.register(
                 "mailspool_lane_without_relay",
                 "1 when no relay that is up and not paused carries the lane",
                 m.lane_without_relay.clone(),
@@ -349,6 +357,18 @@ impl Metrics {
     /// A message of `lane` reached the relay after `seconds`.
     pub fn delivered_after(&self, lane: crate::model::Lane, seconds: f64) {
         self.latency_by_lane[lane.index()].observe(seconds);
+    }
+
+    /// Every class at 0 from the start, so rates over them exist.
+    pub fn declare_failure_classes(&self, names: &[&'static str]) {
+        for name in names {
+            let _ = self.failures.get_or_create(&vec![("class", *name)]);
+        }
+    }
+
+    /// A failed attempt of bounce class `class`.
+    pub fn failed_attempt(&self, class: &'static str) {
+        self.failures.get_or_create(&vec![("class", class)]).inc();
     }
 
     pub fn smtp_reply(&self, class: &'static str) {
@@ -550,6 +570,8 @@ mod tests {
         };
         m.refresh(&s);
         m.smtp_reply("4xx");
+        m.declare_failure_classes(&["bad_mailbox", "throttled"]);
+        m.failed_attempt("bad_mailbox");
         m.enqueue_duration.observe(0.002);
         let text = m.render();
         for line in [
@@ -568,6 +590,8 @@ mod tests {
             "mailspool_relay_messages_total{relay=\"ses\",result=\"sent\"} 5",
             "mailspool_lane_without_relay{lane=\"bulk\"} 1",
             "mailspool_smtp_replies_total{class=\"4xx\"} 1",
+            "mailspool_failed_attempts_total{class=\"bad_mailbox\"} 1",
+            "mailspool_failed_attempts_total{class=\"throttled\"} 0",
             "mailspool_enqueue_duration_seconds_count 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");

@@ -84,6 +84,8 @@ impl Server {
         })?;
         let spool_dir = config.data_dir.join("spool");
         let metrics = Arc::new(crate::observe::metrics::Metrics::default());
+        let classes = crate::delivery::bounce::BounceClass::ALL.map(|c| c.name());
+        metrics.declare_failure_classes(&classes);
         let options = StoreOptions {
             observer: metrics.clone(),
             cache_capacity_bytes: config.cache_capacity_bytes,

@@ -36,10 +36,27 @@ async fn rejected_is_dead_with_the_reply() {
     let m = s.wait_state(&r.id, pb::MessageState::Dead).await;
     assert_eq!(m.attempts, 1);
     assert!(m.last_error.contains("550"), "{}", m.last_error);
+    assert_eq!(m.bounce_class(), pb::BounceClass::BounceBadMailbox, "{m:?}");
     let st = s.stats().await;
     assert_eq!(
         (st.dead, st.dead_total, st.queued, st.retried_total),
         (1, 1, 0, 0)
+    );
+    let metrics =
+        samples(&http_get(s.handle.as_ref().unwrap().metrics_addr.unwrap(), "/metrics").await);
+    assert_eq!(
+        sample(
+            &metrics,
+            "mailspool_failed_attempts_total{class=\"bad_mailbox\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "mailspool_failed_attempts_total{class=\"policy\"}"
+        ),
+        0.0
     );
     // Dead letters survive a restart.
     let s = s.restart().await;
