@@ -116,12 +116,15 @@ async fn password_resets_wait_behind_a_bounded_amount_of_bulk_after_a_quiet_spel
     assert!(all, "everything delivered");
     let emptied = emptied.expect("the queue emptied");
     // Once the drain has run one short rate window (5 s), and while more
-    // than 2 s remain, the ETA is within 2× of the time it really took.
+    // than 3 s remain, the ETA is within 2× of the time it really took.
+    // (Not the last 3 s: resets keep coming until a sample, every 0.5 s,
+    // sees the bulk out, so the last second of "actual" is resets enqueued
+    // after the ETA was given; with 2 s, one run in six failed on that.)
     let mut worst_factor: f64 = 1.0;
     for (t, eta, queued) in &samples {
         let actual = emptied - t;
         println!("t={t:.1}s queued={queued} eta={eta:.1}s actual={actual:.1}s");
-        if *t >= 5.0 && actual >= 2.0 {
+        if *t >= 5.0 && actual >= 3.0 {
             assert!(*eta > 0.0, "t={t:.1}s: draining, yet the ETA says {eta}");
             worst_factor = worst_factor.max(eta / actual).max(actual / eta);
         }
