@@ -62,7 +62,7 @@ pub async fn status(a: StatusArgs) -> ClientResult {
             "id": m.id, "state": state, "attempts": m.attempts, "last_error": m.last_error,
             "next_attempt_unix_ms": m.next_attempt_unix_ms, "lane": lane,
             "enqueued_unix_ms": m.enqueued_unix_ms, "finished_unix_ms": m.finished_unix_ms,
-            "message_id": m.message_id,
+            "message_id": m.message_id, "bounce_class": m.bounce_class().as_str_name(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -74,6 +74,7 @@ pub async fn status(a: StatusArgs) -> ClientResult {
     println!("message-id    <{}>", m.message_id);
     if !m.last_error.is_empty() {
         println!("last error    {}", m.last_error);
+        println!("bounce class  {}", m.bounce_class().as_str_name());
     }
     if m.next_attempt_unix_ms > 0 && matches!(m.state(), pb::MessageState::Queued) {
         let at = m.next_attempt_unix_ms;

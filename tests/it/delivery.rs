@@ -37,6 +37,14 @@ async fn rejected_is_dead_with_the_reply() {
     assert_eq!(m.attempts, 1);
     assert!(m.last_error.contains("550"), "{}", m.last_error);
     assert_eq!(m.bounce_class(), pb::BounceClass::BounceBadMailbox, "{m:?}");
+    let url = format!("http://{}", s.handle.as_ref().unwrap().addr);
+    let out = run_cli(&url, &["status", &r.id]).await;
+    assert!(
+        out.stdout.contains("bounce class  BOUNCE_BAD_MAILBOX"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
     let st = s.stats().await;
     assert_eq!(
         (st.dead, st.dead_total, st.queued, st.retried_total),
