@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Config;
-
 /// TLS policy towards the relay, as Postfix's `smtp_tls_security_level`
 /// means its levels (RFC 7435 for the opportunistic one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -84,21 +82,5 @@ impl RelayUrl {
                 .parse::<std::net::IpAddr>()
                 .map(|ip| ip.is_loopback())
                 .unwrap_or(false)
-    }
-}
-
-impl Config {
-    /// The single relay, parsed (call after `validate`).
-    pub fn relay_url(&self) -> Option<RelayUrl> {
-        self.relay.as_deref().and_then(|r| RelayUrl::parse(r).ok())
-    }
-
-    /// The single relay's effective TLS policy.
-    pub fn effective_relay_tls(&self) -> RelayTls {
-        match (self.relay_tls, self.relay_url()) {
-            (Some(t), _) => t,
-            (None, Some(url)) if url.is_loopback() => RelayTls::Opportunistic,
-            _ => RelayTls::Verify,
-        }
     }
 }

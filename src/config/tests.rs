@@ -88,9 +88,9 @@ mod general {
         let mut c = Config::from_toml("relay = \"smtp://127.0.0.1:25\"\nmax_attempts = 3").unwrap();
         c.validate().unwrap();
         assert_eq!(c.max_attempts, 3);
-        assert_eq!(c.effective_relay_tls(), RelayTls::Opportunistic);
+        assert_eq!(c.relay_set()[0].effective_tls(), RelayTls::Opportunistic);
         c.relay = Some("smtp://mail.example.com".into());
-        assert_eq!(c.effective_relay_tls(), RelayTls::Verify);
+        assert_eq!(c.relay_set()[0].effective_tls(), RelayTls::Verify);
     }
 
     /// The same settings as flat keys (every older file) and in sections.
@@ -209,7 +209,7 @@ mod relay_identity_tests {
         // `required`, the old spelling, is `verify`.
         let mut c = Config::from_toml(&format!("{relay}relay_tls = \"required\"\n")).unwrap();
         c.validate().unwrap();
-        assert_eq!(c.effective_relay_tls(), RelayTls::Verify);
+        assert_eq!(c.relay_set()[0].effective_tls(), RelayTls::Verify);
     }
 }
 

@@ -287,15 +287,15 @@ impl SmtpRelay {
     /// Counts one attempt's result and keeps its reply.
     fn count(&self, result: &SendResult, reply: String) {
         let counter = match result {
-            SendResult::Accepted => &self.sent,
-            SendResult::Permanent(_) => &self.failed,
-            SendResult::Refused(_) | SendResult::NotAttempted(_) => {
-                *self.last_reply.lock().expect("last reply") = reply;
-                return;
-            }
-            _ => &self.deferred,
+            SendResult::Accepted => Some(&self.sent),
+            SendResult::Permanent(_) => Some(&self.failed),
+            // Our credentials refused: not the message's attempt.
+            SendResult::Refused(_) | SendResult::NotAttempted(_) => None,
+            _ => Some(&self.deferred),
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         *self.last_reply.lock().expect("last reply") = reply;
     }
 

@@ -73,12 +73,16 @@ impl Relay {
         if let Some(o) = &self.outbox {
             return o.send_all(messages, &self.signers).await;
         }
+        // The From field matters only to routes by sender.
+        let by_sender = self.routes.iter().any(|r| !r.senders.is_empty());
         let froms: Vec<Option<String>> = messages
             .iter()
             .map(|m| {
-                header::section_of(&m.raw)
-                    .and_then(header::from_address)
-                    .or_else(|| Some(m.record.envelope_from.to_ascii_lowercase()))
+                by_sender.then(|| {
+                    header::section_of(&m.raw)
+                        .and_then(header::from_address)
+                        .unwrap_or_else(|| m.record.envelope_from.to_ascii_lowercase())
+                })
             })
             .collect();
         let n = messages.len();
@@ -155,11 +159,10 @@ impl Relay {
         self.relays.iter().map(|r| r.figures(now)).collect()
     }
 
-    /// The delivery end as one state: ok when every relay is, else the
-    /// first relay's (in configuration order) that is not, its reason
-    /// naming it when there are several.
-    pub fn state(&self) -> RelayState {
-        let figures = self.figures();
+    /// The delivery end as one state, from the relays' `figures`: ok when
+    /// every relay is, else the first relay's (in configuration order)
+    /// that is not, its reason naming it when there are several.
+    pub fn state_of(figures: &[RelayFigures]) -> RelayState {
         let Some(f) = figures.iter().find(|f| f.state != "ok") else {
             return RelayState {
                 state: "ok",

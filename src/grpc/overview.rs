@@ -14,7 +14,8 @@ impl Api {
     /// second as `observe_congestion`.
     pub fn overview(&self) -> Overview {
         let now = now_ms();
-        let relay = self.relay.state();
+        let relays = self.relay.figures();
+        let relay = crate::delivery::relay::Relay::state_of(&relays);
         let admin = self.store.admin_state();
         let s = queue_stats(
             &self.store.snapshot(now),
@@ -61,7 +62,7 @@ impl Api {
             congestion_since_ms,
             paused_lanes: crate::spool::paused_lanes(admin.paused),
             clients: self.client_figures(),
-            relays: self.relay.figures(),
+            relays,
             lanes_without_relay: self.relay.lanes_without_relay(),
             time_to_inbox: self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0))),
         }
