@@ -7,7 +7,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(mut c) = Config::from_toml(text) {
         let _ = c.validate();
-        let _ = c.effective_relay_tls();
+        for r in c.relay_set() {
+            let _ = r.effective_tls();
+        }
     }
     let _ = RelayUrl::parse(text);
 });
