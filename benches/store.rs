@@ -51,6 +51,7 @@ fn open(dir: &std::path::Path) -> Store {
             idempotency_window: Duration::from_secs(86_400),
             delivered_retention: Duration::from_secs(3_600),
             observer: std::sync::Arc::new(mailspool::spool::Unobserved),
+            suppression: mailspool::spool::SuppressionPolicy::default(),
         },
     )
     .unwrap()

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
                 | Command::Queue(_)
                 | Command::TopDomains(_)
                 | Command::Relay(_)
+                | Command::Suppression(_)
                 | Command::Token(_)
         )
     ) {
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         Some(Command::Queue(a)) => runtime.block_on(mailspool::cli::queue::queue(a)),
         Some(Command::TopDomains(a)) => runtime.block_on(mailspool::cli::queue::top_domains(a)),
         Some(Command::Relay(a)) => runtime.block_on(cli::relay(a)),
+        Some(Command::Suppression(a)) => runtime.block_on(cli::suppression(a)),
         Some(Command::Compact(a)) => cli::compact(a),
         Some(Command::Token(a)) => cli::token(a),
         Some(Command::Soak(a)) => {

@@ -92,6 +92,30 @@ pub struct NewMessage {
     pub not_before_ms: u64,
     /// The authenticated client's name ("" when auth is off).
     pub client: String,
+    /// Wall-clock ms after which it is never sent (the earlier of the
+    /// request's deadline and its lane's default); 0 = none.
+    pub expires_ms: u64,
+    /// Sent even to addresses on the suppression list (a trusted client).
+    pub bypass_suppression: bool,
+    /// How many of `envelope_to` came from `email.to` and `email.cc` (the
+    /// rest from `email.bcc`); None: from `raw.envelope_to`. For naming a
+    /// recipient's field in errors.
+    pub rcpt_fields: Option<(usize, usize)>,
+    /// Recipients taken out of the envelope at intake because they are on
+    /// the suppression list: (address, reason, since ms). Not stored.
+    pub suppressed: Vec<(String, String, u64)>,
+}
+
+impl NewMessage {
+    /// The request field recipient `i` came from (`email.cc[0]`).
+    pub fn rcpt_field(&self, i: usize) -> String {
+        match self.rcpt_fields {
+            None => format!("raw.envelope_to[{i}]"),
+            Some((to, _)) if i < to => format!("email.to[{i}]"),
+            Some((to, cc)) if i < to + cc => format!("email.cc[{}]", i - to),
+            Some((to, cc)) => format!("email.bcc[{}]", i - to - cc),
+        }
+    }
 }
 
 /// A queued message's index entry, as stored in sled. The body lives in a
@@ -115,6 +139,186 @@ pub struct Record {
     /// The client that enqueued it (its slot in the spool's client
     /// registry; 0 = no client: auth off, or written before format 2).
     pub client: u16,
+    /// After this wall-clock ms no recipient is sent to (0 = no deadline).
+    pub expires_ms: u64,
+    /// Each recipient's state, in `envelope_to` order (same length).
+    pub rcpts: Vec<Rcpt>,
+    /// Sent even to addresses on the suppression list.
+    pub bypass_suppression: bool,
+}
+
+impl Record {
+    /// The indexes (in `envelope_to`) of the recipients still pending.
+    pub fn pending(&self) -> Vec<usize> {
+        (0..self.envelope_to.len())
+            .filter(|&i| self.rcpt(i).state == RcptState::Pending)
+            .collect()
+    }
+
+    /// Recipient `i`'s state (pending, as a fresh one, if a record lacks it).
+    pub fn rcpt(&self, i: usize) -> Rcpt {
+        self.rcpts
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| Rcpt::pending(self.attempts))
+    }
+
+    /// Every recipient's state, one per address.
+    pub fn rcpts_full(&self) -> Vec<Rcpt> {
+        (0..self.envelope_to.len()).map(|i| self.rcpt(i)).collect()
+    }
+}
+
+/// Where one recipient of a message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
+pub enum RcptState {
+    Pending,
+    Delivered,
+    /// Refused for good (a 5xx, or too many attempts).
+    Bounced,
+    /// On the suppression list when its turn came: never sent.
+    Suppressed,
+    /// Past the message's deadline: never sent.
+    Expired,
+    /// The message was cancelled before it reached this recipient.
+    Cancelled,
+}
+
+impl RcptState {
+    pub fn name(self) -> &'static str {
+        match self {
+            RcptState::Pending => "pending",
+            RcptState::Delivered => "delivered",
+            RcptState::Bounced => "bounced",
+            RcptState::Suppressed => "suppressed",
+            RcptState::Expired => "expired",
+            RcptState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One recipient's state: small, one per address in the record.
+#[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct Rcpt {
+    pub state: RcptState,
+    /// Attempts that reached this recipient's RCPT TO (or its DATA).
+    pub attempts: u32,
+    /// The last reply about it ("" before any).
+    pub last_reply: String,
+    /// The class of `last_reply` when it was not a success.
+    pub class: Option<BounceClass>,
+    /// When it stopped being pending (0 while pending).
+    pub finished_ms: u64,
+}
+
+impl Rcpt {
+    pub fn pending(attempts: u32) -> Rcpt {
+        Rcpt {
+            state: RcptState::Pending,
+            attempts,
+            last_reply: String::new(),
+            class: None,
+            finished_ms: 0,
+        }
+    }
+
+    /// Finishes it as `state` at `now`, with the reply that decided it.
+    pub fn finish(&mut self, state: RcptState, reply: &str, now: u64) {
+        self.state = state;
+        self.last_reply = reply.to_string();
+        self.finished_ms = now;
+    }
+}
+
+/// How a message ended, from its recipients' states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Every recipient delivered.
+    Delivered,
+    /// Some delivered, the others not.
+    Partial,
+    /// None delivered, some bounced (or suppressed while it waited).
+    Dead,
+    /// None delivered and none bounced: its deadline passed.
+    Expired,
+}
+
+/// How a message with these recipients ended (None: some are pending).
+/// An empty list (a record from before recipients had states) was one
+/// unit: delivered.
+pub fn finish_of(rcpts: &[Rcpt]) -> Option<Finish> {
+    if rcpts.iter().any(|r| r.state == RcptState::Pending) {
+        return None;
+    }
+    let delivered = rcpts
+        .iter()
+        .filter(|r| r.state == RcptState::Delivered)
+        .count();
+    Some(if delivered == rcpts.len() {
+        Finish::Delivered
+    } else if delivered > 0 {
+        Finish::Partial
+    } else if rcpts.iter().any(|r| r.state == RcptState::Expired)
+        && !rcpts.iter().any(|r| r.state == RcptState::Bounced)
+    {
+        Finish::Expired
+    } else {
+        Finish::Dead
+    })
+}
+
+/// How a delivery attempt to a recipient failed (the classifier is
+/// `delivery::bounce`; the class is stored with the recipient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
+pub enum BounceClass {
+    /// The mailbox does not exist (or is disabled).
+    BadMailbox,
+    /// The domain does not exist or cannot receive mail.
+    BadDomain,
+    MailboxFull,
+    MessageTooLarge,
+    /// Refused for spam, content, reputation, DMARC.
+    Policy,
+    /// The relay refuses our credentials or our right to relay.
+    RelayAuth,
+    /// "Slow down".
+    Throttled,
+    /// Any other temporary failure (4xx, a connection or TLS failure).
+    Temporary,
+    /// Any other permanent failure.
+    Other,
+}
+
+impl BounceClass {
+    pub const ALL: [BounceClass; 9] = [
+        BounceClass::BadMailbox,
+        BounceClass::BadDomain,
+        BounceClass::MailboxFull,
+        BounceClass::MessageTooLarge,
+        BounceClass::Policy,
+        BounceClass::RelayAuth,
+        BounceClass::Throttled,
+        BounceClass::Temporary,
+        BounceClass::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BounceClass::BadMailbox => "bad_mailbox",
+            BounceClass::BadDomain => "bad_domain",
+            BounceClass::MailboxFull => "mailbox_full",
+            BounceClass::MessageTooLarge => "message_too_large",
+            BounceClass::Policy => "policy",
+            BounceClass::RelayAuth => "relay_auth",
+            BounceClass::Throttled => "throttled",
+            BounceClass::Temporary => "temporary",
+            BounceClass::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BounceClass> {
+        BounceClass::ALL.into_iter().find(|c| c.name() == s)
+    }
 }
 
 /// Where one body lives: a segment file, the offset of its record, the
@@ -152,6 +356,12 @@ pub struct DeliveredRecord {
     pub delivered_ms: u64,
     pub attempts: u32,
     pub message_id: String,
+    /// Its recipients and their final states (empty: written before
+    /// recipients had states; all delivered).
+    pub envelope_to: Vec<String>,
+    pub rcpts: Vec<Rcpt>,
+    /// The client that enqueued it (its slot; 0 = none or unknown).
+    pub client: u16,
 }
 
 /// The wall clock in Unix milliseconds, as the system says it.
@@ -160,6 +370,28 @@ pub fn wall_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Unix milliseconds as `2025-11-25 19:01:02 UTC`.
+pub fn utc_time(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
 }
 
 /// mailspool's clock: Unix milliseconds that never go backwards.
@@ -232,4 +464,40 @@ pub enum Outcome {
     Dead { reason: String },
     /// Not attempted: due again at `due_ms`, no attempt counted.
     Postpone { due_ms: u64, error: String },
+    /// The recipients had different fates: `rcpts` is every recipient's
+    /// new state. Due again at `due_ms` while any is pending (the attempt
+    /// counted), else finished as `model::finish_of` says, `error` its
+    /// reason.
+    Split {
+        rcpts: Vec<Rcpt>,
+        due_ms: u64,
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// The recipients' states after this outcome: `Ack`, `Dead` and
+    /// `Retry` speak for every pending recipient alike (an attempt each),
+    /// `Split` gives each its own, `Postpone` changes none.
+    pub fn rcpts_after(&self, record: &Record, now: u64) -> Vec<Rcpt> {
+        let mut rcpts = record.rcpts_full();
+        let (state, reply) = match self {
+            Outcome::Postpone { .. } => return rcpts,
+            Outcome::Split { rcpts: given, .. } if given.len() == rcpts.len() => {
+                return given.clone()
+            }
+            Outcome::Split { .. } => return rcpts,
+            Outcome::Ack => (RcptState::Delivered, ""),
+            Outcome::Dead { reason } => (RcptState::Bounced, reason.as_str()),
+            Outcome::Retry { error, .. } => (RcptState::Pending, error.as_str()),
+        };
+        for r in rcpts.iter_mut().filter(|r| r.state == RcptState::Pending) {
+            r.attempts += 1;
+            r.last_reply = reply.to_string();
+            if state != RcptState::Pending {
+                r.finish(state, reply, now);
+            }
+        }
+        rcpts
+    }
 }

@@ -63,6 +63,12 @@ pub async fn status(a: StatusArgs) -> ClientResult {
             "next_attempt_unix_ms": m.next_attempt_unix_ms, "lane": lane,
             "enqueued_unix_ms": m.enqueued_unix_ms, "finished_unix_ms": m.finished_unix_ms,
             "message_id": m.message_id, "bounce_class": m.bounce_class().as_str_name(),
+            "expires_at_unix_ms": m.expires_at_unix_ms,
+            "recipients": m.recipients.iter().map(|r| serde_json::json!({
+                "address": r.address, "state": r.state().as_str_name(), "attempts": r.attempts,
+                "last_reply": r.last_reply, "bounce_class": r.bounce_class().as_str_name(),
+                "finished_unix_ms": r.finished_unix_ms,
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -84,6 +90,30 @@ pub async fn status(a: StatusArgs) -> ClientResult {
             ac::human::until(at, now),
             ac::human::utc_time(at)
         );
+    }
+    if m.expires_at_unix_ms > 0 {
+        println!(
+            "expires       {}",
+            ac::human::utc_time(m.expires_at_unix_ms)
+        );
+    }
+    if !m.recipients.is_empty() {
+        println!("recipients");
+        for r in &m.recipients {
+            let state = r
+                .state()
+                .as_str_name()
+                .trim_start_matches("RECIPIENT_")
+                .to_ascii_lowercase();
+            let mut line = format!("  {:<40} {state:<10} attempts {}", r.address, r.attempts);
+            if r.bounce_class() != pb::BounceClass::Unspecified {
+                line += &format!("  {}", r.bounce_class().as_str_name());
+            }
+            if !r.last_reply.is_empty() {
+                line += &format!("  {}", ac::human::truncate(&r.last_reply, 100));
+            }
+            println!("{line}");
+        }
     }
     Ok(())
 }

@@ -43,6 +43,9 @@ pub struct EnqueueArgs {
     pub lane: String,
     #[arg(long, default_value = "")]
     pub idempotency_key: String,
+    /// Never send it after this long (`10m`, `2h`): its recipients expire
+    #[arg(long, value_parser = crate::cli::admin::flags::parse_duration)]
+    pub expires_in: Option<u64>,
 }
 
 pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
@@ -84,6 +87,9 @@ pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
             idempotency_key: a.idempotency_key,
             not_before_unix_ms: 0,
             raw: None,
+            expires_at_unix_ms: a
+                .expires_in
+                .map_or(0, |s| crate::model::wall_ms() as i64 + s as i64 * 1000),
         })
         .await
         .map_err(status_error)?
@@ -92,6 +98,15 @@ pub async fn enqueue(a: EnqueueArgs) -> ClientResult {
         println!("{} (duplicate: idempotency key seen before)", resp.id);
     } else {
         println!("{}", resp.id);
+    }
+    for s in &resp.suppressed {
+        eprintln!(
+            "not sent to {}: suppressed ({} since {}); `mailspool suppression remove {}` to send to it again",
+            s.address,
+            s.reason,
+            crate::model::utc_time(s.since_unix_ms),
+            s.address
+        );
     }
     Ok(())
 }

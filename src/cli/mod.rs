@@ -28,6 +28,7 @@ pub mod queue;
 mod relay;
 mod serve_args;
 mod show_stats;
+mod suppression;
 mod token;
 pub(crate) mod watch;
 
@@ -35,6 +36,7 @@ pub use commands::{compact, status, CompactArgs, StatsArgs, StatusArgs};
 pub use enqueue::{enqueue, EnqueueArgs};
 pub use relay::{relay, RelayArgs};
 pub use serve_args::ServeArgs;
+pub use suppression::{suppression, SuppressionArgs};
 
 /// The command line, with each setting's default in its help (from
 /// `Config::default()`), for the top level and `serve`.
@@ -81,6 +83,8 @@ pub enum Command {
     Queue(QueueArgs),
     /// Pause or resume relays by name: `mailspool relay pause backup`.
     Relay(RelayArgs),
+    /// The suppression list: `mailspool suppression list|add|remove`.
+    Suppression(SuppressionArgs),
     /// Queued recipients by domain and age (like Postfix qshape).
     TopDomains(TopDomainsArgs),
     /// Create a client token: `mailspool token create --name svc --role enqueue`.

@@ -88,6 +88,21 @@ pub struct ServeArgs {
     pub max_attempts: Option<u32>,
     #[arg(long)]
     pub max_age_secs: Option<u64>,
+    /// Transactional mail older than this is never sent (0 = no deadline)
+    #[arg(long)]
+    pub transactional_expiry_secs: Option<u64>,
+    /// Normal-lane mail older than this is never sent (0 = no deadline)
+    #[arg(long)]
+    pub normal_expiry_secs: Option<u64>,
+    /// Bulk mail older than this is never sent (0 = no deadline)
+    #[arg(long)]
+    pub bulk_expiry_secs: Option<u64>,
+    /// Bounce classes that put an address on the suppression list
+    #[arg(long, value_delimiter = ',')]
+    pub suppress_classes: Option<Vec<String>>,
+    /// How long an address stays suppressed (0 = until removed)
+    #[arg(long)]
+    pub suppression_expiry_secs: Option<u64>,
     #[arg(long)]
     pub max_recipients: Option<usize>,
     #[arg(long)]

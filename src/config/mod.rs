@@ -88,6 +88,15 @@ pub struct Config {
     pub max_attempts: u32,
     /// Older than this (since enqueue) → dead letter instead of retry.
     pub max_age_secs: u64,
+    /// Per lane: a message older than this is never sent (its recipients
+    /// expire), unless its own `expires_at_unix_ms` is earlier; 0 = none.
+    pub transactional_expiry_secs: u64,
+    pub normal_expiry_secs: u64,
+    pub bulk_expiry_secs: u64,
+    /// Bounce classes that put the address on the suppression list.
+    pub suppress_classes: Vec<String>,
+    /// How long an address stays suppressed (0 = until removed).
+    pub suppression_expiry_secs: u64,
     pub max_recipients: usize,
     pub max_message_bytes: usize,
     /// The domain of the Message-IDs mailspool makes; default: the
@@ -185,6 +194,11 @@ impl Default for Config {
             retry_cap_ms: 900_000,
             max_attempts: 20,
             max_age_secs: 86_400,
+            transactional_expiry_secs: 0,
+            normal_expiry_secs: 0,
+            bulk_expiry_secs: 0,
+            suppress_classes: vec!["bad_mailbox".into(), "bad_domain".into()],
+            suppression_expiry_secs: 30 * 86_400,
             max_recipients: 100,
             max_message_bytes: 10 * 1024 * 1024,
             message_id_domain: None,
@@ -296,6 +310,28 @@ impl Config {
         } else {
             relays.iter().map(|r| r.max_connections).sum()
         })
+    }
+
+    /// The default deadline of `lane`'s messages, if it has one.
+    pub fn lane_expiry(&self, lane: crate::model::Lane) -> Option<Duration> {
+        let secs = match lane {
+            crate::model::Lane::Transactional => self.transactional_expiry_secs,
+            crate::model::Lane::Normal => self.normal_expiry_secs,
+            crate::model::Lane::Bulk => self.bulk_expiry_secs,
+        };
+        (secs > 0).then(|| Duration::from_secs(secs))
+    }
+
+    /// Which bounces suppress an address, for how long (after `validate`).
+    pub fn suppression(&self) -> crate::spool::SuppressionPolicy {
+        crate::spool::SuppressionPolicy {
+            classes: self
+                .suppress_classes
+                .iter()
+                .filter_map(|c| crate::model::BounceClass::parse(c))
+                .collect(),
+            expiry: Duration::from_secs(self.suppression_expiry_secs),
+        }
     }
 
     pub fn lease_timeout(&self) -> Duration {

@@ -45,6 +45,25 @@ impl Config {
         if self.lease_batch > 10_000 {
             return Err(bad("lease_batch", "at most 10000"));
         }
+        for c in &self.suppress_classes {
+            use crate::model::BounceClass as B;
+            match B::parse(c) {
+                None => {
+                    let names: Vec<_> = B::ALL.iter().map(|c| c.name()).collect();
+                    return Err(bad(
+                        "suppress_classes",
+                        format!("`{c}` is not a bounce class (one of {})", names.join(", ")),
+                    ));
+                }
+                Some(B::RelayAuth | B::Throttled | B::Temporary) => {
+                    return Err(bad(
+                        "suppress_classes",
+                        format!("`{c}` is never the recipient's fault and never bounces: it cannot suppress an address"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         self.validate_relays()?;
         crate::intake::message::dkim::signers(&self.dkim).map_err(|e| bad("dkim", e))?;
         if self.metrics_listen != "off" && self.metrics_listen.parse::<SocketAddr>().is_err() {

@@ -7,54 +7,7 @@
 //! is never a bounce). Relay-auth and throttling replies are about us and
 //! the relay, never the recipient's fault (promise 7).
 
-/// How a delivery attempt to a recipient failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BounceClass {
-    /// The mailbox does not exist (or is disabled).
-    BadMailbox,
-    /// The domain does not exist or cannot receive mail.
-    BadDomain,
-    MailboxFull,
-    MessageTooLarge,
-    /// Refused for spam, content, reputation, DMARC.
-    Policy,
-    /// The relay refuses our credentials or our right to relay.
-    RelayAuth,
-    /// "Slow down".
-    Throttled,
-    /// Any other temporary failure (4xx, a connection or TLS failure).
-    Temporary,
-    /// Any other permanent failure.
-    Other,
-}
-
-impl BounceClass {
-    pub const ALL: [BounceClass; 9] = [
-        BounceClass::BadMailbox,
-        BounceClass::BadDomain,
-        BounceClass::MailboxFull,
-        BounceClass::MessageTooLarge,
-        BounceClass::Policy,
-        BounceClass::RelayAuth,
-        BounceClass::Throttled,
-        BounceClass::Temporary,
-        BounceClass::Other,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BounceClass::BadMailbox => "bad_mailbox",
-            BounceClass::BadDomain => "bad_domain",
-            BounceClass::MailboxFull => "mailbox_full",
-            BounceClass::MessageTooLarge => "message_too_large",
-            BounceClass::Policy => "policy",
-            BounceClass::RelayAuth => "relay_auth",
-            BounceClass::Throttled => "throttled",
-            BounceClass::Temporary => "temporary",
-            BounceClass::Other => "other",
-        }
-    }
-}
+pub use crate::model::BounceClass;
 
 /// The enhanced status code (`5.1.1`) at the start of a reply's text.
 pub fn enhanced_status(text: &str) -> Option<(u8, u16, u16)> {

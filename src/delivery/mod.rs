@@ -2,13 +2,15 @@
 //! lane (`lanes`, `scheduler`), workers send them (`worker`) through the
 //! relays (`relay`: each message routed by `router`, each relay a `pool`
 //! with its `breaker` and `throttle`, reached by `connect`, one mail
-//! transaction each: `transaction`) and turn the reply into an outcome
-//! (`retry`).
+//! transaction per message, as many as its recipients need: `transaction`)
+//! and turn each recipient's reply into an outcome (`outcome`: with
+//! `retry`'s classification and backoff, `bounce`'s classes).
 
 pub(crate) mod bounce;
 pub(crate) mod breaker;
 pub(crate) mod connect;
 pub mod lanes;
+pub(crate) mod outcome;
 pub(crate) mod pool;
 pub(crate) mod redact;
 pub(crate) mod relay;

@@ -19,9 +19,9 @@ use tokio::sync::Semaphore;
 use crate::config::RelayConfig;
 use crate::delivery::breaker::Breaker;
 use crate::delivery::connect::{error_text, ConnectError, Connector};
-use crate::delivery::retry::{classify, SendResult};
+use crate::delivery::retry::{MessageResult, SendResult};
 use crate::delivery::throttle::Throttle;
-use crate::delivery::transaction::{self, envelope};
+use crate::delivery::transaction::{self, envelope, Stop};
 use crate::intake::message::dkim;
 use crate::model::Leased;
 use crate::observe::overview::RelayFigures;
@@ -36,7 +36,7 @@ const SLOT_WAIT_WITH_ALTERNATIVE: Duration = Duration::from_secs(1);
 /// What one relay made of a batch.
 #[derive(Debug)]
 pub struct Batch {
-    pub results: Vec<SendResult>,
+    pub results: Vec<MessageResult>,
     /// From this index on, the relay failed (down, throttling, refusing
     /// us, at its rate) before these were delivered: they may go through
     /// another relay.
@@ -138,7 +138,7 @@ impl SmtpRelay {
         signers: &[dkim::Signer],
     ) -> Batch {
         let everything_back = |why: String| Batch {
-            results: vec![SendResult::NotAttempted(why); messages.len()],
+            results: vec![MessageResult::All(SendResult::NotAttempted(why)); messages.len()],
             reroute_from: Some(0),
         };
         let Ok(_permit) = self.permits.acquire().await else {
@@ -151,7 +151,27 @@ impl SmtpRelay {
                 (b.acquire(Instant::now()), b.failing())
             };
             match wait {
-                Some(w) if may_wait && Instant::now() + w < deadline => tokio::time::sleep(w).await,
+                Some(w) if may_wait && Instant::now() + w < deadline => {
+                    // A message whose deadline passes meanwhile is not
+                    // held until the relay is back: it expires now.
+                    if messages.iter().any(|m| expired(&m.record).is_some()) {
+                        return Batch {
+                            results: messages
+                                .iter()
+                                .map(|m| {
+                                    MessageResult::All(expired(&m.record).unwrap_or_else(|| {
+                                        SendResult::NotAttempted(format!(
+                                            "relay {} is backing off",
+                                            self.name
+                                        ))
+                                    }))
+                                })
+                                .collect(),
+                            reroute_from: Some(0),
+                        };
+                    }
+                    tokio::time::sleep(w.min(until_expiry(messages))).await
+                }
                 Some(_) => {
                     return everything_back(format!("relay {} is backing off", self.name));
                 }
@@ -166,7 +186,7 @@ impl SmtpRelay {
             if now >= deadline {
                 let rest = messages.len() - out.len();
                 out.extend(std::iter::repeat_n(
-                    SendResult::NotAttempted("the lease ended".into()),
+                    MessageResult::All(SendResult::NotAttempted("the lease ended".into())),
                     rest,
                 ));
                 break;
@@ -179,13 +199,24 @@ impl SmtpRelay {
             if let Err(wait) = self.throttle.admit(max_wait).await {
                 let why = format!("relay {} is at its rate (next slot in {wait:?})", self.name);
                 reroute_from = Some(out.len());
-                out.resize(messages.len(), SendResult::NotAttempted(why));
+                out.resize(
+                    messages.len(),
+                    MessageResult::All(SendResult::NotAttempted(why)),
+                );
                 break;
+            }
+            // Checked again just before MAIL FROM: mail that waited out
+            // an outage is not delivered late.
+            if let Some(late) = expired(&r.record) {
+                out.push(MessageResult::All(late));
+                continue;
             }
             let env = match envelope(&r.record) {
                 Ok(e) => e,
                 Err(e) => {
-                    out.push(SendResult::Permanent(format!("bad envelope: {e}")));
+                    out.push(MessageResult::All(SendResult::Permanent(format!(
+                        "bad envelope: {e}"
+                    ))));
                     continue;
                 }
             };
@@ -205,14 +236,14 @@ impl SmtpRelay {
                         );
                         *self.last_reply.lock().expect("last reply") = e.text().to_string();
                         reroute_from = Some(out.len());
-                        let rest = SendResult::NotAttempted(format!(
+                        let rest = MessageResult::All(SendResult::NotAttempted(format!(
                             "relay {} {}: {}",
                             self.name,
                             e.state(),
                             e.text()
-                        ));
+                        )));
                         if let ConnectError::Unreachable(text) = e {
-                            out.push(SendResult::Transient(text));
+                            out.push(MessageResult::All(SendResult::Transient(text)));
                         }
                         out.resize(messages.len(), rest);
                         break;
@@ -224,38 +255,49 @@ impl SmtpRelay {
                 Ok(p) => p,
                 Err(why) => {
                     // This relay can never take it; the connection is fine.
-                    out.push(SendResult::Permanent(why));
+                    out.push(MessageResult::All(SendResult::Permanent(why)));
                     conn = Some(c);
                     continue;
                 }
             };
-            let send = transaction::send(&mut c, &env, params, &raw);
-            // `answered`: the relay replied (whatever it said); else the
-            // connection broke or stalled.
-            let (result, reply, answered) = match tokio::time::timeout(self.timeout, send).await {
+            let mut each: Vec<Option<SendResult>> = vec![None; env.to().len()];
+            let send = transaction::send(&mut c, env.from(), env.to(), &params, &raw, &mut each);
+            // `stop`: what ended it early and speaks for every recipient
+            // not finished; `answered`: the relay replied (whatever it
+            // said), else the connection broke or stalled.
+            let (stop, answered) = match tokio::time::timeout(self.timeout, send).await {
                 Err(_) => {
                     let e = format!("timed out after {:?} sending", self.timeout);
-                    (SendResult::Transient(e.clone()), e, false)
+                    (Some(SendResult::Transient(e)), false)
                 }
-                Ok(Ok(response)) => {
-                    let first = response.first_line().unwrap_or_default().to_string();
-                    let reply = format!("{} {first}", response.code());
-                    (SendResult::Accepted, reply, true)
-                }
-                Ok(Err(e)) => (smtp_error(&e), error_text(&e), e.status().is_some()),
+                Ok(Ok(())) => (None, true),
+                Ok(Err(Stop::Broke(e))) => (Some(SendResult::Transient(error_text(&e))), false),
+                Ok(Err(Stop::Reply(r))) => (Some(r), true),
             };
-            self.count(&result, reply);
-            let stop_reason = self.judge(&result, answered);
-            if !c.has_broken() && result == SendResult::Accepted {
+            // Nothing finished in this attempt: the relay's trouble may
+            // send the message elsewhere whole.
+            let untouched = each.iter().all(Option::is_none);
+            let results: Vec<SendResult> = each
+                .into_iter()
+                .map(|r| {
+                    r.or_else(|| stop.clone())
+                        .unwrap_or_else(|| SendResult::Transient("no reply".into()))
+                })
+                .collect();
+            let verdict = stop.clone().unwrap_or_else(|| summary(&results));
+            self.count(&verdict, reply_text(&verdict, results.len()));
+            let stop_reason = self.judge(&verdict, answered);
+            if !c.has_broken() && stop.is_none() {
                 conn = Some(c);
             } else {
                 close(c).await;
             }
-            let failed_here = matches!(
-                result,
-                SendResult::Throttled(_) | SendResult::Deferred(_) | SendResult::Refused(_)
-            );
-            out.push(result);
+            let failed_here = untouched
+                && matches!(
+                    verdict,
+                    SendResult::Throttled(_) | SendResult::Deferred(_) | SendResult::Refused(_)
+                );
+            out.push(one_or_each(results));
             if let Some(why) = stop_reason {
                 // Throttled or refused, this message may go elsewhere;
                 // after a timeout it may have been delivered: it stays.
@@ -265,7 +307,10 @@ impl SmtpRelay {
                     out.len()
                 });
                 let rest = messages.len() - out.len();
-                out.extend(std::iter::repeat_n(SendResult::NotAttempted(why), rest));
+                out.extend(std::iter::repeat_n(
+                    MessageResult::All(SendResult::NotAttempted(why)),
+                    rest,
+                ));
                 break;
             }
         }
@@ -358,16 +403,54 @@ async fn close(mut c: AsyncSmtpConnection) {
     let _ = tokio::time::timeout(Duration::from_secs(1), c.abort()).await;
 }
 
-/// Maps a lettre error to a result: reply codes by class, anything else
-/// (I/O, TLS, a reply we could not parse) is transient.
-fn smtp_error(e: &lettre::transport::smtp::Error) -> SendResult {
-    let text = error_text(e);
-    match e.status() {
-        Some(code) => {
-            let n: u16 = code.into();
-            let reply = text.strip_prefix(&format!("{code} ")).unwrap_or(&text);
-            classify(n, reply)
-        }
-        None => SendResult::Transient(text),
+/// One result for all when every recipient had the same.
+pub fn one_or_each(results: Vec<SendResult>) -> MessageResult {
+    match results.split_first() {
+        Some((first, rest)) if rest.iter().all(|r| r == first) => MessageResult::All(first.clone()),
+        _ => MessageResult::Each(results),
     }
+}
+
+/// The result that stands for a message's recipients in the relay's
+/// counts: delivered if any was, else the first.
+fn summary(results: &[SendResult]) -> SendResult {
+    results
+        .iter()
+        .find(|r| **r == SendResult::Accepted)
+        .or(results.first())
+        .cloned()
+        .unwrap_or(SendResult::Accepted)
+}
+
+/// The reply kept as the relay's last.
+fn reply_text(verdict: &SendResult, recipients: usize) -> String {
+    match verdict.error() {
+        Some(e) => e.to_string(),
+        None => format!("250 accepted ({recipients} recipients)"),
+    }
+}
+
+/// How long until the first of these messages' deadlines passes (a day
+/// when none has one).
+fn until_expiry(messages: &[&Leased]) -> Duration {
+    let now = crate::model::now_ms();
+    let first = messages
+        .iter()
+        .map(|m| m.record.expires_ms)
+        .filter(|&e| e != 0)
+        .min();
+    first.map_or(Duration::from_secs(86_400), |e| {
+        Duration::from_millis(e.saturating_sub(now) + 1)
+    })
+}
+
+/// The result of a message past its deadline (None: not past it).
+pub fn expired(record: &crate::model::Record) -> Option<SendResult> {
+    let now = crate::model::now_ms();
+    (record.expires_ms != 0 && now >= record.expires_ms).then(|| {
+        SendResult::Expired(format!(
+            "expired: its deadline passed {} s ago, before it could be sent",
+            (now - record.expires_ms) / 1000
+        ))
+    })
 }

@@ -16,7 +16,7 @@ use lettre::{AsyncFileTransport, AsyncTransport, Tokio1Executor};
 use crate::config::Config;
 use crate::delivery::breaker::RelayState;
 use crate::delivery::pool::SmtpRelay;
-use crate::delivery::retry::SendResult;
+use crate::delivery::retry::{MessageResult, SendResult};
 use crate::delivery::router::{choose, Candidate, Choice, Route};
 use crate::delivery::transaction::envelope;
 use crate::intake::message::{dkim, header};
@@ -69,7 +69,7 @@ impl Relay {
     /// Sends each message; one result per message, in order. Messages not
     /// sent by the time `deadline` (the end of the lease) has passed are
     /// "not attempted": they may already be leased to another worker.
-    pub async fn send_all(&self, messages: &[Leased], deadline: Instant) -> Vec<SendResult> {
+    pub async fn send_all(&self, messages: &[&Leased], deadline: Instant) -> Vec<MessageResult> {
         if let Some(o) = &self.outbox {
             return o.send_all(messages, &self.signers).await;
         }
@@ -86,9 +86,9 @@ impl Relay {
             })
             .collect();
         let n = messages.len();
-        let mut done: Vec<Option<SendResult>> = vec![None; n];
+        let mut done: Vec<Option<MessageResult>> = vec![None; n];
         // What the relay that failed a message said, should no other take it.
-        let mut last: Vec<Option<SendResult>> = vec![None; n];
+        let mut last: Vec<Option<MessageResult>> = vec![None; n];
         let mut excluded = vec![false; self.relays.len()];
         let mut pending: Vec<usize> = (0..n).collect();
         while !pending.is_empty() {
@@ -105,9 +105,9 @@ impl Relay {
                     Choice::WaitFor(r) => (r, true),
                     Choice::Nothing => {
                         done[i] = Some(last[i].take().unwrap_or_else(|| {
-                            SendResult::NotAttempted(
+                            MessageResult::All(SendResult::NotAttempted(
                                 "every relay that may carry it is paused".into(),
-                            )
+                            ))
                         }));
                         continue;
                     }
@@ -118,7 +118,7 @@ impl Relay {
                 }
             }
             for (r, may_wait, idxs) in groups {
-                let batch: Vec<&Leased> = idxs.iter().map(|&i| &messages[i]).collect();
+                let batch: Vec<&Leased> = idxs.iter().map(|&i| messages[i]).collect();
                 let sent = self.relays[r]
                     .send_all(&batch, deadline, may_wait, &self.signers)
                     .await;
@@ -244,9 +244,13 @@ impl Outbox {
         Ok(Outbox { dir, transport })
     }
 
-    async fn send_all(&self, messages: &[Leased], signers: &[dkim::Signer]) -> Vec<SendResult> {
+    async fn send_all(&self, messages: &[&Leased], signers: &[dkim::Signer]) -> Vec<MessageResult> {
         let mut out = Vec::with_capacity(messages.len());
         for r in messages {
+            if let Some(late) = crate::delivery::pool::expired(&r.record) {
+                out.push(MessageResult::All(late));
+                continue;
+            }
             let result = match envelope(&r.record) {
                 Err(e) => SendResult::Permanent(format!("bad envelope: {e}")),
                 Ok(env) => match self
@@ -258,7 +262,7 @@ impl Outbox {
                     Err(e) => SendResult::Transient(format!("outbox write failed: {e}")),
                 },
             };
-            out.push(result);
+            out.push(MessageResult::All(result));
         }
         out
     }

@@ -7,8 +7,6 @@
 
 use std::time::Duration;
 
-use crate::model::{Outcome, Record};
-
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendResult {
@@ -32,13 +30,33 @@ pub enum SendResult {
     /// Never sent (the relay was unreachable or backing off, or the lease
     /// ended first): not an attempt; tried again soon.
     NotAttempted(String),
+    /// Past its deadline: never sent; the recipient expires.
+    Expired(String),
+}
+
+/// What one attempt came to for a message: one result for every pending
+/// recipient (the connection, MAIL FROM or the whole transaction decided
+/// it), or one each, in `Record::pending` order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MessageResult {
+    All(SendResult),
+    Each(Vec<SendResult>),
+}
+
+impl MessageResult {
+    pub fn results(&self) -> &[SendResult] {
+        match self {
+            MessageResult::All(r) => std::slice::from_ref(r),
+            MessageResult::Each(rs) => rs,
+        }
+    }
 }
 
 impl SendResult {
     /// The error of an attempt that failed (None: delivered, or not attempted).
     pub fn error(&self) -> Option<&str> {
         match self {
-            SendResult::Accepted | SendResult::NotAttempted(_) => None,
+            SendResult::Accepted | SendResult::NotAttempted(_) | SendResult::Expired(_) => None,
             SendResult::Permanent(e)
             | SendResult::Transient(e)
             | SendResult::Throttled(e)
@@ -67,7 +85,7 @@ impl SendResult {
                     "error"
                 })
             }
-            SendResult::NotAttempted(_) => None,
+            SendResult::NotAttempted(_) | SendResult::Expired(_) => None,
         }
     }
 }
@@ -91,24 +109,43 @@ pub fn classify(code: u16, text: &str) -> SendResult {
     }
 }
 
+/// Classifies the reply to one RCPT TO: it speaks for that recipient
+/// alone unless it is about the relay or us. A 4.7.x status there is
+/// greylisting or a policy deferral of that address ("451 4.7.1 try again
+/// later"), a deferral of the recipient; the relay is throttling only when
+/// it says so in words, or closes (421).
+pub fn classify_rcpt(code: u16, text: &str) -> SendResult {
+    match classify(code, text) {
+        SendResult::Throttled(reply) if code != 421 && code != 454 && !says_slow_down(text) => {
+            SendResult::Transient(reply)
+        }
+        SendResult::Deferred(reply) => SendResult::Transient(reply),
+        other => other,
+    }
+}
+
 /// A 4xx that means "you are sending too fast": a 4.7.x status (policy:
 /// Postfix's "4.7.1 ... too much mail", Microsoft's "4.7.500 Server busy")
 /// or the words rate limiters use (SES "Maximum sending rate exceeded").
 pub fn is_rate_limit(text: &str) -> bool {
-    let t = text.trim_start().to_ascii_lowercase();
-    t.starts_with("4.7.")
-        || [
-            "too much mail",
-            "too many messages",
-            "rate limit",
-            "rate exceeded",
-            "sending rate",
-            "server busy",
-            "throttl",
-            "slow down",
-        ]
-        .iter()
-        .any(|p| t.contains(p))
+    text.trim_start().starts_with("4.7.") || says_slow_down(text)
+}
+
+/// The words rate limiters use.
+fn says_slow_down(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "too much mail",
+        "too many messages",
+        "rate limit",
+        "rate exceeded",
+        "sending rate",
+        "server busy",
+        "throttl",
+        "slow down",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
 }
 
 /// A 5xx about us, not the message: the relay does not take mail from us
@@ -152,61 +189,9 @@ pub fn backoff(policy: &RetryPolicy, attempts: u32, unit: f64) -> Duration {
     backoff_ceiling(policy, attempts).mul_f64(unit.clamp(0.0, 1.0))
 }
 
-/// Turns one attempt's result into the outcome for the spool. `record` is
-/// the state before this attempt; `unit` is a random draw in [0, 1).
-pub fn decide(
-    result: SendResult,
-    record: &Record,
-    policy: &RetryPolicy,
-    now_ms: u64,
-    unit: f64,
-) -> Outcome {
-    let error = match result {
-        SendResult::Accepted => return Outcome::Ack,
-        SendResult::Permanent(reply) => return Outcome::Dead { reason: reply },
-        SendResult::Transient(e) | SendResult::Deferred(e) => e,
-        // The relay's trouble, not the message's: no attempt is counted
-        // (the relay's backoff paces the next try).
-        SendResult::Throttled(reply) | SendResult::Refused(reply) => {
-            return Outcome::Postpone {
-                due_ms: now_ms + NOT_ATTEMPTED_DELAY.as_millis() as u64,
-                error: format!("relay: {reply}"),
-            }
-        }
-        SendResult::NotAttempted(why) => {
-            return Outcome::Postpone {
-                due_ms: now_ms + NOT_ATTEMPTED_DELAY.as_millis() as u64,
-                error: format!("not attempted: {why}"),
-            }
-        }
-    };
-    let attempts = record.attempts + 1;
-    if attempts >= policy.max_attempts {
-        return Outcome::Dead {
-            reason: format!("gave up after {attempts} attempts; last error: {error}"),
-        };
-    }
-    // Age counts from when the message first became due (not_before).
-    let age = Duration::from_millis(now_ms.saturating_sub(record.first_due_ms));
-    if age >= policy.max_age {
-        return Outcome::Dead {
-            reason: format!(
-                "older than max_age ({}s); last error: {error}",
-                policy.max_age.as_secs()
-            ),
-        };
-    }
-    let delay = backoff(policy, attempts, unit);
-    Outcome::Retry {
-        due_ms: now_ms + delay.as_millis() as u64,
-        error,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Lane;
 
     const P: RetryPolicy = RetryPolicy {
         base: Duration::from_secs(30),
@@ -214,27 +199,6 @@ mod tests {
         max_attempts: 20,
         max_age: Duration::from_secs(86_400),
     };
-
-    fn record(attempts: u32, enqueued_ms: u64) -> Record {
-        Record {
-            lane: Lane::Normal,
-            enqueued_ms,
-            due_ms: enqueued_ms,
-            first_due_ms: enqueued_ms,
-            attempts,
-            last_error: String::new(),
-            envelope_from: String::new(),
-            envelope_to: vec![],
-            message_id: String::new(),
-            idempotency_key: String::new(),
-            body: crate::model::BodyLoc {
-                segment: 0,
-                offset: 0,
-                len: 0,
-            },
-            client: 0,
-        }
-    }
 
     #[test]
     fn backoff_schedule_doubles_to_the_cap() {
@@ -296,86 +260,9 @@ mod tests {
                 SendResult::Deferred(_) => "deferred",
                 SendResult::Transient(_) => "transient",
                 SendResult::Permanent(_) => "permanent",
-                SendResult::NotAttempted(_) => "not attempted",
+                other => unreachable!("{other:?}"),
             };
             assert_eq!(got, want, "{code} {text}");
         }
-    }
-
-    #[test]
-    fn outcomes() {
-        let now = 10_000_000;
-        assert_eq!(
-            decide(SendResult::Accepted, &record(0, now), &P, now, 0.5),
-            Outcome::Ack
-        );
-        assert!(matches!(
-            decide(SendResult::Permanent("550 no".into()), &record(0, now), &P, now, 0.5),
-            Outcome::Dead { reason } if reason == "550 no"
-        ));
-        assert!(matches!(
-            decide(SendResult::Transient("451".into()), &record(0, now), &P, now, 1.0),
-            Outcome::Retry { due_ms, .. } if due_ms == now + 30_000
-        ));
-        // the relay throttling or refusing us: no attempt counted either
-        for r in [
-            SendResult::Throttled("450 4.7.1 too much mail".into()),
-            SendResult::Refused("535 5.7.8".into()),
-        ] {
-            assert!(matches!(
-                decide(r, &record(19, now), &P, now, 0.5),
-                Outcome::Postpone { due_ms, .. } if due_ms == now + 1000
-            ));
-        }
-        // not attempted: no attempt counted, due again soon
-        assert_eq!(
-            decide(
-                SendResult::NotAttempted("the lease ended".into()),
-                &record(19, now),
-                &P,
-                now,
-                0.5
-            ),
-            Outcome::Postpone {
-                due_ms: now + 1000,
-                error: "not attempted: the lease ended".into()
-            }
-        );
-        // the 20th failed attempt is the last
-        assert!(matches!(
-            decide(
-                SendResult::Transient("451".into()),
-                &record(19, now),
-                &P,
-                now,
-                0.5
-            ),
-            Outcome::Dead { .. }
-        ));
-        // too old
-        assert!(matches!(
-            decide(
-                SendResult::Transient("timeout".into()),
-                &record(1, 0),
-                &P,
-                86_400_000,
-                0.5
-            ),
-            Outcome::Dead { .. }
-        ));
-        // a future not_before does not count as age
-        let mut scheduled = record(0, 0);
-        scheduled.due_ms = 86_400_000;
-        scheduled.first_due_ms = 86_400_000;
-        assert!(matches!(
-            decide(
-                SendResult::Transient("timeout".into()),
-                &scheduled,
-                &P,
-                86_400_001,
-                0.5
-            ),
-            Outcome::Retry { .. }
-        ));
     }
 }

@@ -7,11 +7,12 @@
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{Extension, MailBodyParameter, MailParameter, ServerInfo};
-use lettre::transport::smtp::response::Response;
 use lettre::Address;
 
+use crate::delivery::connect::error_text;
+use crate::delivery::retry::{classify, classify_rcpt, SendResult};
 use crate::intake::message::section_of;
 use crate::model::Record;
 
@@ -52,24 +53,118 @@ pub fn parameters(
     Ok(params)
 }
 
-/// MAIL FROM, each RCPT TO, DATA and the message. A negative reply ends
-/// it with that reply; the caller closes the connection then.
-pub async fn send(
-    c: &mut AsyncSmtpConnection,
-    envelope: &Envelope,
-    params: Vec<MailParameter>,
-    raw: &[u8],
-) -> Result<Response, lettre::transport::smtp::Error> {
-    c.command(Mail::new(envelope.from().cloned(), params))
-        .await?;
-    for to in envelope.to() {
-        c.command(Rcpt::new(to.clone(), vec![])).await?;
-    }
-    c.command(Data).await?;
-    c.message(raw).await
+/// How the transactions of one message ended early, if they did.
+#[derive(Debug)]
+pub enum Stop {
+    /// The connection broke or stalled, or a reply made no sense: the
+    /// recipients not finished get this error (transient).
+    Broke(lettre::transport::smtp::Error),
+    /// A reply that speaks for every recipient not finished: to MAIL FROM,
+    /// or about the relay rather than a recipient (throttling, refusing
+    /// us, its own trouble) to RCPT TO or DATA. The relay is judged by it.
+    Reply(SendResult),
 }
 
-/// The SMTP envelope of a record: MAIL FROM (or none) and every RCPT TO.
+/// MAIL FROM, each RCPT TO, DATA and the message, as many transactions as
+/// the relay needs: each recipient's reply counts for it alone; DATA goes
+/// when at least one was accepted, and its reply counts for those. A
+/// relay that limits recipients per transaction (452 after some were
+/// accepted, such as `452 4.5.3 too many recipients`) gets the rest in the next
+/// transaction on the same connection. `each[k]` is set as recipient
+/// `to[k]` is finished with; None where it was not reached.
+pub async fn send(
+    c: &mut AsyncSmtpConnection,
+    from: Option<&Address>,
+    to: &[Address],
+    params: &[MailParameter],
+    raw: &[u8],
+    each: &mut [Option<SendResult>],
+) -> Result<(), Stop> {
+    let mut next = 0;
+    while next < to.len() {
+        if let Err(e) = c.command(Mail::new(from.cloned(), params.to_vec())).await {
+            return Err(match reply_of(&e) {
+                None => Stop::Broke(e),
+                Some((code, text)) => Stop::Reply(classify(code, &text)),
+            });
+        }
+        let mut accepted = Vec::new();
+        let mut split_at = None;
+        for (k, addr) in to.iter().enumerate().skip(next) {
+            match c.command(Rcpt::new(addr.clone(), vec![])).await {
+                Ok(_) => accepted.push(k),
+                Err(e) => {
+                    let Some((code, text)) = reply_of(&e) else {
+                        return Err(Stop::Broke(e));
+                    };
+                    // The relay's limit of recipients per transaction.
+                    if code == 452 && !accepted.is_empty() {
+                        split_at = Some(k);
+                        break;
+                    }
+                    match classify_rcpt(code, &text) {
+                        r @ (SendResult::Throttled(_) | SendResult::Refused(_)) => {
+                            let _ = c.command(Rset).await;
+                            return Err(Stop::Reply(r));
+                        }
+                        r => each[k] = Some(r),
+                    }
+                }
+            }
+        }
+        let resume = split_at.unwrap_or(to.len());
+        if accepted.is_empty() {
+            if let Err(e) = c.command(Rset).await {
+                return Err(Stop::Broke(e));
+            }
+            next = resume;
+            continue;
+        }
+        let data = match c.command(Data).await {
+            Ok(_) => c.message(raw).await,
+            Err(e) => Err(e),
+        };
+        let result = match data {
+            Ok(_) => SendResult::Accepted,
+            Err(e) => match reply_of(&e) {
+                None => return Err(Stop::Broke(e)),
+                Some((code, text)) => match classify(code, &text) {
+                    r @ (SendResult::Throttled(_)
+                    | SendResult::Refused(_)
+                    | SendResult::Deferred(_)) => return Err(Stop::Reply(r)),
+                    r => {
+                        // A refused DATA leaves the transaction open at
+                        // some servers (Postfix): end it before the next.
+                        if let Err(e) = c.command(Rset).await {
+                            return Err(Stop::Broke(e));
+                        }
+                        r
+                    }
+                },
+            },
+        };
+        for k in accepted {
+            each[k] = Some(result.clone());
+        }
+        next = resume;
+    }
+    Ok(())
+}
+
+/// The code and text of a negative reply (None: no reply: I/O, TLS, a
+/// reply that made no sense).
+pub fn reply_of(e: &lettre::transport::smtp::Error) -> Option<(u16, String)> {
+    let code = e.status()?;
+    let text = error_text(e);
+    let reply = text
+        .strip_prefix(&format!("{code} "))
+        .unwrap_or(&text)
+        .to_string();
+    Some((code.into(), reply))
+}
+
+/// The SMTP envelope of a record: MAIL FROM (or none) and a RCPT TO for
+/// each recipient still pending, in `Record::pending` order.
 pub fn envelope(record: &Record) -> Result<Envelope, String> {
     let from = if record.envelope_from.is_empty() {
         None
@@ -82,9 +177,13 @@ pub fn envelope(record: &Record) -> Result<Envelope, String> {
         )
     };
     let to = record
-        .envelope_to
-        .iter()
-        .map(|a| a.parse::<Address>().map_err(|e| e.to_string()))
+        .pending()
+        .into_iter()
+        .map(|i| {
+            record.envelope_to[i]
+                .parse::<Address>()
+                .map_err(|e| e.to_string())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Envelope::new(from, to).map_err(|e| e.to_string())
 }

@@ -314,6 +314,28 @@ impl QueueAdminService {
 
 #[tonic::async_trait]
 impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
+    async fn list_suppressions(
+        &self,
+        r: Request<pb::ListSuppressionsRequest>,
+    ) -> Result<Response<pb::ListSuppressionsResponse>, Status> {
+        self.suppressions_list(r.into_inner()).await
+    }
+
+    async fn add_suppressions(
+        &self,
+        r: Request<pb::AddSuppressionsRequest>,
+    ) -> Result<Response<pb::AddSuppressionsResponse>, Status> {
+        let caller = crate::intake::auth::caller(&r)?.name.clone();
+        self.suppressions_add(caller, r.into_inner()).await
+    }
+
+    async fn remove_suppressions(
+        &self,
+        r: Request<pb::RemoveSuppressionsRequest>,
+    ) -> Result<Response<pb::RemoveSuppressionsResponse>, Status> {
+        self.suppressions_remove(r.into_inner()).await
+    }
+
     async fn queue_stats(
         &self,
         _request: Request<pb::QueueStatsRequest>,

@@ -13,7 +13,9 @@ use crate::intake::gate::{Intake, Refused as GateRefused, Request as GateRequest
 
 use crate::delivery::scheduler::Scheduler;
 use crate::intake::message::{self, AttachmentInput, EmailInput, InvalidField, Limits};
-use crate::model::{now_ms, Lane, MessageId, NewMessage};
+use crate::model::{now_ms, Lane, MessageId, NewMessage, Rcpt, RcptState};
+
+use super::recipients;
 use crate::observe::stats::Rates;
 use crate::pb;
 use crate::spool::{Status as SpoolStatus, Store, StoreError};
@@ -39,6 +41,11 @@ pub struct Api {
     pub transfer_lock: Arc<tokio::sync::Mutex<()>>,
     /// Who may call what (`auth`).
     pub auth: Arc<Authenticator>,
+    /// Per lane (`Lane::index`): the default deadline, ms after it is due
+    /// (0 = none).
+    pub lane_expiry_ms: [u64; 3],
+    /// What became of recipients, fed by the delivery workers.
+    pub outcomes: Arc<crate::observe::outcomes::Outcomes>,
 }
 
 /// Why one message of a request was refused before anything was written.
@@ -47,6 +54,8 @@ enum Refused {
     /// The client's policy forbids it: (field, reason).
     Denied(&'static str, String),
     Exhausted(String, std::time::Duration),
+    /// Every recipient is on the suppression list: (field, reason).
+    Suppressed(String, String),
 }
 
 impl Refused {
@@ -55,6 +64,7 @@ impl Refused {
             Refused::Invalid(_) => Code::InvalidArgument,
             Refused::Denied(..) => Code::PermissionDenied,
             Refused::Exhausted(..) => Code::ResourceExhausted,
+            Refused::Suppressed(..) => Code::FailedPrecondition,
         }
     }
 
@@ -65,6 +75,7 @@ impl Refused {
         match self {
             Refused::Invalid(e) => format!("{prefix}{dot}{e}"),
             Refused::Denied(field, reason) => format!("{prefix}{dot}{field}: {reason}"),
+            Refused::Suppressed(field, reason) => format!("{prefix}{dot}{field}: {reason}"),
             Refused::Exhausted(reason, _) if prefix.is_empty() => reason.clone(),
             Refused::Exhausted(reason, _) => format!("{prefix}: {reason}"),
         }
@@ -151,6 +162,19 @@ impl MailQueueService {
     /// Validates one request and builds its message.
     fn prepare(&self, req: pb::EnqueueRequest) -> Result<NewMessage, InvalidField> {
         let lane = lane_from_proto(req.lane)?;
+        let expires_ms = recipients::deadline(
+            req.expires_at_unix_ms,
+            req.not_before_unix_ms,
+            lane,
+            &self.lane_expiry_ms,
+            now_ms(),
+        )?;
+        let mut m = self.build(req, lane)?;
+        m.expires_ms = expires_ms;
+        Ok(m)
+    }
+
+    fn build(&self, req: pb::EnqueueRequest, lane: Lane) -> Result<NewMessage, InvalidField> {
         if let Some(raw) = req.raw {
             if req.email.is_some() {
                 return Err(InvalidField {
@@ -227,6 +251,7 @@ impl MailQueueService {
         gate.admit(m, raw).map_err(|r| match r {
             GateRefused::Denied(field, reason) => Refused::Denied(field, reason),
             GateRefused::Exhausted(reason, wait) => Refused::Exhausted(reason, wait),
+            GateRefused::Suppressed(field, reason) => Refused::Suppressed(field, reason),
         })
     }
 
@@ -247,7 +272,11 @@ impl MailQueueService {
             SpoolStatus::Queued(r) => r.client,
             SpoolStatus::Dead(d) => d.record.client,
             SpoolStatus::Quarantined => return false,
-            SpoolStatus::Delivered(_) | SpoolStatus::Cancelled(_) => return true,
+            // Kept without recipients by older versions: nothing to hide.
+            SpoolStatus::Delivered(d) if d.envelope_to.is_empty() => return true,
+            SpoolStatus::Cancelled(c) if c.envelope_to.is_empty() => return true,
+            SpoolStatus::Delivered(d) => d.client,
+            SpoolStatus::Cancelled(c) => c.client,
         };
         self.store.client_slot(&client.name) == Some(owner)
     }
@@ -283,9 +312,10 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
         self.check_open()?;
         let client = caller(&request)?;
         let _timer = self.enqueue_timer();
-        let message = self
+        let mut message = self
             .accept_one(request.into_inner(), &mut self.gate(&client))
             .map_err(Refused::status)?;
+        let suppressed = recipients::suppressed_to_proto(&std::mem::take(&mut message.suppressed));
         let appended = self
             .store
             .append(vec![message])
@@ -300,6 +330,7 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
             id: a.id.to_string(),
             duplicate: a.duplicate,
             message_id: a.message_id,
+            suppressed,
         }))
     }
 
@@ -327,7 +358,9 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
         let mut gate = self.gate(&client);
         for (i, req) in requests.into_iter().enumerate() {
             match self.accept_one(req, &mut gate) {
-                Ok(m) => {
+                Ok(mut m) => {
+                    results[i].suppressed =
+                        recipients::suppressed_to_proto(&std::mem::take(&mut m.suppressed));
                     valid.push(m);
                     slots.push(i);
                 }
@@ -341,13 +374,10 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
             let appended = self.store.append(valid).await.map_err(store_status)?;
             self.accepted(&appended);
             for (slot, a) in slots.into_iter().zip(appended) {
-                results[slot] = pb::EnqueueResult {
-                    id: a.id.to_string(),
-                    duplicate: a.duplicate,
-                    code: 0,
-                    message: String::new(),
-                    message_id: a.message_id,
-                };
+                let r = &mut results[slot];
+                r.id = a.id.to_string();
+                r.duplicate = a.duplicate;
+                r.message_id = a.message_id;
             }
         }
         Ok(Response::new(pb::EnqueueBatchResponse { results }))
@@ -390,10 +420,23 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
                 resp.next_attempt_unix_ms = r.due_ms as i64;
                 resp.set_lane(lane_to_proto(r.lane));
                 resp.enqueued_unix_ms = r.enqueued_ms as i64;
+                resp.expires_at_unix_ms = r.expires_ms as i64;
+                resp.recipients =
+                    recipients::to_proto(&r.envelope_to, &r.rcpts, &Rcpt::pending(r.attempts));
                 resp.message_id = r.message_id;
             }
             SpoolStatus::Delivered(d) => {
-                resp.set_state(pb::MessageState::Delivered);
+                resp.set_state(recipients::finished_state(&d.rcpts));
+                resp.recipients = recipients::to_proto(&d.envelope_to, &d.rcpts, &Rcpt::pending(0));
+                if resp.state() != pb::MessageState::Delivered {
+                    // Why the others were not delivered: the first one's reply.
+                    resp.last_error = d
+                        .rcpts
+                        .iter()
+                        .find(|r| r.state != RcptState::Delivered)
+                        .map(|r| r.last_reply.clone())
+                        .unwrap_or_default();
+                }
                 resp.attempts = d.attempts;
                 resp.set_lane(lane_to_proto(d.lane));
                 resp.enqueued_unix_ms = d.enqueued_ms as i64;
@@ -407,6 +450,7 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
             }
             SpoolStatus::Cancelled(c) => {
                 resp.set_state(pb::MessageState::Cancelled);
+                resp.recipients = recipients::to_proto(&c.envelope_to, &c.rcpts, &Rcpt::pending(0));
                 resp.last_error = c.reason;
                 resp.set_lane(lane_to_proto(c.lane));
                 resp.enqueued_unix_ms = c.enqueued_ms as i64;
@@ -415,6 +459,12 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
             }
             SpoolStatus::Dead(d) => {
                 resp.set_state(pb::MessageState::Dead);
+                resp.recipients = recipients::to_proto(
+                    &d.record.envelope_to,
+                    &d.record.rcpts,
+                    &Rcpt::pending(d.record.attempts),
+                );
+                resp.expires_at_unix_ms = d.record.expires_ms as i64;
                 resp.attempts = d.record.attempts;
                 resp.last_error = d.reason;
                 resp.set_lane(lane_to_proto(d.record.lane));
@@ -429,17 +479,4 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
     }
 }
 
-pub(crate) fn bounce_to_proto(c: crate::delivery::bounce::BounceClass) -> pb::BounceClass {
-    use crate::delivery::bounce::BounceClass as B;
-    match c {
-        B::BadMailbox => pb::BounceClass::BounceBadMailbox,
-        B::BadDomain => pb::BounceClass::BounceBadDomain,
-        B::MailboxFull => pb::BounceClass::BounceMailboxFull,
-        B::MessageTooLarge => pb::BounceClass::BounceMessageTooLarge,
-        B::Policy => pb::BounceClass::BouncePolicy,
-        B::RelayAuth => pb::BounceClass::BounceRelayAuth,
-        B::Throttled => pb::BounceClass::BounceThrottled,
-        B::Temporary => pb::BounceClass::BounceTemporary,
-        B::Other => pb::BounceClass::BounceOther,
-    }
-}
+pub(crate) use super::recipients::bounce_to_proto;

@@ -6,5 +6,7 @@ pub mod admin_api;
 pub mod api;
 pub mod codec;
 pub mod overview;
+pub mod recipients;
 pub mod services;
+pub mod suppressions;
 pub mod transfer;

@@ -65,6 +65,8 @@ impl Api {
             relays,
             lanes_without_relay: self.relay.lanes_without_relay(),
             time_to_inbox: self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0))),
+            outcomes: self.outcomes.view(),
+            suppression_list_size: self.store.suppression_count(),
         }
     }
 
@@ -110,6 +112,7 @@ impl Api {
 
 /// QueueStats as the wire has it.
 pub(crate) fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
+    use crate::model::RcptState::*;
     let s = o.stats;
     let inbox = o.time_to_inbox;
     pb::QueueStatsResponse {
@@ -212,5 +215,24 @@ pub(crate) fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
         time_to_inbox_p99_normal_seconds: inbox[1].1,
         time_to_inbox_p50_bulk_seconds: inbox[2].0,
         time_to_inbox_p99_bulk_seconds: inbox[2].1,
+        bounce_classes: crate::model::BounceClass::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| pb::BounceClassCount {
+                class: crate::grpc::recipients::bounce_to_proto(c) as i32,
+                total: o.outcomes.failures_total[i],
+                last_hour: o.outcomes.failures_last_hour[i],
+            })
+            .collect(),
+        bounce_rate_last_hour: o.outcomes.bounce_rate_last_hour,
+        recipients_delivered_total: o.outcomes.total(Delivered),
+        recipients_bounced_total: o.outcomes.total(Bounced),
+        recipients_suppressed_total: o.outcomes.total(Suppressed),
+        recipients_expired_total: o.outcomes.total(Expired),
+        recipients_delivered_last_hour: o.outcomes.last_hour(Delivered),
+        recipients_bounced_last_hour: o.outcomes.last_hour(Bounced),
+        recipients_suppressed_last_hour: o.outcomes.last_hour(Suppressed),
+        recipients_expired_last_hour: o.outcomes.last_hour(Expired),
+        suppression_list_size: o.suppression_list_size,
     }
 }

@@ -186,11 +186,18 @@ async fn run(
                     } else {
                         0
                     },
+                    // Only the recipients still pending: the others were
+                    // delivered (or bounced) here already.
                     raw: Some(pb::RawMessage {
                         data,
+                        envelope_to: r
+                            .pending()
+                            .into_iter()
+                            .map(|i| r.envelope_to[i].clone())
+                            .collect(),
                         envelope_from: r.envelope_from,
-                        envelope_to: r.envelope_to,
                     }),
+                    expires_at_unix_ms: r.expires_ms as i64,
                 });
                 ids.push(id);
                 if bytes >= MAX_BATCH_BYTES {

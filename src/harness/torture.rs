@@ -106,6 +106,7 @@ fn request(key: &str) -> pb::EnqueueRequest {
         idempotency_key: key.to_string(),
         not_before_unix_ms: 0,
         raw: None,
+        expires_at_unix_ms: 0,
     }
 }
 

@@ -75,6 +75,10 @@ pub struct ClientConfig {
     pub max_queued_messages: u64,
     #[serde(default)]
     pub max_queued_bytes: u64,
+    /// Its mail goes even to addresses on the suppression list (for mail
+    /// that must go out regardless). Off unless set.
+    #[serde(default)]
+    pub bypass_suppression: bool,
 }
 
 impl ClientConfig {
@@ -91,6 +95,7 @@ impl ClientConfig {
             burst: 0,
             max_queued_messages: 0,
             max_queued_bytes: 0,
+            bypass_suppression: false,
         }
     }
 
@@ -151,6 +156,7 @@ pub struct Client {
     pub rate_per_second: u32,
     pub max_queued_messages: u64,
     pub max_queued_bytes: u64,
+    pub bypass_suppression: bool,
     /// Refused for its rate limit, its quota, or its policy.
     pub refused_rate: AtomicU64,
     pub refused_quota: AtomicU64,
@@ -189,6 +195,7 @@ impl Client {
             rate_per_second: c.rate_per_second,
             max_queued_messages: c.max_queued_messages,
             max_queued_bytes: c.max_queued_bytes,
+            bypass_suppression: c.bypass_suppression,
             refused_rate: AtomicU64::new(0),
             refused_quota: AtomicU64::new(0),
             refused_policy: AtomicU64::new(0),
@@ -205,6 +212,7 @@ impl Client {
             rate_per_second: 0,
             max_queued_messages: 0,
             max_queued_bytes: 0,
+            bypass_suppression: false,
             refused_rate: AtomicU64::new(0),
             refused_quota: AtomicU64::new(0),
             refused_policy: AtomicU64::new(0),

@@ -34,6 +34,8 @@ pub enum Refused {
     Denied(&'static str, String),
     /// Over the client's quota or rate, or no room in the spool: retry after.
     Exhausted(String, Duration),
+    /// Every recipient is on the suppression list: (field, reason).
+    Suppressed(String, String),
 }
 
 impl Intake {
@@ -110,6 +112,12 @@ impl Request<'_> {
                 Denial::Quota(reason) => Refused::Exhausted(reason, quota_wait(self.delivery_rate)),
                 Denial::Rate(reason, wait) => Refused::Exhausted(reason, wait),
             })?;
+        if let Err(r) = self.screen(&mut m) {
+            // Not stored: it does not count against the client's quota.
+            self.pending.0 -= 1;
+            self.pending.1 -= bytes;
+            return Err(r);
+        }
         let stored = bytes + INDEX_BYTES_PER_MESSAGE;
         let mut after = self.usage;
         after.spool_bytes += stored;
@@ -128,6 +136,44 @@ impl Request<'_> {
             .fetch_add(2 * stored, Ordering::Relaxed);
         m.client = self.client.name.clone();
         Ok(m)
+    }
+}
+
+impl Request<'_> {
+    /// Takes recipients on the suppression list out of the envelope (the
+    /// headers stay as written) unless the client bypasses the list;
+    /// refuses the message when none is left, naming the first.
+    fn screen(&self, m: &mut NewMessage) -> Result<(), Refused> {
+        if self.client.bypass_suppression {
+            m.bypass_suppression = true;
+            return Ok(());
+        }
+        let store = &self.intake.store;
+        let mut first = None;
+        let mut i = 0;
+        m.envelope_to.retain(|to| {
+            let hit = store.suppressed(to);
+            if let Some(s) = &hit {
+                first.get_or_insert(i);
+                m.suppressed
+                    .push((to.clone(), s.reason.clone(), s.since_ms));
+            }
+            i += 1;
+            hit.is_none()
+        });
+        if m.envelope_to.is_empty() {
+            let (_, reason, since) = &m.suppressed[0];
+            return Err(Refused::Suppressed(
+                m.rcpt_field(first.unwrap_or(0)),
+                format!(
+                    "suppressed: {} since {} (every recipient is on the suppression list; \
+                     nothing was stored)",
+                    reason.replace('_', " "),
+                    crate::model::utc_time(*since as i64)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -158,6 +204,10 @@ mod tests {
             idempotency_key: String::new(),
             not_before_ms: 0,
             client: String::new(),
+            expires_ms: 0,
+            bypass_suppression: false,
+            rcpt_fields: None,
+            suppressed: Vec::new(),
         }
     }
 
@@ -174,6 +224,7 @@ mod tests {
                 idempotency_window: Duration::from_secs(60),
                 delivered_retention: Duration::from_secs(60),
                 observer: Arc::new(crate::spool::Unobserved),
+                suppression: crate::spool::SuppressionPolicy::default(),
             },
         )
         .unwrap();

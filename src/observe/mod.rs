@@ -1,7 +1,9 @@
 //! What the queue tells about itself: rates and the QueueStats view
-//! (`stats`), the early-warning state (`congestion`), `/metrics` (`metrics`).
+//! (`stats`), the early-warning state (`congestion`), `/metrics` (`metrics`),
+//! what became of recipients (`outcomes`).
 
 pub mod congestion;
 pub mod metrics;
+pub mod outcomes;
 pub mod overview;
 pub mod stats;

@@ -30,6 +30,9 @@ pub struct Overview {
     /// Per lane (`Lane::index`): time to inbox p50 and p99 over the last
     /// minute, in seconds (0 when nothing was delivered).
     pub time_to_inbox: [(f64, f64); 3],
+    /// What became of recipients (`outcomes`).
+    pub outcomes: crate::observe::outcomes::OutcomeView,
+    pub suppression_list_size: u64,
 }
 
 /// One relay's figures: its state and why, its connections, rates and

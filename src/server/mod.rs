@@ -92,6 +92,7 @@ impl Server {
             segment_bytes: config.segment_bytes,
             idempotency_window: Duration::from_secs(config.idempotency_window_secs),
             delivered_retention: Duration::from_secs(config.delivered_retention_secs),
+            suppression: config.suppression(),
         };
         let dir = spool_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, options))
@@ -134,6 +135,7 @@ impl Server {
             config.lease_timeout(),
         ));
         let rates = Arc::new(Rates::default());
+        let outcomes = Arc::new(crate::observe::outcomes::Outcomes::default());
         let closing = Arc::new(AtomicBool::new(false));
         let auth = Arc::new(Authenticator::new(config.auth_enabled(), &config.clients));
         let disk_free = Arc::new(AtomicU64::new(disk_free_bytes(&config.data_dir)));
@@ -165,6 +167,9 @@ impl Server {
             thresholds: config.thresholds(),
             transfer_lock: Default::default(),
             auth: auth.clone(),
+            lane_expiry_ms: crate::model::Lane::ALL
+                .map(|l| config.lane_expiry(l).map_or(0, |d| d.as_millis() as u64)),
+            outcomes: outcomes.clone(),
         };
         // A request may hold a whole batch; single messages above
         // max_message_bytes still decode and get a precise INVALID_ARGUMENT.
@@ -178,13 +183,18 @@ impl Server {
             max_age: Duration::from_secs(config.max_age_secs),
         };
         let mut workers = Vec::new();
+        let shared = Arc::new(crate::delivery::worker::Workers {
+            scheduler: scheduler.clone(),
+            relay: relay.clone(),
+            store: store.clone(),
+            policy,
+            rates: rates.clone(),
+            metrics: metrics.clone(),
+            outcomes: outcomes.clone(),
+        });
         for _ in 0..config.effective_workers() {
             workers.push(tokio::spawn(crate::delivery::worker::run_worker(
-                scheduler.clone(),
-                relay.clone(),
-                policy,
-                rates.clone(),
-                metrics.clone(),
+                shared.clone(),
                 stop_rx.clone(),
             )));
         }

@@ -51,11 +51,14 @@ impl Committer {
             attempts: 0,
             last_error: String::new(),
             envelope_from: m.envelope_from,
-            envelope_to: m.envelope_to,
             message_id: m.message_id,
             idempotency_key: m.idempotency_key,
             body,
             client,
+            expires_ms: m.expires_ms,
+            bypass_suppression: m.bypass_suppression,
+            rcpts: vec![Rcpt::pending(0); m.envelope_to.len()],
+            envelope_to: m.envelope_to,
         };
         let appended = Appended {
             id,
@@ -107,10 +110,15 @@ impl Committer {
         let Some(mut record) = self.current(id, g) else {
             return;
         };
+        let before: Vec<RcptState> = record.rcpts_full().iter().map(|r| r.state).collect();
+        let next = settle(&mut record, outcome, now);
+        if !matches!(next, Next::Postpone { .. }) {
+            self.suppress_bounced(id, &record, &before, now, g);
+        }
         // Dead letters keep their bytes in sled, not in a segment: without
         // them there is no dead letter to keep (nor to requeue).
-        let dead_raw = match &outcome {
-            Outcome::Dead { .. } => match self.shared.bodies.read(id.0, record.body) {
+        let dead_raw = match &next {
+            Next::Finish(Finish::Dead, _) => match self.shared.bodies.read(id.0, record.body) {
                 Ok(raw) => raw,
                 Err(e) => return self.fault(id, record, Fault::of(&e), now, g),
             },
@@ -119,11 +127,8 @@ impl Committer {
         g.batch
             .remove(&key::due(record.lane, record.client, record.due_ms, id));
         g.due_remove(record.due_ms);
-        if !matches!(outcome, Outcome::Postpone { .. }) {
-            record.attempts += 1;
-        }
-        match outcome {
-            Outcome::Postpone { due_ms, error } => {
+        match next {
+            Next::Postpone { due_ms, error } => {
                 record.due_ms = due_ms;
                 record.last_error = error;
                 g.batch
@@ -132,20 +137,41 @@ impl Committer {
                 g.batch.insert(&key::message(id), codec::encode(&record));
                 g.overlay.insert(id, Some(record));
             }
-            Outcome::Ack => {
-                self.unqueue(id, &record, g).delivered_total += 1;
+            Next::Finish(Finish::Dead, reason) => {
+                self.unqueue(id, &record, g).dead_total += 1;
+                let raw = dead_raw;
+                self.counters.dead_bytes += raw.len() as u64;
+                record.last_error = reason.clone();
+                let dead = DeadRecord {
+                    record,
+                    raw,
+                    died_ms: now,
+                    reason,
+                };
+                g.batch.insert(&key::dead(id), codec::encode(&dead));
+                self.counters.dead += 1;
+                self.counters.dead_total += 1;
+            }
+            Next::Finish(finish, _) => {
+                let client = self.unqueue(id, &record, g);
+                if finish != Finish::Expired {
+                    client.delivered_total += 1;
+                    self.counters.delivered_total += 1;
+                }
                 let delivered = DeliveredRecord {
                     lane: record.lane,
                     enqueued_ms: record.enqueued_ms,
                     delivered_ms: now,
                     attempts: record.attempts,
                     message_id: record.message_id,
+                    envelope_to: record.envelope_to,
+                    rcpts: record.rcpts,
+                    client: record.client,
                 };
                 let value = codec::encode(&delivered);
                 self.keep_final(id, key::delivered(id), value, key::EXPIRY_DELIVERED, now, g);
-                self.counters.delivered_total += 1;
             }
-            Outcome::Retry { due_ms, error } => {
+            Next::Retry { due_ms, error } => {
                 record.due_ms = due_ms;
                 record.last_error = error;
                 // A few retrying stragglers must not pin an old segment:
@@ -169,21 +195,6 @@ impl Committer {
                 g.batch.insert(&key::message(id), codec::encode(&record));
                 self.counters.retried_total += 1;
                 g.overlay.insert(id, Some(record));
-            }
-            Outcome::Dead { reason } => {
-                self.unqueue(id, &record, g).dead_total += 1;
-                let raw = dead_raw;
-                self.counters.dead_bytes += raw.len() as u64;
-                record.last_error = reason.clone();
-                let dead = DeadRecord {
-                    record,
-                    raw,
-                    died_ms: now,
-                    reason,
-                };
-                g.batch.insert(&key::dead(id), codec::encode(&dead));
-                self.counters.dead += 1;
-                self.counters.dead_total += 1;
             }
         }
     }
@@ -266,6 +277,19 @@ impl Committer {
                 g.batch.insert(key::PAUSED_RELAYS, codec::encode(&names));
                 g.paused_relays = Some(names);
             }
+            AdminOp::Suppress(entries) => {
+                for s in entries {
+                    self.suppress(s, g);
+                    result.count += 1;
+                }
+            }
+            AdminOp::Unsuppress(addresses) => {
+                for a in addresses {
+                    if self.unsuppress(&a, now, g) {
+                        result.count += 1;
+                    }
+                }
+            }
             AdminOp::Cancel { ids, reason } => {
                 for id in ids {
                     let done = self.cancel_one(id, &reason, now, g);
@@ -343,12 +367,19 @@ impl Committer {
         g.due_remove(record.due_ms);
         self.unqueue(id, &record, g);
         self.admin.cancelled_total += 1;
+        let mut rcpts = record.rcpts_full();
+        for r in rcpts.iter_mut().filter(|r| r.state == RcptState::Pending) {
+            r.finish(RcptState::Cancelled, reason, now);
+        }
         let cancelled = CancelledRecord {
             lane: record.lane,
             enqueued_ms: record.enqueued_ms,
             cancelled_ms: now,
             reason: reason.to_string(),
             message_id: record.message_id,
+            envelope_to: record.envelope_to,
+            rcpts,
+            client: record.client,
         };
         let value = codec::encode(&cancelled);
         self.keep_final(id, key::cancelled(id), value, key::EXPIRY_CANCELLED, now, g);
@@ -367,6 +398,16 @@ impl Committer {
         g.bodies.push(record.body);
         record.attempts = 0;
         record.last_error = String::new();
+        // Every recipient not delivered is tried again (one on the
+        // suppression list by then is skipped when its turn comes).
+        record.rcpts = record
+            .rcpts_full()
+            .into_iter()
+            .map(|r| match r.state {
+                RcptState::Delivered => r,
+                _ => Rcpt::pending(0),
+            })
+            .collect();
         record.due_ms = now;
         record.first_due_ms = now;
         g.batch.remove(&key::dead(id));
@@ -500,6 +541,10 @@ impl Committer {
                 let idem = match k[9] {
                     key::EXPIRY_IDEM => Some(key::idem_rest(rest)),
                     key::EXPIRY_IDEM_LEGACY => Some(key::idem_legacy(rest)),
+                    key::EXPIRY_SUPPRESSION => {
+                        self.sweep_suppression(rest, now, &mut batch);
+                        None
+                    }
                     kind @ (key::EXPIRY_DELIVERED | key::EXPIRY_CANCELLED) => {
                         let mut dk = vec![kind];
                         dk.extend_from_slice(rest);
@@ -531,5 +576,51 @@ impl Committer {
             }
         }
         n
+    }
+}
+
+/// What becomes of a message after an outcome.
+#[derive(Debug)]
+enum Next {
+    Postpone {
+        due_ms: u64,
+        error: String,
+    },
+    Retry {
+        due_ms: u64,
+        error: String,
+    },
+    /// No recipient is pending: how it ended and why.
+    Finish(Finish, String),
+}
+
+/// Applies an outcome to the record's recipients and says what follows.
+/// An attempt is counted when some recipient's attempts grew.
+fn settle(record: &mut Record, outcome: Outcome, now: u64) -> Next {
+    let rcpts = outcome.rcpts_after(record, now);
+    let next = match outcome {
+        Outcome::Postpone { due_ms, error } => return Next::Postpone { due_ms, error },
+        Outcome::Ack => Next::Finish(ended(&rcpts, Finish::Delivered), String::new()),
+        Outcome::Dead { reason } => Next::Finish(ended(&rcpts, Finish::Dead), reason),
+        Outcome::Retry { due_ms, error } => Next::Retry { due_ms, error },
+        Outcome::Split { due_ms, error, .. } => match finish_of(&rcpts) {
+            Some(f) => Next::Finish(f, error),
+            None => Next::Retry { due_ms, error },
+        },
+    };
+    let before: u32 = record.rcpts_full().iter().map(|r| r.attempts).sum();
+    if rcpts.iter().map(|r| r.attempts).sum::<u32>() > before || rcpts.is_empty() {
+        record.attempts += 1;
+    }
+    record.rcpts = rcpts;
+    next
+}
+
+/// How a message whose recipients are all finished ended (`default` for
+/// one without recipient states).
+fn ended(rcpts: &[Rcpt], default: Finish) -> Finish {
+    match finish_of(rcpts) {
+        Some(f) if !rcpts.is_empty() => f,
+        _ => default,
     }
 }

@@ -8,9 +8,11 @@
 use bincode::{Decode, Encode};
 
 /// The format version written by this binary. Version 2 added the
-/// client slot to `Record` (and so to `DeadRecord`); values of version 1
+/// client slot to `Record` (and so to `DeadRecord`); version 3 each
+/// recipient's state and the deadline to `Record`, the recipients to
+/// `DeliveredRecord` and `CancelledRecord`. Values of versions 1 and 2
 /// are still read (see [`Versioned`]).
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Upper bound on any decoded allocation (a record is at most the maximum
 /// message size plus its envelope).
@@ -35,8 +37,9 @@ pub fn encode<T: Encode>(value: &T) -> Vec<u8> {
 
 /// A stored type: how to read it in each format version.
 pub trait Versioned: Decode<()> + Sized {
-    /// A value written by format version 1; by default the layout is the same.
-    fn decode_v1(body: &[u8]) -> Result<Self, DecodeError> {
+    /// A value written by an older format `version` (1 or 2); by default
+    /// the layout is the same.
+    fn decode_old(_version: u8, body: &[u8]) -> Result<Self, DecodeError> {
         decode_body(body)
     }
 }
@@ -45,7 +48,7 @@ pub fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     match version {
         FORMAT_VERSION => decode_body(body),
-        1 => T::decode_v1(body),
+        1 | 2 => T::decode_old(version, body),
         v => Err(DecodeError::UnknownVersion(v)),
     }
 }
@@ -90,6 +93,9 @@ mod tests {
                 len: 3,
             },
             client: 7,
+            expires_ms: 9,
+            rcpts: vec![crate::model::Rcpt::pending(3)],
+            bypass_suppression: false,
         }
     }
 
@@ -99,31 +105,64 @@ mod tests {
         assert_eq!(decode::<Record>(&encode(&r)), Ok(r));
     }
 
+    /// `record` as an older format wrote it: today's encoding of it
+    /// without a deadline, recipient states and bypass is the format-2
+    /// one followed by three zero bytes (format 1: also the client, 0).
+    fn old_bytes(r: &Record, version: u8) -> Vec<u8> {
+        let bare = Record {
+            expires_ms: 0,
+            rcpts: vec![],
+            bypass_suppression: false,
+            client: if version == 1 { 0 } else { r.client },
+            ..r.clone()
+        };
+        let mut v = encode(&bare);
+        let drop = if version == 1 { 4 } else { 3 };
+        for _ in 0..drop {
+            assert_eq!(v.pop(), Some(0));
+        }
+        v[0] = version;
+        v
+    }
+
     #[test]
-    fn reads_format_1_records_as_client_0() {
-        // Format 1 is format 2 without the trailing client (a varint: one
-        // byte for 0), under version byte 1.
-        let r = Record {
+    fn reads_older_records_with_every_recipient_pending() {
+        for version in [1, 2] {
+            let r = record();
+            let want = Record {
+                expires_ms: 0,
+                rcpts: vec![crate::model::Rcpt::pending(r.attempts); r.envelope_to.len()],
+                client: if version == 1 { 0 } else { r.client },
+                ..r.clone()
+            };
+            assert_eq!(decode::<Record>(&old_bytes(&r, version)), Ok(want.clone()));
+            // A dead letter is its record, then raw, died_ms and reason.
+            let dead = crate::model::DeadRecord {
+                record: want.clone(),
+                raw: b"x".to_vec(),
+                died_ms: 5,
+                reason: "550".into(),
+            };
+            let mut bytes = old_bytes(&r, version);
+            let tail = encode(&(b"x".to_vec(), 5u64, "550".to_string()));
+            bytes.extend_from_slice(&tail[1..]);
+            assert_eq!(decode::<crate::model::DeadRecord>(&bytes), Ok(dead));
+        }
+        // Delivered records of format 2 had no recipients.
+        let d = crate::model::DeliveredRecord {
+            lane: Lane::Normal,
+            enqueued_ms: 1,
+            delivered_ms: 2,
+            attempts: 1,
+            message_id: "m@x".into(),
+            envelope_to: vec![],
+            rcpts: vec![],
             client: 0,
-            ..record()
         };
-        let mut v1 = encode(&r);
-        assert_eq!(v1.pop(), Some(0));
-        v1[0] = 1;
-        assert_eq!(decode::<Record>(&v1), Ok(r.clone()));
-        let dead = crate::model::DeadRecord {
-            record: r,
-            raw: b"x".to_vec(),
-            died_ms: 5,
-            reason: "550".into(),
-        };
-        let bytes = encode(&dead);
-        // record ends right before raw's length prefix (1) and byte.
-        let cut = bytes.len() - (1 + 1 + 1 + 1 + 3) - 1;
-        let mut v1 = bytes.clone();
-        assert_eq!(v1.remove(cut), 0, "the client byte");
-        v1[0] = 1;
-        assert_eq!(decode::<crate::model::DeadRecord>(&v1), Ok(dead));
+        let mut v2 = encode(&d);
+        assert_eq!((v2.pop(), v2.pop(), v2.pop()), (Some(0), Some(0), Some(0)));
+        v2[0] = 2;
+        assert_eq!(decode::<crate::model::DeliveredRecord>(&v2), Ok(d));
     }
 
     #[test]

@@ -157,6 +157,8 @@ pub(super) struct Group {
     pub(super) clients_touched: BTreeSet<u16>,
     /// The paused relays, when an operator changed them in this group.
     pub(super) paused_relays: Option<PausedRelays>,
+    /// Suppression entries added (Some) or removed, in order.
+    pub(super) suppressions: super::suppress::Changes,
 }
 
 impl Group {
@@ -426,6 +428,10 @@ impl Committer {
                         .lock()
                         .expect("paused relays lock") = paused;
                 }
+                super::suppress::publish(
+                    &self.shared.suppressions,
+                    std::mem::take(&mut g.suppressions),
+                );
                 let mut shared = self.shared.clients.lock().expect("clients lock");
                 if *shared != self.clients {
                     shared.clone_from(&self.clients);

@@ -103,6 +103,7 @@ pub const EXPIRY_IDEM_LEGACY: u8 = b'i';
 pub const EXPIRY_IDEM: u8 = b'j';
 pub const EXPIRY_DELIVERED: u8 = b's';
 pub const EXPIRY_CANCELLED: u8 = b'k';
+pub const EXPIRY_SUPPRESSION: u8 = b'p';
 pub fn expiry(expires_ms: u64, kind: u8, rest: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(10 + rest.len());
     v.push(b'x');

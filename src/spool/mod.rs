@@ -54,6 +54,7 @@
 //! o                             → ()              bodies are synced before their index (set at open)
 //! u <client:2>                  → name            client registry (slot 0 = no client)
 //! w <client:2>                  → ClientCounters  per-client queued, bytes, totals
+//! p <domain> 0x00 <local>       → Suppression     the suppression list (expiry in x … p)
 //! ```
 
 //!
@@ -73,10 +74,12 @@ pub(crate) mod ops;
 mod read;
 mod recover;
 pub(crate) mod segments;
+mod suppress;
 #[cfg(test)]
 mod tests;
 mod types;
 
+pub use suppress::{normalize as normalize_address, Suppressed, Suppression, SuppressionPage};
 pub use types::*;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -90,7 +93,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::model::BodyLoc;
+use crate::model::{finish_of, BodyLoc, Finish, Rcpt, RcptState};
 use crate::model::{
     now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Outcome, Record,
 };
@@ -111,6 +114,8 @@ struct Shared {
     bodies: SegmentReader,
     admin: Mutex<AdminState>,
     paused_relays: Mutex<PausedRelays>,
+    /// The suppression list in memory (`suppress`).
+    suppressions: Mutex<suppress::SuppressionMap>,
     node_id: String,
     observer: Arc<dyn SpoolObserver>,
     /// Published by the committer after each group.
@@ -318,6 +323,7 @@ impl Store {
                 }
             }
         }
+        let suppressions = suppress::load(&tree)?;
         let shared = Arc::new(Shared {
             tree,
             counters: Mutex::new(counters),
@@ -328,6 +334,7 @@ impl Store {
             bodies: segments.reader(),
             admin: Mutex::new(admin),
             paused_relays: Mutex::new(paused_relays),
+            suppressions: Mutex::new(suppressions),
             node_id,
             observer: options.observer.clone(),
             clients: Mutex::new(clients.clone()),

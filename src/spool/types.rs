@@ -50,6 +50,28 @@ pub struct StoreOptions {
     pub delivered_retention: Duration,
     /// Told group-commit sizes and fsync times.
     pub observer: Arc<dyn SpoolObserver>,
+    /// Which bounces put an address on the suppression list, for how long.
+    pub suppression: SuppressionPolicy,
+}
+
+/// Which bounces put an address on the suppression list, and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuppressionPolicy {
+    pub classes: Vec<crate::model::BounceClass>,
+    /// Zero: entries never expire.
+    pub expiry: Duration,
+}
+
+impl Default for SuppressionPolicy {
+    fn default() -> Self {
+        SuppressionPolicy {
+            classes: vec![
+                crate::model::BounceClass::BadMailbox,
+                crate::model::BounceClass::BadDomain,
+            ],
+            expiry: Duration::from_secs(30 * 86_400),
+        }
+    }
 }
 
 /// What the spool tells an observer as it works; `observe::metrics`
@@ -83,6 +105,10 @@ pub enum AdminOp {
     SetPaused(u8),
     /// Which relays are paused, by name (the whole set).
     SetPausedRelays(Vec<String>),
+    /// Puts addresses on the suppression list (replacing their entries).
+    Suppress(Vec<Suppression>),
+    /// Takes addresses (normalized) off the suppression list.
+    Unsuppress(Vec<String>),
 }
 
 /// The relays an operator paused, by name (key `r`).
@@ -94,6 +120,8 @@ pub struct PausedRelays(pub Vec<String>);
 pub struct AdminResult {
     pub changed: Vec<MessageId>,
     pub unchanged: Vec<MessageId>,
+    /// Suppression entries added or removed.
+    pub count: u64,
 }
 
 /// Operator state that survives restarts (its own key, so the counters'
@@ -121,6 +149,11 @@ pub struct CancelledRecord {
     pub cancelled_ms: u64,
     pub reason: String,
     pub message_id: String,
+    /// Its recipients and their states then (pending ones cancelled).
+    pub envelope_to: Vec<String>,
+    pub rcpts: Vec<Rcpt>,
+    /// The client that enqueued it (its slot; 0 = none or unknown).
+    pub client: u16,
 }
 
 /// One entry of a listing.
@@ -208,7 +241,6 @@ pub struct ClientCounters {
 impl codec::Versioned for Counters {}
 impl codec::Versioned for AdminState {}
 impl codec::Versioned for PausedRelays {}
-impl codec::Versioned for CancelledRecord {}
 impl codec::Versioned for IdemEntry {}
 impl codec::Versioned for ClientCounters {}
 

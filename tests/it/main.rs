@@ -16,6 +16,7 @@ mod limits;
 mod mime;
 mod ops;
 mod power;
+mod recipients;
 mod relays;
 mod restart;
 mod security;

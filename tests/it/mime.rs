@@ -56,6 +56,16 @@ impl Capture {
         Some(format!("smtp://127.0.0.1:{}", self.port))
     }
 
+    /// Every RCPT TO it answered, in order: (address, reply).
+    pub(crate) fn rcpts(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.dir.path().join("rcpt.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(a, r)| (a.to_string(), r.to_string()))
+            .collect()
+    }
+
     /// What it received so far, in order: (summary, bytes).
     pub(crate) fn received(&self) -> Vec<(Value, Vec<u8>)> {
         let mut n = 1;

@@ -144,7 +144,7 @@ async fn smtp_sink_hard_reject_is_dead_soft_reject_and_disconnect_retry() {
             .await;
             let m = s.get(&r.id).await.unwrap();
             assert!(ok, "{name}: retried; got {m:?}");
-            assert_ne!(m.state(), pb::MessageState::Dead, "{name}");
+            assert_ne!(m.state(), pb::MessageState::Dead, "{name}: {m:?}");
             assert!(!m.last_error.is_empty(), "{name}");
             assert!(s.stats().await.retried_total >= 1);
         }

@@ -7,6 +7,7 @@ part with its defects) into --dir, the .json last and atomically. Prints
 the port it listens on, then serves until killed.
 
     python3 capture.py --dir DIR [--smtputf8]
+        [--reject LOCAL]... [--defer-once LOCAL]... [--max-rcpts N]
     python3 capture.py --parse FILE...   (smtp-sink dumps: one JSON line each)
 """
 import argparse
@@ -61,8 +62,17 @@ def describe(raw: bytes) -> dict:
 
 
 class Capture:
-    def __init__(self, out: str, implicit_tls: bool = False, dkim_records=None, oauth2=None):
+    def __init__(self, out: str, implicit_tls: bool = False, dkim_records=None, oauth2=None,
+                 reject=(), defer_once=(), max_rcpts=0):
         self.out = out
+        # Recipient rules, by local part: rejected for good as Postfix
+        # says it, deferred the first time as a greylist says it; at most
+        # max_rcpts per transaction, as Postfix's smtpd_recipient_limit.
+        self.reject = set(reject)
+        self.defer_once = set(defer_once)
+        self.deferred = set()
+        self.max_rcpts = max_rcpts
+        self.rcpt_log = os.path.join(out, "rcpt.log")
         self.implicit_tls = implicit_tls
         self.dkim_records = dkim_records or {}
         self.oauth2 = oauth2
@@ -99,6 +109,22 @@ class Capture:
         if (user, token) == self.oauth2:
             return AuthResult(success=True, auth_data=LoginPassword(user.encode(), b""))
         return AuthResult(success=False, handled=False)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        local = address.split("@")[0]
+        if self.max_rcpts and len(envelope.rcpt_tos) >= self.max_rcpts:
+            reply = "452 4.5.3 Error: too many recipients"
+        elif local in self.reject:
+            reply = f"550 5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
+        elif local in self.defer_once and address not in self.deferred:
+            self.deferred.add(address)
+            reply = f"451 4.7.1 <{address}>: Recipient address rejected: Greylisted, try again later"
+        else:
+            envelope.rcpt_tos.append(address)
+            reply = "250 2.1.5 Ok"
+        with open(self.rcpt_log, "a") as f:
+            f.write(f"{address} {reply}\n")
+        return reply
 
     async def handle_DATA(self, server, session, envelope):
         n = next(self.n)
@@ -179,6 +205,12 @@ def main():
     ap.add_argument("--smtps", nargs=2, metavar=("CERT", "KEY"), help="TLS from the first byte")
     ap.add_argument("--auth", metavar="USER:PASSWORD", help="require AUTH PLAIN/LOGIN")
     ap.add_argument("--oauth2", metavar="USER:TOKEN", help="require AUTH XOAUTH2 with this token")
+    ap.add_argument("--reject", action="append", default=[], metavar="LOCAL",
+                    help="550 5.1.1 to RCPT TO of this local part")
+    ap.add_argument("--defer-once", action="append", default=[], metavar="LOCAL",
+                    help="451 4.7.1 (greylisted) to the first RCPT TO of this local part")
+    ap.add_argument("--max-rcpts", type=int, default=0,
+                    help="452 4.5.3 too many recipients past this many per transaction")
     ap.add_argument("--dkim", action="append", default=[], metavar="NAME=TXT",
                     help="a DKIM key record (selector._domainkey.domain=v=DKIM1; ...) to verify with dkimpy")
     args = ap.parse_args()
@@ -197,7 +229,8 @@ def main():
         c = Controller(
             Capture(args.dir, implicit_tls=bool(args.smtps),
                     dkim_records=dict(d.split("=", 1) for d in args.dkim),
-                    oauth2=tuple(args.oauth2.split(":", 1)) if args.oauth2 else None),
+                    oauth2=tuple(args.oauth2.split(":", 1)) if args.oauth2 else None,
+                    reject=args.reject, defer_once=args.defer_once, max_rcpts=args.max_rcpts),
             hostname="127.0.0.1",
             port=port,
             decode_data=False,

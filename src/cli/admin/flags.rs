@@ -118,6 +118,8 @@ pub fn state_name(m: &pb::MessageSummary) -> &'static str {
         },
         pb::MessageState::InFlight => "in-flight",
         pb::MessageState::Delivered => "delivered",
+        pb::MessageState::PartiallyDelivered => "partially delivered",
+        pb::MessageState::Expired => "expired",
         pb::MessageState::Dead => "dead",
         pb::MessageState::Quarantined => "quarantined",
         pb::MessageState::Cancelled => "cancelled",

@@ -82,27 +82,7 @@ pub fn age_secs(then_ms: i64, now_ms: i64) -> u64 {
     (now_ms.saturating_sub(then_ms).max(0) / 1000) as u64
 }
 
-/// Unix milliseconds as `2025-11-25 19:01:02 UTC`.
-pub fn utc_time(unix_ms: i64) -> String {
-    let secs = unix_ms.div_euclid(1000);
-    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
+pub use crate::model::utc_time;
 
 /// Milliseconds since the Unix epoch, now (the wall clock: the CLI shows
 /// the server's times against it).

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::pb;
 
 mod domains;
-mod flags;
+pub(crate) mod flags;
 pub(crate) mod human;
 mod messages;
 mod ops;

@@ -16,7 +16,7 @@ use lettre::message::Mailbox;
 use rand::Rng;
 
 use crate::model::{Lane, NewMessage};
-pub use address::domain_a_label;
+pub use address::{domain_a_label, mailbox};
 pub use header::{section_of, MAX_LINE_OCTETS};
 pub use mime::{guess_content_type, AttachmentInput};
 pub use raw::{build_raw, RawInput};
@@ -135,6 +135,7 @@ pub fn build(
     };
     let (to, cc) = (list("to", &email.to)?, list("cc", &email.cc)?);
     list("bcc", &email.bcc)?; // the envelope only
+    let rcpt_fields = Some((to.len(), cc.len()));
 
     let domain = if limits.message_id_domain.is_empty() {
         from.email.domain()
@@ -185,6 +186,10 @@ pub fn build(
         idempotency_key: idempotency_key.to_string(),
         not_before_ms,
         client: String::new(),
+        expires_ms: 0,
+        bypass_suppression: false,
+        rcpt_fields,
+        suppressed: Vec::new(),
     })
 }
 

@@ -119,6 +119,10 @@ pub fn build_raw(
         idempotency_key: idempotency_key.to_string(),
         not_before_ms,
         client: String::new(),
+        expires_ms: 0,
+        bypass_suppression: false,
+        rcpt_fields: None,
+        suppressed: Vec::new(),
     })
 }
 
