@@ -494,6 +494,9 @@ impl Outcome {
         for r in rcpts.iter_mut().filter(|r| r.state == RcptState::Pending) {
             r.attempts += 1;
             r.last_reply = reply.to_string();
+            if state == RcptState::Delivered {
+                r.class = None;
+            }
             if state != RcptState::Pending {
                 r.finish(state, reply, now);
             }

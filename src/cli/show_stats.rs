@@ -79,6 +79,37 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         ] {
             v[k] = x.into();
         }
+        v["bounce_rate_last_hour"] = s.bounce_rate_last_hour.into();
+        v["suppression_list_size"] = s.suppression_list_size.into();
+        for (k, x) in [
+            ("recipients_delivered_total", s.recipients_delivered_total),
+            ("recipients_bounced_total", s.recipients_bounced_total),
+            ("recipients_suppressed_total", s.recipients_suppressed_total),
+            ("recipients_expired_total", s.recipients_expired_total),
+            (
+                "recipients_delivered_last_hour",
+                s.recipients_delivered_last_hour,
+            ),
+            (
+                "recipients_bounced_last_hour",
+                s.recipients_bounced_last_hour,
+            ),
+            (
+                "recipients_suppressed_last_hour",
+                s.recipients_suppressed_last_hour,
+            ),
+            (
+                "recipients_expired_last_hour",
+                s.recipients_expired_last_hour,
+            ),
+        ] {
+            v[k] = x.into();
+        }
+        v["bounce_classes"] = s
+            .bounce_classes
+            .iter()
+            .map(|c| serde_json::json!({"class": c.class().as_str_name(), "total": c.total, "last_hour": c.last_hour}))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -183,6 +214,32 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         ("dead total", s.dead_total.to_string()),
         ("duplicates total", s.duplicates_total.to_string()),
         ("cancelled total", s.cancelled_total.to_string()),
+        (
+            "recipients",
+            format!(
+                "delivered {}, bounced {}, suppressed {}, expired {} (last hour: {}, {}, {}, {})",
+                s.recipients_delivered_total,
+                s.recipients_bounced_total,
+                s.recipients_suppressed_total,
+                s.recipients_expired_total,
+                s.recipients_delivered_last_hour,
+                s.recipients_bounced_last_hour,
+                s.recipients_suppressed_last_hour,
+                s.recipients_expired_last_hour
+            ),
+        ),
+        (
+            "bounce rate",
+            format!(
+                "{:.1}% (last hour; relays act at 5-10%)",
+                s.bounce_rate_last_hour * 100.0
+            ),
+        ),
+        (
+            "suppressed",
+            format!("{} on the list", s.suppression_list_size),
+        ),
+        ("failed attempts", failures(&s.bounce_classes)),
     ];
     for (k, v) in rows {
         println!("{k:<18} {v:>14}");
@@ -194,4 +251,25 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         print!("\n{}", ac::clients_table(&s.clients));
     }
     Ok(())
+}
+
+/// Failed attempts by bounce class, those with any: `bad_mailbox 3 (1h 1)`.
+fn failures(classes: &[pb::BounceClassCount]) -> String {
+    let shown: Vec<String> = classes
+        .iter()
+        .filter(|c| c.total > 0)
+        .map(|c| {
+            let name = c
+                .class()
+                .as_str_name()
+                .trim_start_matches("BOUNCE_")
+                .to_ascii_lowercase();
+            format!("{name} {} (1h {})", c.total, c.last_hour)
+        })
+        .collect();
+    if shown.is_empty() {
+        "none".into()
+    } else {
+        shown.join(", ")
+    }
 }

@@ -39,6 +39,11 @@ pub fn classify_reply(code: u16, text: &str) -> BounceClass {
     {
         return RelayAuth;
     }
+    // Greylisting defers one recipient once; it is not the relay slowing
+    // everyone down (its reply carries 4.7.1).
+    if code < 500 && has(&t, &["greylist", "graylist"]) {
+        return Temporary;
+    }
     if code == 421
         || code == 454
         || (code < 500 && status.is_some_and(|s| s.1 == 7))
@@ -203,6 +208,7 @@ mod tests {
             (504, "5.5.2 <vm>: Helo command rejected: need fully-qualified hostname", RelayAuth),
             (552, "5.3.4 Message size exceeds fixed limit", MessageTooLarge),
             (450, "4.7.1 <u@example.org>: Recipient address rejected: too much mail", Throttled),
+            (451, "4.7.1 <u@example.org>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/example.org.html", Temporary),
             (554, "5.7.1 Service unavailable; Client host [192.0.2.7] blocked using zen.spamhaus.org", Policy),
             (452, "4.5.3 Error: too many recipients", Temporary),
             (451, "4.3.0 Error: queue file write error", Temporary),

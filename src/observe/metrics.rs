@@ -99,6 +99,7 @@ pub struct Metrics {
     pub group_commit: Histogram,
     /// One durability round (segment sync, sled flush, fsyncs), seconds.
     pub fsync_duration: Histogram,
+    recipients: super::recipient_metrics::RecipientMetrics,
 }
 
 impl Default for Metrics {
@@ -138,6 +139,7 @@ impl Default for Metrics {
             client_enqueued: Family::default(),
             client_delivered: Family::default(),
             client_refused: Family::default(),
+            recipients: Default::default(),
             smtp_replies: Family::default(),
             // 100 µs .. ~1.6 s
             enqueue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
@@ -333,6 +335,7 @@ impl Default for Metrics {
                 "One durability round: segment sync, sled flush, fsyncs",
                 m.fsync_duration.clone(),
             );
+            m.recipients.register(&mut r);
         }
         m
     }
@@ -417,6 +420,7 @@ impl Metrics {
                 .set(i64::from(o.relay_state == state));
         }
         self.refresh_relays(o);
+        self.recipients.refresh(o);
         sync(&self.enqueued, s.enqueued_total);
         sync(&self.delivered, s.delivered_total);
         sync(&self.retried, s.retried_total);

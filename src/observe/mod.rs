@@ -6,4 +6,5 @@ pub mod congestion;
 pub mod metrics;
 pub mod outcomes;
 pub mod overview;
+pub mod recipient_metrics;
 pub mod stats;

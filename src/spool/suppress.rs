@@ -301,10 +301,7 @@ impl Committer {
 }
 
 /// Applies a committed group's changes to the in-memory copy.
-pub(super) fn publish(
-    map: &Mutex<SuppressionMap>,
-    changes: Changes,
-) {
+pub(super) fn publish(map: &Mutex<SuppressionMap>, changes: Changes) {
     if changes.is_empty() {
         return;
     }

@@ -61,6 +61,11 @@ async fn each_recipient_has_its_own_outcome_and_a_hard_bounce_is_suppressed() {
         ],
         "{m:?}"
     );
+    assert_eq!(
+        m.recipients[2].bounce_class(),
+        pb::BounceClass::Unspecified,
+        "delivered"
+    );
     let bounced = &m.recipients[1];
     assert_eq!(bounced.bounce_class(), pb::BounceClass::BounceBadMailbox);
     assert!(bounced.last_reply.starts_with("550 5.1.1"), "{bounced:?}");
@@ -119,6 +124,47 @@ async fn each_recipient_has_its_own_outcome_and_a_hard_bounce_is_suppressed() {
         .find(|c| c.class() == pb::BounceClass::BounceBadMailbox)
         .unwrap();
     assert_eq!((bad_mailbox.total, bad_mailbox.last_hour), (1, 1));
+    let m = samples(&http_get(s.handle.as_ref().unwrap().metrics_addr.unwrap(), "/metrics").await);
+    assert_eq!(
+        sample(&m, "mailspool_recipients_total{state=\"bounced\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&m, "mailspool_recipients_total{state=\"delivered\"}"),
+        2.0
+    );
+    assert_eq!(sample(&m, "mailspool_suppressed_addresses"), 1.0);
+    assert!((sample(&m, "mailspool_bounce_rate") - 1.0 / 3.0).abs() < 1e-9);
+    assert_eq!(
+        sample(&m, "mailspool_failed_attempts_total{class=\"bad_mailbox\"}"),
+        1.0
+    );
+    // And for people: the recipients of the message, the figures in stats.
+    let out = run_cli(&url(&s), &["status", &id]).await;
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("  {gone}")))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.contains("bounced") && line.contains("BOUNCE_BAD_MAILBOX"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("state         PARTIALLY_DELIVERED"),
+        "{}",
+        out.stdout
+    );
+    let out = run_cli(&url(&s), &["stats"]).await;
+    assert!(out.stdout.contains("33.3% (last hour"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("bad_mailbox 1 (1h 1)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("1 on the list"), "{}", out.stdout);
 
     // The next message to it leaves it out of the envelope (the header
     // keeps it, as the sender wrote it), and says so; in a batch too.
@@ -458,4 +504,107 @@ async fn the_suppression_list_survives_a_restart_and_a_kill() {
     let r = run_cli(&s.url, &["suppression", "list", "--json"]).await;
     assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
     s.stop().await.unwrap();
+}
+
+/// Our password refused (535): the relay's problem, not the recipients'.
+/// Nothing bounces, nothing is suppressed, no attempt is burned, and the
+/// state is there to see; once the password is fixed and the process
+/// restarted, the mail goes.
+#[cfg_attr(
+    not(have_aiosmtpd),
+    ignore = "needs Python's aiosmtpd (pip install aiosmtpd)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_relay_password_bounces_and_suppresses_nothing() {
+    use mailspool::harness::child::ServerProcess;
+    let relay = capture_with(&["--auth", "mailspool:right"]).await;
+    let dir = tempdir();
+    let password = dir.path().join("relay.password");
+    std::fs::write(&password, "wrong\n").unwrap();
+    let data = dir.path().join("data");
+    let relay_url = relay.relay().unwrap();
+    // ServerProcess gives a loopback relay `--relay-tls none` itself.
+    let flags = [
+        "--relay-user",
+        "mailspool",
+        "--relay-password-file",
+        password.to_str().unwrap(),
+    ];
+    let start = || async {
+        ServerProcess::start(std::path::Path::new(binary()), &data, &relay_url, &flags)
+            .await
+            .expect("server starts")
+    };
+    let server = start().await;
+    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut queue = pb::mail_queue_client::MailQueueClient::new(channel.clone());
+    let mut admin = pb::queue_admin_client::QueueAdminClient::new(channel);
+    let id = queue
+        .enqueue(to("pw", &["a@example.org", "b@example.org"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let refused = wait_until(std::time::Duration::from_secs(20), || {
+        let mut admin = admin.clone();
+        async move {
+            let st = admin
+                .queue_stats(pb::QueueStatsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            st.relays.first().is_some_and(|r| r.state == "auth failed")
+        }
+    })
+    .await;
+    assert!(refused, "the relay shows `auth failed`");
+    let m = queue
+        .get_message(pb::GetMessageRequest { id: id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.state(), pb::MessageState::Queued, "{m:?}");
+    assert_eq!(m.attempts, 0, "no attempt burned: {m:?}");
+    assert_eq!(m.bounce_class(), pb::BounceClass::BounceRelayAuth, "{m:?}");
+    for r in &m.recipients {
+        assert_eq!(
+            (r.state(), r.attempts),
+            (pb::RecipientState::RecipientPending, 0),
+            "{r:?}"
+        );
+    }
+    let st = admin
+        .queue_stats(pb::QueueStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            st.recipients_bounced_total,
+            st.suppression_list_size,
+            st.dead
+        ),
+        (0, 0, 0)
+    );
+    assert!(st.relays[0].reason.contains("535"), "{:?}", st.relays[0]);
+    server.stop().await.unwrap();
+
+    std::fs::write(&password, "right\n").unwrap();
+    let server = start().await;
+    let out = wait_until(std::time::Duration::from_secs(20), || async {
+        let r = run_cli(&server.url, &["status", &id, "--json"]).await;
+        serde_json::from_str::<Value>(&r.stdout).is_ok_and(|v| v["state"] == "DELIVERED")
+    })
+    .await;
+    assert!(out, "delivered after the fix and a restart");
+    let r = run_cli(&server.url, &["status", &id, "--json"]).await;
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["attempts"], 1, "{v}");
+    assert_eq!(v["recipients"][1]["state"], "RECIPIENT_DELIVERED", "{v}");
+    assert_eq!(relay.received().len(), 1, "one transaction for both");
+    server.stop().await.unwrap();
 }
