@@ -2,7 +2,9 @@
 //! torture`: it accepts, defers (451), throttles (421), rejects (550),
 //! stalls or drops the connection after DATA, or fails the TLS handshake
 //! after offering STARTTLS, as it is told, and records every message it
-//! accepted. Real sockets, real protocol; nothing is mocked in mailspool.
+//! accepted with its recipients. It may take at most N recipients per
+//! transaction (`452 4.5.3` past them), as Postfix's smtpd_recipient_limit.
+//! Real sockets, real protocol; nothing is mocked in mailspool.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -40,6 +42,8 @@ pub struct Received {
     pub message_id: String,
     pub subject: String,
     pub raw: String,
+    /// The RCPT TO addresses of its transaction.
+    pub rcpts: Vec<String>,
     /// When the peer answered 250 for it.
     pub at: std::time::SystemTime,
 }
@@ -57,6 +61,8 @@ struct State {
     /// A relay of limited capacity: accepted messages are spaced this far
     /// apart across all connections; `next` is the next free slot.
     pace: Option<(Duration, tokio::time::Instant)>,
+    /// Recipients per transaction (0: any number).
+    max_rcpts: usize,
 }
 
 #[derive(Clone)]
@@ -101,6 +107,11 @@ impl SmtpPeer {
     pub fn set_capacity(&self, per_second: f64) {
         let gap = Duration::from_secs_f64(1.0 / per_second.max(1e-3));
         self.state.lock().unwrap().pace = Some((gap, tokio::time::Instant::now()));
+    }
+
+    /// Take at most `n` recipients per transaction (0: any number).
+    pub fn set_max_recipients(&self, n: usize) {
+        self.state.lock().unwrap().max_rcpts = n;
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -155,16 +166,29 @@ async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io
     let mut r = BufReader::new(r);
     w.write_all(b"220 test-peer ESMTP\r\n").await?;
     let mut line = String::new();
-    // The last RCPT TO address, quoted in rejections as real relays do.
+    // The last RCPT TO address, quoted in rejections as real relays do,
+    // and the transaction's recipients.
     let mut rcpt = String::new();
+    let mut rcpts: Vec<String> = Vec::new();
     loop {
         line.clear();
         if r.read_line(&mut line).await? == 0 {
             return Ok(());
         }
         let cmd = line.trim_end().to_ascii_uppercase();
+        if cmd.starts_with("MAIL FROM:") || cmd.starts_with("RSET") {
+            rcpts.clear();
+        }
         if cmd.starts_with("RCPT TO:") {
             rcpt = line.trim_end()[8..].trim().to_string();
+            let max = peer.state.lock().unwrap().max_rcpts;
+            if max > 0 && rcpts.len() >= max {
+                w.write_all(b"452 4.5.3 Error: too many recipients\r\n")
+                    .await?;
+                continue;
+            }
+            let address = rcpt.trim_start_matches('<').trim_end_matches('>');
+            rcpts.push(address.to_string());
         }
         if cmd.starts_with("EHLO") {
             w.write_all(b"250-test-peer\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
@@ -182,11 +206,12 @@ async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io
                 }
                 data.push_str(&line);
             }
+            let rcpts = std::mem::take(&mut rcpts);
             match peer.next_mode() {
-                Mode::Accept => accept(&peer, data, &mut w).await?,
+                Mode::Accept => accept(&peer, data, rcpts, &mut w).await?,
                 Mode::AcceptAfter(d) => {
                     tokio::time::sleep(d).await;
-                    accept(&peer, data, &mut w).await?
+                    accept(&peer, data, rcpts, &mut w).await?
                 }
                 Mode::Defer => {
                     peer.state.lock().unwrap().refused += 1;
@@ -238,6 +263,7 @@ async fn serve(conn: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::io
 async fn accept(
     peer: &SmtpPeer,
     data: String,
+    rcpts: Vec<String>,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
 ) -> std::io::Result<()> {
     let header = |name: &str| {
@@ -266,6 +292,7 @@ async fn accept(
         message_id: header("Message-ID:"),
         subject: header("Subject:"),
         raw: data.clone(),
+        rcpts,
         at: std::time::SystemTime::now(),
     };
     peer.state.lock().unwrap().received.push(received);

@@ -73,6 +73,13 @@ pub struct Report {
     pub delivered: usize,
     pub dead_5xx: usize,
     pub missing: usize,
+    /// Recipients of the acknowledged messages, those delivered, those
+    /// bounced with a 5xx, and those neither (lost).
+    pub recipients_acknowledged: usize,
+    pub recipients_delivered: usize,
+    pub recipients_bounced: usize,
+    pub recipients_missing: usize,
+    /// (message, recipient) pairs delivered more than once.
     pub duplicates: usize,
     pub delivered_ack_lost: usize,
     pub delivered_never_sent: usize,
@@ -80,7 +87,7 @@ pub struct Report {
 
 impl Report {
     pub fn ok(&self) -> bool {
-        self.missing == 0 && self.delivered_never_sent == 0
+        self.missing == 0 && self.recipients_missing == 0 && self.delivered_never_sent == 0
     }
 }
 
@@ -92,11 +99,20 @@ pub(crate) struct Ledger {
     sent: HashSet<String>,
 }
 
+/// Each message's recipients: three of its own (a 5.1.1 suppresses them,
+/// and no other message), more than the relay takes per transaction.
+fn recipients(key: &str) -> Vec<String> {
+    ["a", "b", "c"]
+        .iter()
+        .map(|r| format!("{key}.{r}@example.org"))
+        .collect()
+}
+
 fn request(key: &str) -> pb::EnqueueRequest {
     pb::EnqueueRequest {
         email: Some(pb::Email {
             from: "torture@example.com".into(),
-            to: vec!["victim@example.org".into()],
+            to: recipients(key),
             subject: key.to_string(),
             text_body: format!("torture message {key}\r\n"),
             headers: [("X-Torture-Key".to_string(), key.to_string())].into(),
@@ -251,6 +267,9 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
         None => dir.path().to_path_buf(),
     };
     let peer = SmtpPeer::start(Mode::Accept).await;
+    // Two recipients a transaction: each message takes two, and a kill
+    // between them leaves a message with some recipients delivered.
+    peer.set_max_recipients(2);
     let server_args = [
         "--retry-base-ms",
         "20",
@@ -341,17 +360,23 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
     let deadline = Instant::now() + Duration::from_secs(args.drain_timeout_secs);
     let report = loop {
         let received = peer.received();
-        let mut counts: HashMap<String, usize> = HashMap::new();
+        // (message, recipient) → times delivered.
+        let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
         for m in &received {
-            *counts.entry(m.message_id.clone()).or_default() += 1;
+            for r in &m.rcpts {
+                *counts
+                    .entry((m.message_id.as_str(), r.as_str()))
+                    .or_default() += 1;
+            }
         }
+        let delivered_mids: HashSet<&str> = counts.keys().map(|(m, _)| *m).collect();
         let mut report = Report {
             cycles,
             power_cuts: power,
             files_lost_bytes,
             entries_undone,
             acknowledged: acked.len(),
-            delivered: counts.len(),
+            delivered: delivered_mids.len(),
             duplicates: counts.values().filter(|&&n| n > 1).count(),
             ..Report::default()
         };
@@ -370,8 +395,15 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
                 }
             }
         }
-        for (id, mid) in acked.values() {
-            if counts.contains_key(mid) {
+        // Every recipient of every acknowledged message: delivered (the
+        // relay has it), or bounced with a 5xx (the spool says so).
+        for (key, (id, mid)) in &acked {
+            let want = recipients(key);
+            let delivered = |a: &str| counts.contains_key(&(mid.as_str(), a));
+            let seen = want.iter().filter(|a| delivered(a)).count();
+            report.recipients_acknowledged += want.len();
+            report.recipients_delivered += seen;
+            if seen == want.len() {
                 continue;
             }
             let m = match client
@@ -383,14 +415,26 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
                 // lost, which is what this run is here to find.
                 Err(s) if s.code() == tonic::Code::NotFound => {
                     report.missing += 1;
+                    report.recipients_missing += want.len() - seen;
                     continue;
                 }
                 Err(s) => return Err(s.into()),
             };
-            if m.state() == pb::MessageState::Dead && m.last_error.starts_with('5') {
-                report.dead_5xx += 1;
-            } else {
+            let bounced = m
+                .recipients
+                .iter()
+                .filter(|r| {
+                    !delivered(&r.address)
+                        && r.state() == pb::RecipientState::RecipientBounced
+                        && r.last_reply.starts_with('5')
+                })
+                .count();
+            report.recipients_bounced += bounced;
+            if seen + bounced < want.len() {
                 report.missing += 1;
+                report.recipients_missing += want.len() - seen - bounced;
+            } else if seen == 0 {
+                report.dead_5xx += 1;
             }
         }
         if report.missing == 0 || Instant::now() > deadline {
@@ -408,7 +452,7 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
         String::new()
     };
     eprintln!(
-        "torture: {} {} in {:.1} s; {} acknowledged: {} delivered, {} dead with a 5xx, {} MISSING; {} delivered twice; {} delivered whose ack was lost in a kill; {} delivered that were never sent{cuts}",
+        "torture: {} {} in {:.1} s; {} acknowledged: {} delivered, {} dead with a 5xx, {} MISSING; recipients: {} acknowledged, {} delivered, {} bounced with a 5xx, {} MISSING; {} delivered twice; {} delivered whose ack was lost in a kill; {} delivered that were never sent{cuts}",
         report.cycles,
         if power { "power cuts" } else { "cycles" },
         started.elapsed().as_secs_f64(),
@@ -416,6 +460,10 @@ pub async fn run(args: TortureArgs) -> Result<Report, Error> {
         report.acknowledged - report.dead_5xx - report.missing,
         report.dead_5xx,
         report.missing,
+        report.recipients_acknowledged,
+        report.recipients_delivered,
+        report.recipients_bounced,
+        report.recipients_missing,
         report.duplicates,
         report.delivered_ack_lost,
         report.delivered_never_sent

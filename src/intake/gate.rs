@@ -149,6 +149,12 @@ impl Request<'_> {
             return Ok(());
         }
         let store = &self.intake.store;
+        // A retry of a stored message is answered with its id, as sent.
+        if !m.idempotency_key.is_empty()
+            && store.knows_idempotency_key(&self.client.name, &m.idempotency_key)
+        {
+            return Ok(());
+        }
         let mut first = None;
         let mut i = 0;
         m.envelope_to.retain(|to| {

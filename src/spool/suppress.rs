@@ -109,6 +109,19 @@ impl Store {
         })
     }
 
+    /// Whether `client` enqueued a message with this idempotency key within
+    /// the window: a retry of it gets the first message's id, whatever
+    /// became of its recipients since (Enqueue does not screen it).
+    pub fn knows_idempotency_key(&self, client: &str, idempotency_key: &str) -> bool {
+        let Some(slot) = self.client_slot(client) else {
+            return false;
+        };
+        match self.shared.tree.get(key::idem(slot, idempotency_key)) {
+            Ok(Some(v)) => codec::decode::<IdemEntry>(&v).is_ok_and(|e| e.expires_ms > now_ms()),
+            _ => false,
+        }
+    }
+
     /// Entries in use (expired ones not yet swept are not counted).
     pub fn suppression_count(&self) -> u64 {
         let now = now_ms();

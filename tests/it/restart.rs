@@ -214,6 +214,14 @@ async fn torture_short_form_loses_nothing() {
         report.delivered + report.dead_5xx >= report.acknowledged,
         "{report:?}"
     );
+    // Counted per recipient: each acknowledged one delivered or bounced.
+    assert_eq!(report.recipients_acknowledged, 3 * report.acknowledged);
+    assert_eq!(report.recipients_missing, 0, "{report:?}");
+    assert_eq!(
+        report.recipients_delivered + report.recipients_bounced,
+        report.recipients_acknowledged,
+        "{report:?}"
+    );
 }
 
 /// libfaketime, to start the server with its wall clock an hour behind.
