@@ -272,4 +272,81 @@ mod tests {
         ));
         assert!(intake.admitted_since_sample.load(Ordering::Relaxed) > 20_000);
     }
+
+    /// Suppressed recipients leave the envelope; none left: refused,
+    /// naming the field, taking nothing from the quota; a client that
+    /// bypasses the list keeps them all.
+    #[tokio::test]
+    async fn the_suppression_list_screens_the_envelope_unless_bypassed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            crate::spool::StoreOptions {
+                cache_capacity_bytes: 1 << 20,
+                segment_bytes: 1 << 20,
+                idempotency_window: Duration::from_secs(60),
+                delivered_retention: Duration::from_secs(60),
+                observer: Arc::new(crate::spool::Unobserved),
+                suppression: crate::spool::SuppressionPolicy::default(),
+            },
+        )
+        .unwrap();
+        let entry = crate::spool::Suppression {
+            address: "gone@example.org".into(),
+            reason: "bad_mailbox".into(),
+            reply: String::new(),
+            message_id: 0,
+            client: "ops".into(),
+            created_ms: 1,
+            expires_ms: 0,
+        };
+        store
+            .admin(crate::spool::AdminOp::Suppress(vec![entry]))
+            .await
+            .unwrap();
+        let intake = Intake {
+            store,
+            spool_limits: SpoolLimits {
+                max_spool_bytes: 0,
+                min_free_bytes: 0,
+            },
+            disk_free: Arc::new(AtomicU64::new(u64::MAX)),
+            admitted_since_sample: Arc::default(),
+            refused: Arc::default(),
+        };
+        let two = || {
+            let mut m = message(Lane::Normal, 10);
+            m.envelope_to = vec!["gone@EXAMPLE.org".into(), "new@example.org".into()];
+            m.rcpt_fields = Some((1, 1));
+            m
+        };
+        let client = Client::new(&ClientConfig {
+            max_queued_messages: 1,
+            ..ClientConfig::with_token("svc", token_hash("t"), &[Role::Enqueue])
+        });
+        let mut r = intake.request(&client, 100.0);
+        let mut only_gone = two();
+        only_gone.envelope_to.truncate(1);
+        match r.admit(only_gone, false) {
+            Err(Refused::Suppressed(field, reason)) => {
+                assert_eq!(field, "email.to[0]");
+                assert!(
+                    reason.starts_with("suppressed: bad mailbox since 1970-01-01"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = r.admit(two(), false).expect("the quota of 1 is still free");
+        assert_eq!(m.envelope_to, ["new@example.org"]);
+        assert_eq!(m.suppressed[0].0, "gone@EXAMPLE.org");
+        assert!(!m.bypass_suppression);
+        let trusted = Client::new(&ClientConfig {
+            bypass_suppression: true,
+            ..ClientConfig::with_token("pager", token_hash("p"), &[Role::Enqueue])
+        });
+        let m = intake.request(&trusted, 100.0).admit(two(), false).unwrap();
+        assert_eq!(m.envelope_to.len(), 2);
+        assert!(m.suppressed.is_empty() && m.bypass_suppression);
+    }
 }

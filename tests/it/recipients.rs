@@ -449,6 +449,47 @@ async fn the_suppression_list_admin_api_and_cli() {
     s.shutdown().await;
 }
 
+/// An address suppressed while its message waits is not sent to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_suppressed_while_its_message_waits_is_not_sent_to() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    let mut r = to("later", &["x@example.org", "y@example.org"]);
+    r.not_before_unix_ms = mailspool::model::wall_ms() as i64 + 1_500;
+    let id = s.enqueue(r).await.unwrap().id;
+    s.admin
+        .clone()
+        .add_suppressions(pb::AddSuppressionsRequest {
+            addresses: vec!["x@example.org".into()],
+            reason: "complained".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = s
+        .wait_state(&id, pb::MessageState::PartiallyDelivered)
+        .await;
+    use pb::RecipientState::*;
+    assert_eq!(
+        states(&m),
+        [
+            ("x@example.org".to_string(), RecipientSuppressed, 0),
+            ("y@example.org".to_string(), RecipientDelivered, 1),
+        ]
+    );
+    assert!(
+        m.recipients[0]
+            .last_reply
+            .starts_with("suppressed: complained since "),
+        "{m:?}"
+    );
+    assert_eq!(s.stats().await.recipients_suppressed_total, 1);
+    // The outbox got it for y only.
+    let files = outbox_files(dir.path());
+    assert_eq!(files.len(), 1);
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suppression_list_survives_a_restart_and_a_kill() {
     use mailspool::harness::child::ServerProcess;

@@ -114,6 +114,12 @@ async fn tokens_roles_and_the_sender_and_lane_policy() {
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("admin"), "{e:?}");
+    // The suppression list holds every client's recipients: admin only.
+    let e = a_svc
+        .list_suppressions(pb::ListSuppressionsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
     let e = q_ops.enqueue(request("ops")).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("enqueue"), "{e:?}");
