@@ -6,15 +6,24 @@
 use libfuzzer_sys::fuzz_target;
 use mailspool::spool::codec::{decode, encode};
 use mailspool::model::{DeadRecord, DeliveredRecord, Record};
-use mailspool::spool::Counters;
+use mailspool::spool::{CancelledRecord, Counters, Suppression};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = decode::<Record>(data) {
         assert_eq!(decode::<Record>(&encode(&r)).as_ref(), Ok(&r));
+        // However many recipient states it carries, each address has one.
+        assert_eq!(r.rcpts_full().len(), r.envelope_to.len());
+        assert!(r.pending().iter().all(|&i| i < r.envelope_to.len()));
     }
     if let Ok(r) = decode::<DeadRecord>(data) {
         assert_eq!(decode::<DeadRecord>(&encode(&r)).as_ref(), Ok(&r));
     }
-    let _ = decode::<DeliveredRecord>(data);
+    if let Ok(r) = decode::<DeliveredRecord>(data) {
+        assert_eq!(decode::<DeliveredRecord>(&encode(&r)).as_ref(), Ok(&r));
+    }
+    let _ = decode::<CancelledRecord>(data);
+    if let Ok(s) = decode::<Suppression>(data) {
+        assert_eq!(decode::<Suppression>(&encode(&s)).as_ref(), Ok(&s));
+    }
     let _ = decode::<Counters>(data);
 });

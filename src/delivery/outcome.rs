@@ -165,12 +165,7 @@ mod tests {
     use super::*;
     use crate::model::{finish_of, Finish, Lane};
 
-    const P: RetryPolicy = RetryPolicy {
-        base: Duration::from_secs(30),
-        cap: Duration::from_secs(900),
-        max_attempts: 20,
-        max_age: Duration::from_secs(86_400),
-    };
+    const P: RetryPolicy = crate::delivery::retry::TEST_POLICY;
 
     fn record(attempts: u32, enqueued_ms: u64, to: usize) -> Record {
         Record {

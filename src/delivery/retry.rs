@@ -189,16 +189,20 @@ pub fn backoff(policy: &RetryPolicy, attempts: u32, unit: f64) -> Duration {
     backoff_ceiling(policy, attempts).mul_f64(unit.clamp(0.0, 1.0))
 }
 
+/// The defaults, for the tests' tables.
+#[cfg(test)]
+pub(crate) const TEST_POLICY: RetryPolicy = RetryPolicy {
+    base: Duration::from_secs(30),
+    cap: Duration::from_secs(900),
+    max_attempts: 20,
+    max_age: Duration::from_secs(86_400),
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const P: RetryPolicy = RetryPolicy {
-        base: Duration::from_secs(30),
-        cap: Duration::from_secs(900),
-        max_attempts: 20,
-        max_age: Duration::from_secs(86_400),
-    };
+    const P: RetryPolicy = TEST_POLICY;
 
     #[test]
     fn backoff_schedule_doubles_to_the_cap() {

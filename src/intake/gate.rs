@@ -217,23 +217,24 @@ mod tests {
         }
     }
 
+    fn store(dir: &std::path::Path) -> Store {
+        let options = crate::spool::StoreOptions {
+            cache_capacity_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+            idempotency_window: Duration::from_secs(60),
+            delivered_retention: Duration::from_secs(60),
+            observer: Arc::new(crate::spool::Unobserved),
+            suppression: crate::spool::SuppressionPolicy::default(),
+        };
+        Store::open(dir, options).unwrap()
+    }
+
     /// Policy first, then room; a message refused for room takes nothing
     /// from its client's quota, and an admitted one carries its client.
     #[test]
     fn one_gate_decides_policy_quota_and_room() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            crate::spool::StoreOptions {
-                cache_capacity_bytes: 1 << 20,
-                segment_bytes: 1 << 20,
-                idempotency_window: Duration::from_secs(60),
-                delivered_retention: Duration::from_secs(60),
-                observer: Arc::new(crate::spool::Unobserved),
-                suppression: crate::spool::SuppressionPolicy::default(),
-            },
-        )
-        .unwrap();
+        let store = store(dir.path());
         let spool_bytes = store.counters().spool_bytes();
         let intake = Intake {
             store,
@@ -279,18 +280,7 @@ mod tests {
     #[tokio::test]
     async fn the_suppression_list_screens_the_envelope_unless_bypassed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            dir.path(),
-            crate::spool::StoreOptions {
-                cache_capacity_bytes: 1 << 20,
-                segment_bytes: 1 << 20,
-                idempotency_window: Duration::from_secs(60),
-                delivered_retention: Duration::from_secs(60),
-                observer: Arc::new(crate::spool::Unobserved),
-                suppression: crate::spool::SuppressionPolicy::default(),
-            },
-        )
-        .unwrap();
+        let store = store(dir.path());
         let entry = crate::spool::Suppression {
             address: "gone@example.org".into(),
             reason: "bad_mailbox".into(),

@@ -100,9 +100,11 @@ pub struct SuppressionPage {
 impl Store {
     /// Whether `address` is suppressed now, and why. Memory only.
     pub fn suppressed(&self, address: &str) -> Option<Suppressed> {
-        let n = normalize(address)?;
         let map = self.shared.suppressions.lock().expect("suppressions lock");
-        let (reason, since_ms, expires_ms) = map.get(&n)?;
+        if map.is_empty() {
+            return None;
+        }
+        let (reason, since_ms, expires_ms) = map.get(&normalize(address)?)?;
         (*expires_ms == 0 || *expires_ms > now_ms()).then(|| Suppressed {
             reason: reason.clone(),
             since_ms: *since_ms,
