@@ -158,7 +158,7 @@ pub(super) struct Group {
     /// The paused relays, when an operator changed them in this group.
     pub(super) paused_relays: Option<PausedRelays>,
     /// Suppression entries added (Some) or removed, in order.
-    pub(super) suppressions: super::suppress::Changes,
+    pub(super) suppressions: SuppressionChanges,
 }
 
 impl Group {
@@ -428,10 +428,15 @@ impl Committer {
                         .lock()
                         .expect("paused relays lock") = paused;
                 }
-                super::suppress::publish(
-                    &self.shared.suppressions,
-                    std::mem::take(&mut g.suppressions),
-                );
+                if !g.suppressions.is_empty() {
+                    let mut map = self.shared.suppressions.lock().expect("suppressions lock");
+                    for (address, entry) in g.suppressions.drain(..) {
+                        match entry {
+                            Some(e) => map.insert(address, e),
+                            None => map.remove(&address),
+                        };
+                    }
+                }
                 let mut shared = self.shared.clients.lock().expect("clients lock");
                 if *shared != self.clients {
                     shared.clone_from(&self.clients);

@@ -61,7 +61,9 @@
 //! Files: `types.rs` the types of its API and of what it persists;
 //! `key.rs` the key layout; `recover.rs` what `open` repairs and migrates;
 //! `commit.rs` the committer and fsync threads (group commit, durability);
-//! `apply.rs` how each operation changes a group.
+//! `apply.rs` how each operation changes a group, `settle.rs` what an
+//! outcome does to a record's recipients; `suppress.rs` the suppression
+//! list.
 
 mod apply;
 pub mod codec;
@@ -74,6 +76,7 @@ pub(crate) mod ops;
 mod read;
 mod recover;
 pub(crate) mod segments;
+mod settle;
 mod suppress;
 #[cfg(test)]
 mod tests;
@@ -93,10 +96,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::model::{finish_of, BodyLoc, Finish, Rcpt, RcptState};
 use crate::model::{
     now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Outcome, Record,
 };
+use crate::model::{BodyLoc, Finish, Rcpt, RcptState};
 use crate::spool::segments::{Deleter, SegmentError, SegmentReader, Segments};
 
 use commit::{sync_stage, Committer, Fault, Op, Syncer};
@@ -115,7 +118,7 @@ struct Shared {
     admin: Mutex<AdminState>,
     paused_relays: Mutex<PausedRelays>,
     /// The suppression list in memory (`suppress`).
-    suppressions: Mutex<suppress::SuppressionMap>,
+    suppressions: Mutex<SuppressionMap>,
     node_id: String,
     observer: Arc<dyn SpoolObserver>,
     /// Published by the committer after each group.

@@ -39,15 +39,6 @@ pub struct Suppressed {
     pub since_ms: u64,
 }
 
-/// What memory keeps of an entry: (reason, since, expires).
-pub(super) type Kept = (String, u64, u64);
-
-/// The in-memory copy: normalized address → what is kept of its entry.
-pub(super) type SuppressionMap = HashMap<String, Kept>;
-
-/// A group's changes to the list, in order: added (Some) or removed.
-pub(super) type Changes = Vec<(String, Option<Kept>)>;
-
 /// The address as the list compares it: the domain lowercased, the local
 /// part as given. None when it has no `@`.
 pub fn normalize(address: &str) -> Option<String> {
@@ -312,20 +303,6 @@ impl Committer {
                     .remove(&a);
             }
         }
-    }
-}
-
-/// Applies a committed group's changes to the in-memory copy.
-pub(super) fn publish(map: &Mutex<SuppressionMap>, changes: Changes) {
-    if changes.is_empty() {
-        return;
-    }
-    let mut map = map.lock().expect("suppressions lock");
-    for (address, entry) in changes {
-        match entry {
-            Some(e) => map.insert(address, e),
-            None => map.remove(&address),
-        };
     }
 }
 

@@ -307,3 +307,12 @@ pub struct ScanPage {
     /// The range holds nothing after this page.
     pub exhausted: bool,
 }
+
+/// What memory keeps of a suppression entry: (reason, since, expires).
+pub(super) type SuppressionKept = (String, u64, u64);
+
+/// The suppression list in memory: normalized address → what is kept.
+pub(super) type SuppressionMap = HashMap<String, SuppressionKept>;
+
+/// A group's changes to the list, in order: added (Some) or removed.
+pub(super) type SuppressionChanges = Vec<(String, Option<SuppressionKept>)>;
