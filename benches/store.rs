@@ -52,6 +52,7 @@ fn open(dir: &std::path::Path) -> Store {
             delivered_retention: Duration::from_secs(3_600),
             observer: std::sync::Arc::new(mailspool::spool::Unobserved),
             suppression: mailspool::spool::SuppressionPolicy::default(),
+            event_retention: mailspool::spool::EventRetention::default(),
         },
     )
     .unwrap()

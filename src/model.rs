@@ -102,7 +102,8 @@ pub struct NewMessage {
     /// recipient's field in errors.
     pub rcpt_fields: Option<(usize, usize)>,
     /// Recipients taken out of the envelope at intake because they are on
-    /// the suppression list: (address, reason, since ms). Not stored.
+    /// the suppression list: (address, reason, since ms). Not stored but
+    /// as their `suppressed` events.
     pub suppressed: Vec<(String, String, u64)>,
 }
 
@@ -503,4 +504,80 @@ impl Outcome {
         }
         rcpts
     }
+}
+
+/// What an event tells (`Event::kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
+pub enum EventKind {
+    Accepted,
+    Delivered,
+    Deferred,
+    Bounced,
+    Suppressed,
+    Expired,
+    Cancelled,
+    DeadLettered,
+    Requeued,
+    Quarantined,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 10] = [
+        EventKind::Accepted,
+        EventKind::Delivered,
+        EventKind::Deferred,
+        EventKind::Bounced,
+        EventKind::Suppressed,
+        EventKind::Expired,
+        EventKind::Cancelled,
+        EventKind::DeadLettered,
+        EventKind::Requeued,
+        EventKind::Quarantined,
+    ];
+
+    /// The name in webhooks (`message.<name>`), the CLI and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Accepted => "accepted",
+            EventKind::Delivered => "delivered",
+            EventKind::Deferred => "deferred",
+            EventKind::Bounced => "bounced",
+            EventKind::Suppressed => "suppressed",
+            EventKind::Expired => "expired",
+            EventKind::Cancelled => "cancelled",
+            EventKind::DeadLettered => "dead_lettered",
+            EventKind::Requeued => "requeued",
+            EventKind::Quarantined => "quarantined",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// One change of a message or of one of its recipients, as the event log
+/// keeps it (written in the group commit of the change itself).
+#[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct Event {
+    pub kind: EventKind,
+    pub time_ms: u64,
+    /// The message (`MessageId`).
+    pub id: u64,
+    /// Its client's slot (0: none).
+    pub client: u16,
+    pub lane: Lane,
+    /// The recipient it is about ("" for the whole message).
+    pub recipient: String,
+    /// That recipient's (or the message's) attempts so far.
+    pub attempt: u32,
+    /// The reply or reason behind it.
+    pub reply: String,
+    pub class: Option<BounceClass>,
+    /// Deferred: when it is tried again.
+    pub next_attempt_ms: u64,
+    /// The Message-ID header value.
+    pub message_id: String,
+    /// Accepted: the request's idempotency key.
+    pub idempotency_key: String,
 }

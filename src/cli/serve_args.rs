@@ -103,6 +103,12 @@ pub struct ServeArgs {
     /// How long an address stays suppressed (0 = until removed)
     #[arg(long)]
     pub suppression_expiry_secs: Option<u64>,
+    /// How long the event log keeps events
+    #[arg(long)]
+    pub event_retention_secs: Option<u64>,
+    /// How many bytes of events the log keeps (the oldest go first)
+    #[arg(long)]
+    pub event_retention_bytes: Option<u64>,
     #[arg(long)]
     pub max_recipients: Option<usize>,
     #[arg(long)]

@@ -97,6 +97,10 @@ pub struct Config {
     pub suppress_classes: Vec<String>,
     /// How long an address stays suppressed (0 = until removed).
     pub suppression_expiry_secs: u64,
+    /// The event log keeps events this long ...
+    pub event_retention_secs: u64,
+    /// ... and at most this many bytes of them (the oldest go first).
+    pub event_retention_bytes: u64,
     pub max_recipients: usize,
     pub max_message_bytes: usize,
     /// The domain of the Message-IDs mailspool makes; default: the
@@ -199,6 +203,8 @@ impl Default for Config {
             bulk_expiry_secs: 0,
             suppress_classes: vec!["bad_mailbox".into(), "bad_domain".into()],
             suppression_expiry_secs: 30 * 86_400,
+            event_retention_secs: 3 * 86_400,
+            event_retention_bytes: 256 << 20,
             max_recipients: 100,
             max_message_bytes: 10 * 1024 * 1024,
             message_id_domain: None,
@@ -331,6 +337,13 @@ impl Config {
                 .filter_map(|c| crate::model::BounceClass::parse(c))
                 .collect(),
             expiry: Duration::from_secs(self.suppression_expiry_secs),
+        }
+    }
+
+    pub fn event_retention(&self) -> crate::spool::EventRetention {
+        crate::spool::EventRetention {
+            max_age: Duration::from_secs(self.event_retention_secs),
+            max_bytes: self.event_retention_bytes,
         }
     }
 

@@ -22,6 +22,8 @@ impl Config {
             ("max_batch_items", self.max_batch_items as u64),
             ("cache_capacity_bytes", self.cache_capacity_bytes),
             ("segment_bytes", self.segment_bytes),
+            ("event_retention_secs", self.event_retention_secs),
+            ("event_retention_bytes", self.event_retention_bytes),
         ];
         for (name, value) in positive {
             if value == 0 {

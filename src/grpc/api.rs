@@ -305,6 +305,19 @@ impl MailQueueService {
 
 #[tonic::async_trait]
 impl pb::mail_queue_server::MailQueue for MailQueueService {
+    type WatchEventsStream = crate::grpc::events::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.check_open()?;
+        let client = caller(&request)?;
+        let only = (self.auth.enabled() && !client.has(crate::intake::auth::Role::Admin))
+            .then(|| client.name.clone());
+        crate::grpc::events::watch(self.0.clone(), request.into_inner(), only)
+    }
+
     async fn enqueue(
         &self,
         request: Request<pb::EnqueueRequest>,
@@ -312,10 +325,11 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
         self.check_open()?;
         let client = caller(&request)?;
         let _timer = self.enqueue_timer();
-        let mut message = self
+        let message = self
             .accept_one(request.into_inner(), &mut self.gate(&client))
             .map_err(Refused::status)?;
-        let suppressed = recipients::suppressed_to_proto(&std::mem::take(&mut message.suppressed));
+        // Kept in the message: the spool writes their `suppressed` events.
+        let suppressed = recipients::suppressed_to_proto(&message.suppressed);
         let appended = self
             .store
             .append(vec![message])
@@ -358,9 +372,8 @@ impl pb::mail_queue_server::MailQueue for MailQueueService {
         let mut gate = self.gate(&client);
         for (i, req) in requests.into_iter().enumerate() {
             match self.accept_one(req, &mut gate) {
-                Ok(mut m) => {
-                    results[i].suppressed =
-                        recipients::suppressed_to_proto(&std::mem::take(&mut m.suppressed));
+                Ok(m) => {
+                    results[i].suppressed = recipients::suppressed_to_proto(&m.suppressed);
                     valid.push(m);
                     slots.push(i);
                 }

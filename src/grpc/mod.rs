@@ -5,6 +5,7 @@
 pub mod admin_api;
 pub mod api;
 pub mod codec;
+pub mod events;
 pub mod overview;
 pub mod recipients;
 pub mod services;

@@ -67,6 +67,7 @@ impl Api {
             time_to_inbox: self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0))),
             outcomes: self.outcomes.view(),
             suppression_list_size: self.store.suppression_count(),
+            event_log: self.store.event_figures(),
         }
     }
 
@@ -234,5 +235,9 @@ pub(crate) fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
         recipients_suppressed_last_hour: o.outcomes.last_hour(Suppressed),
         recipients_expired_last_hour: o.outcomes.last_hour(Expired),
         suppression_list_size: o.suppression_list_size,
+        event_log_first_sequence: o.event_log.first_seq,
+        event_log_last_sequence: o.event_log.last_seq,
+        event_log_events: o.event_log.count,
+        event_log_bytes: o.event_log.bytes,
     }
 }

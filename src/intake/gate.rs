@@ -225,6 +225,7 @@ mod tests {
             delivered_retention: Duration::from_secs(60),
             observer: Arc::new(crate::spool::Unobserved),
             suppression: crate::spool::SuppressionPolicy::default(),
+            event_retention: crate::spool::EventRetention::default(),
         };
         Store::open(dir, options).unwrap()
     }

@@ -33,6 +33,7 @@ pub struct Overview {
     /// What became of recipients (`outcomes`).
     pub outcomes: crate::observe::outcomes::OutcomeView,
     pub suppression_list_size: u64,
+    pub event_log: crate::spool::EventLogFigures,
 }
 
 /// One relay's figures: its state and why, its connections, rates and

@@ -93,6 +93,7 @@ impl Server {
             idempotency_window: Duration::from_secs(config.idempotency_window_secs),
             delivered_retention: Duration::from_secs(config.delivered_retention_secs),
             suppression: config.suppression(),
+            event_retention: config.event_retention(),
         };
         let dir = spool_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, options))

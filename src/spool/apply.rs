@@ -5,6 +5,7 @@ use super::commit::*;
 use super::key;
 use super::settle::{settle, Next};
 use super::*;
+use crate::model::EventKind;
 
 /// A retried message whose segment has at most this many live bodies left
 /// is moved to the active segment.
@@ -83,6 +84,18 @@ impl Committer {
         g.batch
             .insert(&key::due(record.lane, client, due_ms, id), &[]);
         g.due_add(due_ms);
+        let mut accepted = self.event(EventKind::Accepted, id, &record, now);
+        accepted.idempotency_key = record.idempotency_key.clone();
+        for (address, reason, since) in &m.suppressed {
+            let mut e = self.event(EventKind::Suppressed, id, &record, now);
+            e.recipient = address.clone();
+            e.reply = format!(
+                "suppressed at enqueue: {reason} since {}",
+                crate::model::utc_time(*since as i64)
+            );
+            g.events.push(e);
+        }
+        g.events.push(accepted);
         g.batch.insert(&key::message(id), codec::encode(&record));
         self.client_add(client, 1, i64::from(record.body.len), g)
             .enqueued_total += 1;
@@ -111,10 +124,20 @@ impl Committer {
         let Some(mut record) = self.current(id, g) else {
             return;
         };
-        let before: Vec<RcptState> = record.rcpts_full().iter().map(|r| r.state).collect();
+        let before: Vec<(RcptState, u32)> = record
+            .rcpts_full()
+            .iter()
+            .map(|r| (r.state, r.attempts))
+            .collect();
         let next = settle(&mut record, outcome, now);
         if !matches!(next, Next::Postpone { .. }) {
-            self.suppress_bounced(id, &record, &before, now, g);
+            let states: Vec<RcptState> = before.iter().map(|b| b.0).collect();
+            self.suppress_bounced(id, &record, &states, now, g);
+            let next_attempt = match &next {
+                Next::Retry { due_ms, .. } => *due_ms,
+                _ => 0,
+            };
+            self.recipient_events(id, &record, &before, next_attempt, now, g);
         }
         // Dead letters keep their bytes in sled, not in a segment: without
         // them there is no dead letter to keep (nor to requeue).
@@ -139,6 +162,9 @@ impl Committer {
                 g.overlay.insert(id, Some(record));
             }
             Next::Finish(Finish::Dead, reason) => {
+                let mut e = self.event(EventKind::DeadLettered, id, &record, now);
+                e.reply = reason.clone();
+                g.events.push(e);
                 self.unqueue(id, &record, g).dead_total += 1;
                 let raw = dead_raw;
                 self.counters.dead_bytes += raw.len() as u64;
@@ -278,6 +304,10 @@ impl Committer {
                 g.batch.insert(key::PAUSED_RELAYS, codec::encode(&names));
                 g.paused_relays = Some(names);
             }
+            AdminOp::SetReaderCursor { reader, seq } => {
+                g.batch
+                    .insert(super::events::cursor_key(&reader), &seq.to_be_bytes());
+            }
             AdminOp::Suppress(entries) => {
                 for s in entries {
                     self.suppress(s, g);
@@ -368,6 +398,9 @@ impl Committer {
         g.due_remove(record.due_ms);
         self.unqueue(id, &record, g);
         self.admin.cancelled_total += 1;
+        let mut e = self.event(EventKind::Cancelled, id, &record, now);
+        e.reply = reason.to_string();
+        g.events.push(e);
         let mut rcpts = record.rcpts_full();
         for r in rcpts.iter_mut().filter(|r| r.state == RcptState::Pending) {
             r.finish(RcptState::Cancelled, reason, now);
@@ -417,6 +450,8 @@ impl Committer {
             .insert(&key::due(record.lane, record.client, now, id), &[]);
         g.due_add(now);
         g.batch.insert(&key::message(id), codec::encode(&record));
+        g.events
+            .push(self.event(EventKind::Requeued, id, &record, now));
         self.client_add(record.client, 1, i64::from(record.body.len), g);
         less(&mut self.counters.dead, 1);
         self.counters.dead_bytes = self
@@ -502,6 +537,9 @@ impl Committer {
                     _ => "its index entry does not decode",
                 };
                 tracing::warn!(%id, error = why, "MessageQuarantined: it cannot be read, so it will not be delivered; see `mailspool queue list --state quarantined`");
+                let mut e = self.event(EventKind::Quarantined, id, &record, now);
+                e.reply = why.to_string();
+                g.events.push(e);
                 self.unqueue(id, &record, g);
                 g.batch
                     .insert(key::quarantine(&key::message(id)), codec::encode(&record));
@@ -525,6 +563,7 @@ impl Committer {
                 break;
             }
         }
+        while self.last_housekeeping.elapsed() < HOUSEKEEPING_BUDGET && self.trim_events(now) {}
         if self.segments.has_doomed() && self.shared.failed().is_none() {
             self.send_job(Vec::new());
         }

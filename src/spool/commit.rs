@@ -129,6 +129,12 @@ pub(super) struct Committer {
     pub(super) admin: AdminState,
     pub(super) clients: Clients,
     pub(super) last_housekeeping: Instant,
+    /// The event log's extent (`events`), as this committer wrote it.
+    pub(super) events: super::events::EventLogState,
+    /// The newest event applied but not yet covered by a sync job.
+    pub(super) pending_visible: u64,
+    /// Since when events of groups that were not fsynced wait for a sync.
+    pub(super) unsynced_since: Option<Instant>,
 }
 
 /// Everything one group commit changes, applied to memory only once the
@@ -159,6 +165,8 @@ pub(super) struct Group {
     pub(super) paused_relays: Option<PausedRelays>,
     /// Suppression entries added (Some) or removed, in order.
     pub(super) suppressions: SuppressionChanges,
+    /// Events of this group's changes, numbered when it is written.
+    pub(super) events: Vec<crate::model::Event>,
 }
 
 impl Group {
@@ -207,6 +215,8 @@ pub(super) struct SyncJob {
     /// Segments whose last reference was released in batches applied
     /// before this job was sent: deleted once this round's flush is done.
     pub(super) doomed: Vec<u32>,
+    /// Events up to this sequence become visible once the job is done.
+    pub(super) events_upto: u64,
 }
 
 /// The second stage of the pipeline: while the committer writes, syncs and
@@ -245,6 +255,15 @@ pub(super) fn sync_stage(
         }
         let result = result.map_err(Arc::new);
         for job in jobs {
+            // Visible before the callers are answered: an Enqueue that
+            // returned finds its `accepted` event.
+            if result.is_ok() && job.events_upto > 0 {
+                shared.events_visible.send_if_modified(|v| {
+                    let newer = job.events_upto > *v;
+                    *v = (*v).max(job.events_upto);
+                    newer
+                });
+            }
             for r in job.replies {
                 r.send(result.clone());
             }
@@ -260,9 +279,14 @@ pub(super) fn sync_stage(
 impl Committer {
     pub(super) fn run(mut self, rx: mpsc::Receiver<Op>) {
         loop {
-            let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            let wait = match self.unsynced_since {
+                Some(_) => super::events::EVENT_SYNC_DELAY,
+                None => Duration::from_millis(500),
+            };
+            let first = match rx.recv_timeout(wait) {
                 Ok(op) => op,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.sync_events_if_due();
                     self.housekeep();
                     continue;
                 }
@@ -280,6 +304,7 @@ impl Committer {
             if close {
                 break;
             }
+            self.sync_events_if_due();
             if self.last_housekeeping.elapsed() > Duration::from_secs(1) {
                 self.housekeep();
             }
@@ -290,9 +315,27 @@ impl Committer {
             let _ = h.join();
         }
         if self.shared.failed().is_none() {
-            if let Err(e) = self.flush_and_sync() {
-                tracing::error!(error = %e, "final spool flush failed");
+            match self.flush_and_sync() {
+                Ok(()) => {
+                    let upto = std::mem::take(&mut self.pending_visible);
+                    self.shared
+                        .events_visible
+                        .send_if_modified(|v| std::mem::replace(v, (*v).max(upto)) < upto);
+                }
+                Err(e) => tracing::error!(error = %e, "final spool flush failed"),
             }
+        }
+    }
+
+    /// Events of groups that were not fsynced become visible with a sync
+    /// asked for once they have waited `EVENT_SYNC_DELAY`.
+    fn sync_events_if_due(&mut self) {
+        if self
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() >= super::events::EVENT_SYNC_DELAY)
+            && self.shared.failed().is_none()
+        {
+            self.send_job(Vec::new());
         }
     }
 
@@ -309,9 +352,11 @@ impl Committer {
 
     /// Hands a job to the fsync stage; if it has stopped, answers it.
     pub(super) fn send_job(&mut self, replies: Vec<Reply>) {
+        self.unsynced_since = None;
         let job = SyncJob {
             replies,
             doomed: self.segments.take_doomed(),
+            events_upto: std::mem::take(&mut self.pending_visible),
         };
         if let Some(Err(mpsc::SendError(job))) = self.sync_tx.as_ref().map(|tx| tx.send(job)) {
             for r in job.replies {
@@ -335,6 +380,7 @@ impl Committer {
         }
         let before = self.counters;
         let admin_before = self.admin;
+        let events_before = self.events;
         let clients_before = self.clients.clone();
         let now = now_ms();
         let mut g = Group::default();
@@ -378,6 +424,7 @@ impl Committer {
                 g.batch.insert(&key::segment(segment), &n.to_be_bytes());
             }
         }
+        let events_upto = self.write_events(&mut g);
         self.counters.clock_ms = self.counters.clock_ms.max(now);
         g.batch.insert(key::COUNTERS, codec::encode(&self.counters));
         for slot in std::mem::take(&mut g.clients_touched) {
@@ -420,6 +467,13 @@ impl Committer {
                     self.shared.observer.group_committed(g.appended as u64);
                 }
                 *self.shared.counters.lock().expect("counters lock") = self.counters;
+                if events_upto > 0 {
+                    *self.shared.event_state.lock().expect("event state") = self.events;
+                    self.pending_visible = events_upto;
+                    if !needs_sync {
+                        self.unsynced_since.get_or_insert_with(Instant::now);
+                    }
+                }
                 *self.shared.admin.lock().expect("admin lock") = self.admin;
                 if let Some(paused) = g.paused_relays.take() {
                     *self
@@ -476,6 +530,7 @@ impl Committer {
                 tracing::error!(error = %e, "spool commit failed; callers get an error");
                 self.counters = before;
                 self.admin = admin_before;
+                self.events = events_before;
                 self.clients = clients_before;
                 self.segments.abandon_pending();
                 let msg = Arc::new(e);

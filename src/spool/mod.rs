@@ -55,6 +55,9 @@
 //! u <client:2>                  → name            client registry (slot 0 = no client)
 //! w <client:2>                  → ClientCounters  per-client queued, bytes, totals
 //! p <domain> 0x00 <local>       → Suppression     the suppression list (expiry in x … p)
+//! e <seq:8>                     → Event           the event log, in sequence order
+//! f                             → EventLogState   its next sequence, oldest kept, count, bytes
+//! h <reader name>               → u64             a webhook endpoint's cursor (last event sent)
 //! ```
 
 //!
@@ -69,6 +72,7 @@ mod apply;
 pub mod codec;
 mod commit;
 pub mod compact;
+mod events;
 mod formats;
 pub(crate) mod fsutil;
 mod key;
@@ -82,6 +86,7 @@ mod suppress;
 mod tests;
 mod types;
 
+pub use events::{CursorTooOld, EventLogFigures, EventReadError, EventRetention};
 pub use suppress::{normalize as normalize_address, Suppressed, Suppression, SuppressionPage};
 pub use types::*;
 
@@ -119,6 +124,10 @@ struct Shared {
     paused_relays: Mutex<PausedRelays>,
     /// The suppression list in memory (`suppress`).
     suppressions: Mutex<SuppressionMap>,
+    /// The event log's extent as last committed, and the newest event
+    /// readers may see (covered by a completed fsync).
+    event_state: Mutex<events::EventLogState>,
+    events_visible: tokio::sync::watch::Sender<u64>,
     node_id: String,
     observer: Arc<dyn SpoolObserver>,
     /// Published by the committer after each group.
@@ -327,6 +336,7 @@ impl Store {
             }
         }
         let suppressions = suppress::load(&tree)?;
+        let event_state = events::load(&tree)?;
         let shared = Arc::new(Shared {
             tree,
             counters: Mutex::new(counters),
@@ -338,6 +348,8 @@ impl Store {
             admin: Mutex::new(admin),
             paused_relays: Mutex::new(paused_relays),
             suppressions: Mutex::new(suppressions),
+            event_state: Mutex::new(event_state),
+            events_visible: tokio::sync::watch::channel(event_state.next_seq.saturating_sub(1)).0,
             node_id,
             observer: options.observer.clone(),
             clients: Mutex::new(clients.clone()),
@@ -366,6 +378,9 @@ impl Store {
             admin,
             clients,
             last_housekeeping: Instant::now(),
+            events: event_state,
+            pending_visible: 0,
+            unsynced_since: None,
         };
         let handle = std::thread::Builder::new()
             .name("mailspool-committer".into())

@@ -10,6 +10,7 @@ fn options() -> StoreOptions {
         delivered_retention: Duration::from_secs(60),
         observer: std::sync::Arc::new(super::Unobserved),
         suppression: super::SuppressionPolicy::default(),
+        event_retention: super::EventRetention::default(),
     }
 }
 
@@ -329,4 +330,118 @@ async fn a_group_error_keeps_its_type() {
     let closed = std::sync::Arc::new(StoreError::Closed);
     let _other_caller = closed.clone();
     assert!(matches!(store.reply_error(closed), StoreError::Closed));
+}
+
+/// The kinds of the visible events after `after`, with their sequences.
+fn kinds(store: &Store, after: u64) -> Vec<(u64, crate::model::EventKind)> {
+    store
+        .events_after(after, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(s, e)| (s, e.kind))
+        .collect()
+}
+
+/// Events are numbered in the group of their change, visible once it is
+/// durable (an outcome's within a short sync), and numbered on after a
+/// restart without reuse; a reader's cursor survives it too.
+#[tokio::test]
+async fn events_follow_their_changes_and_are_never_renumbered() {
+    use crate::model::EventKind::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let a = store.append(vec![keyed("", "k1")]).await.unwrap()[0].id;
+    let b = store.append(vec![message("")]).await.unwrap()[0].id;
+    // Appends are fsynced before they are answered: visible at once.
+    assert_eq!(kinds(&store, 0), vec![(1, Accepted), (2, Accepted)]);
+    let first = store.events_after(0, 1).unwrap();
+    assert_eq!(
+        (first[0].1.id, first[0].1.idempotency_key.as_str()),
+        (a.0, "k1")
+    );
+    store
+        .complete(vec![
+            (a, Outcome::Ack),
+            (
+                b,
+                Outcome::Retry {
+                    due_ms: 77_000,
+                    error: "451 4.3.0 try later".into(),
+                },
+            ),
+        ])
+        .await
+        .unwrap();
+    // Outcomes are not fsynced for their own sake: their events appear
+    // with the sync the committer asks for shortly after.
+    assert!(
+        wait(|| kinds(&store, 2).len() == 2).await,
+        "{:?}",
+        kinds(&store, 0)
+    );
+    let after = store.events_after(2, 10).unwrap();
+    assert_eq!((after[0].1.kind, after[0].1.id), (Delivered, a.0));
+    assert_eq!(after[0].1.recipient, "b@y.example");
+    let deferred = &after[1].1;
+    assert_eq!(
+        (deferred.kind, deferred.id, deferred.attempt),
+        (Deferred, b.0, 1)
+    );
+    assert_eq!(
+        (deferred.reply.as_str(), deferred.next_attempt_ms),
+        ("451 4.3.0 try later", 77_000)
+    );
+    store
+        .admin(AdminOp::SetReaderCursor {
+            reader: "hook".into(),
+            seq: 3,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.event_figures().last_seq, 4);
+
+    let store = reopen(dir.path(), store, |_| {});
+    assert_eq!(store.reader_cursor("hook").unwrap(), Some(3));
+    assert_eq!(store.reader_cursor("other").unwrap(), None);
+    store.append(vec![message("")]).await.unwrap();
+    assert_eq!(kinds(&store, 4), vec![(5, Accepted)]);
+    let f = store.event_figures();
+    assert_eq!((f.first_seq, f.last_seq, f.count), (1, 5, 5));
+    assert!(f.bytes > 5 * 40, "{f:?}");
+    store.close();
+}
+
+/// Over its size the log drops its oldest events (never refusing an
+/// append); a cursor older than what is kept is refused naming the oldest.
+#[tokio::test]
+async fn the_log_keeps_its_size_and_an_old_cursor_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options();
+    o.event_retention.max_bytes = 600;
+    let store = Store::open(dir.path(), o).unwrap();
+    for _ in 0..40 {
+        store.append(vec![message("")]).await.unwrap();
+    }
+    // Trimming runs when the committer is idle.
+    assert!(
+        wait(|| store.event_figures().bytes <= 600).await,
+        "{:?}",
+        store.event_figures()
+    );
+    let f = store.event_figures();
+    assert!(
+        f.first_seq > 2 && f.last_seq == 40 && f.count == 41 - f.first_seq,
+        "{f:?}"
+    );
+    match store.events_after(1, 10) {
+        Err(EventReadError::TooOld(t)) => assert_eq!(t.oldest, f.first_seq),
+        other => panic!("{other:?}"),
+    }
+    // 0 means "from the oldest kept"; the one before the oldest is fine too.
+    assert_eq!(store.events_after(0, 1).unwrap()[0].0, f.first_seq);
+    assert_eq!(
+        store.events_after(f.first_seq - 1, 1).unwrap()[0].0,
+        f.first_seq
+    );
+    store.close();
 }

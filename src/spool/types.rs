@@ -52,6 +52,8 @@ pub struct StoreOptions {
     pub observer: Arc<dyn SpoolObserver>,
     /// Which bounces put an address on the suppression list, for how long.
     pub suppression: SuppressionPolicy,
+    /// How long and how much of the event log is kept.
+    pub event_retention: super::events::EventRetention,
 }
 
 /// Which bounces put an address on the suppression list, and for how long.
@@ -109,6 +111,9 @@ pub enum AdminOp {
     Suppress(Vec<Suppression>),
     /// Takes addresses (normalized) off the suppression list.
     Unsuppress(Vec<String>),
+    /// Where a reader of the event log (a webhook endpoint) has got to:
+    /// every event up to `seq` was delivered to it.
+    SetReaderCursor { reader: String, seq: u64 },
 }
 
 /// The relays an operator paused, by name (key `r`).
