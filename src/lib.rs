@@ -11,6 +11,8 @@
 //!    are durable.
 //! 3. [`delivery`] leases due messages lane by lane, sends them through the
 //!    relay pool and turns each reply into ack, retry or dead letter.
+//!    [`webhooks`] tells endpoints what became of each message, from the
+//!    event log the spool writes with every change.
 //! 4. [`observe`] keeps the rates, the congestion state and `/metrics`.
 //! 5. [`server`] wires it all and stops it in order; [`cli`] is the binary's
 //!    commands; [`harness`] holds `bench`, `torture`, `soak` and the parts
@@ -32,6 +34,7 @@ pub mod intake;
 pub(crate) mod observe;
 pub mod server;
 pub mod spool;
+pub mod webhooks;
 
 /// Generated protobuf and gRPC types for `mailspool.v1`.
 pub mod pb {

@@ -18,6 +18,7 @@ fn main() -> ExitCode {
                 | Command::TopDomains(_)
                 | Command::Relay(_)
                 | Command::Suppression(_)
+                | Command::Events(_)
                 | Command::Token(_)
         )
     ) {
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Some(Command::TopDomains(a)) => runtime.block_on(mailspool::cli::queue::top_domains(a)),
         Some(Command::Relay(a)) => runtime.block_on(cli::relay(a)),
         Some(Command::Suppression(a)) => runtime.block_on(cli::suppression(a)),
+        Some(Command::Events(a)) => runtime.block_on(cli::events(a)),
         Some(Command::Compact(a)) => cli::compact(a),
         Some(Command::Token(a)) => cli::token(a),
         Some(Command::Soak(a)) => {

@@ -375,6 +375,29 @@ pub fn wall_ms() -> u64 {
 
 /// Unix milliseconds as `2025-11-25 19:01:02 UTC`.
 pub fn utc_time(unix_ms: i64) -> String {
+    let (y, m, d, sod) = civil(unix_ms);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Unix milliseconds as RFC 3339 in UTC: `2025-11-25T19:01:02.345Z`.
+pub fn rfc3339(unix_ms: i64) -> String {
+    let (y, m, d, sod) = civil(unix_ms);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60,
+        unix_ms.rem_euclid(1000)
+    )
+}
+
+/// (year, month, day, second of the day) of Unix milliseconds, in UTC.
+fn civil(unix_ms: i64) -> (i64, i64, i64, i64) {
     let secs = unix_ms.div_euclid(1000);
     let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
@@ -386,13 +409,7 @@ pub fn utc_time(unix_ms: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    (yoe + era * 400 + i64::from(m <= 2), m, d, sod)
 }
 
 /// mailspool's clock: Unix milliseconds that never go backwards.
@@ -580,4 +597,6 @@ pub struct Event {
     pub message_id: String,
     /// Accepted: the request's idempotency key.
     pub idempotency_key: String,
+    /// Delivered, deferred, bounced: the relay that answered ("" unknown).
+    pub relay: String,
 }

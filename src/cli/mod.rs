@@ -24,6 +24,7 @@ use crate::pb;
 pub(crate) mod admin;
 mod commands;
 mod enqueue;
+mod events;
 pub mod queue;
 mod relay;
 mod serve_args;
@@ -34,6 +35,7 @@ pub(crate) mod watch;
 
 pub use commands::{compact, status, CompactArgs, StatsArgs, StatusArgs};
 pub use enqueue::{enqueue, EnqueueArgs};
+pub use events::{events, EventsArgs};
 pub use relay::{relay, RelayArgs};
 pub use serve_args::ServeArgs;
 pub use suppression::{suppression, SuppressionArgs};
@@ -85,6 +87,8 @@ pub enum Command {
     Relay(RelayArgs),
     /// The suppression list: `mailspool suppression list|add|remove`.
     Suppression(SuppressionArgs),
+    /// The event log: `mailspool events --follow --type delivered,bounced`.
+    Events(EventsArgs),
     /// Queued recipients by domain and age (like Postfix qshape).
     TopDomains(TopDomainsArgs),
     /// Create a client token: `mailspool token create --name svc --role enqueue`.

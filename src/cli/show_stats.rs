@@ -81,6 +81,13 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
         }
         v["bounce_rate_last_hour"] = s.bounce_rate_last_hour.into();
         v["suppression_list_size"] = s.suppression_list_size.into();
+        v["event_log"] = serde_json::json!({
+            "first_sequence": s.event_log_first_sequence,
+            "last_sequence": s.event_log_last_sequence,
+            "events": s.event_log_events,
+            "bytes": s.event_log_bytes,
+        });
+        v["webhooks"] = s.webhooks.iter().map(ac::webhook_json).collect();
         for (k, x) in [
             ("recipients_delivered_total", s.recipients_delivered_total),
             ("recipients_bounced_total", s.recipients_bounced_total),
@@ -240,12 +247,25 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             format!("{} on the list", s.suppression_list_size),
         ),
         ("failed attempts", failures(&s.bounce_classes)),
+        (
+            "event log",
+            format!(
+                "{} events, {} (sequence {}-{})",
+                ac::thousands(s.event_log_events),
+                ac::human_bytes(s.event_log_bytes),
+                s.event_log_first_sequence,
+                s.event_log_last_sequence
+            ),
+        ),
     ];
     for (k, v) in rows {
         println!("{k:<18} {v:>14}");
     }
     if !s.relays.is_empty() {
         print!("\n{}", ac::relays_table(&s.relays));
+    }
+    if !s.webhooks.is_empty() {
+        print!("\n{}", ac::webhooks_table(&s.webhooks));
     }
     if !s.clients.is_empty() {
         print!("\n{}", ac::clients_table(&s.clients));

@@ -107,6 +107,19 @@ impl Config {
                 ));
             }
         }
+        let hooks = table.get("webhooks").and_then(|v| v.as_array());
+        for entry in hooks.into_iter().flatten() {
+            if let Some(t) = entry.as_table().filter(|t| t.contains_key("secret")) {
+                let name = t.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                return Err(bad(
+                    "webhooks",
+                    format!(
+                        "webhook `{name}`: the signing secret never goes in the config file \
+                         (anyone who can read the config could forge events): use secret_file"
+                    ),
+                ));
+            }
+        }
         Config::deserialize(table).map_err(|e| bad("config", e.to_string()))
     }
 

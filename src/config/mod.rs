@@ -7,7 +7,8 @@
 //! Files: this one the settings, their defaults and what is derived from
 //! them; `file.rs` the TOML file's sections and flat keys; `validate.rs`
 //! the checks; `relay.rs` a relay's URL and TLS level; `relays.rs` the
-//! relays (`[[relays]]`, or the flat `relay` settings) and their checks.
+//! relays (`[[relays]]`, or the flat `relay` settings) and their checks;
+//! `webhooks.rs` the webhook endpoints (`[[webhooks]]`) and theirs.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,10 +20,12 @@ mod file;
 mod relay;
 mod relays;
 mod validate;
+mod webhooks;
 
 pub use file::is_setting;
 pub use relay::{RelayTls, RelayUrl};
 pub use relays::{RelayConfig, DEFAULT_RELAY};
+pub use webhooks::{SigningKey, WebhookConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +76,8 @@ pub struct Config {
     /// instead of `relay` (which is one relay named `default`).
     #[serde(skip_serializing)]
     pub relays: Vec<RelayConfig>,
+    /// `[[webhooks]]`: endpoints told of every event (Standard Webhooks).
+    pub webhooks: Vec<WebhookConfig>,
     /// Delivery workers; default = the relays' max_connections summed.
     pub workers: Option<usize>,
     /// Messages per lease.
@@ -190,6 +195,7 @@ impl Default for Config {
             relay_rate_per_second: 0,
             relay_burst: 0,
             relays: Vec::new(),
+            webhooks: Vec::new(),
             workers: None,
             lease_batch: 32,
             lease_timeout_ms: 300_000,

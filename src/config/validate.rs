@@ -67,6 +67,7 @@ impl Config {
             }
         }
         self.validate_relays()?;
+        self.validate_webhooks()?;
         crate::intake::message::dkim::signers(&self.dkim).map_err(|e| bad("dkim", e))?;
         if self.metrics_listen != "off" && self.metrics_listen.parse::<SocketAddr>().is_err() {
             return Err(bad(

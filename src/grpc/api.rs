@@ -46,6 +46,8 @@ pub struct Api {
     pub lane_expiry_ms: [u64; 3],
     /// What became of recipients, fed by the delivery workers.
     pub outcomes: Arc<crate::observe::outcomes::Outcomes>,
+    /// The webhook endpoints, for their figures.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Why one message of a request was refused before anything was written.

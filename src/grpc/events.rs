@@ -53,6 +53,8 @@ pub fn event_to_proto(seq: u64, e: Event, client: String) -> pb::Event {
         smtp_reply: e.reply,
         next_attempt_unix_ms: e.next_attempt_ms as i64,
         idempotency_key: e.idempotency_key,
+        relay: e.relay,
+        time_in_queue_ms: e.time_ms.saturating_sub(MessageId(e.id).enqueued_ms()) as i64,
         ..Default::default()
     };
     p.set_type(kind_to_proto(e.kind));
@@ -146,8 +148,24 @@ pub fn watch(
             tokio::select! {
                 _ = api.store.wait_events_after(cursor) => {}
                 _ = tx.closed() => return,
+                _ = shutting_down(&api.closing) => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "the server is shutting down; reconnect with after_sequence = {cursor}"
+                        ))))
+                        .await;
+                    return;
+                }
             }
         }
     });
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
+/// Resolves once the server starts shutting down, so a following stream
+/// ends (with the cursor to resume from) instead of holding the shutdown.
+async fn shutting_down(closing: &std::sync::atomic::AtomicBool) {
+    while !closing.load(std::sync::atomic::Ordering::Acquire) {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

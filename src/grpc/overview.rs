@@ -68,6 +68,7 @@ impl Api {
             outcomes: self.outcomes.view(),
             suppression_list_size: self.store.suppression_count(),
             event_log: self.store.event_figures(),
+            webhooks: self.webhooks.figures(self.store.event_figures().last_seq),
         }
     }
 
@@ -239,5 +240,22 @@ pub(crate) fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
         event_log_last_sequence: o.event_log.last_seq,
         event_log_events: o.event_log.count,
         event_log_bytes: o.event_log.bytes,
+        webhooks: o
+            .webhooks
+            .into_iter()
+            .map(|w| pb::WebhookStats {
+                name: w.name,
+                state: w.state.to_string(),
+                lag_events: w.lag_events,
+                lag_seconds: w.lag_seconds,
+                cursor: w.cursor,
+                last_success_unix_ms: w.last_success_ms as i64,
+                consecutive_failures: w.consecutive_failures,
+                sent_total: w.sent_total,
+                failed_total: w.failed_total,
+                skipped_total: w.skipped_total,
+                last_error: w.last_error,
+            })
+            .collect(),
     }
 }

@@ -100,6 +100,7 @@ pub struct Metrics {
     /// One durability round (segment sync, sled flush, fsyncs), seconds.
     pub fsync_duration: Histogram,
     recipients: super::recipient_metrics::RecipientMetrics,
+    events: super::event_metrics::EventMetrics,
 }
 
 impl Default for Metrics {
@@ -140,6 +141,7 @@ impl Default for Metrics {
             client_delivered: Family::default(),
             client_refused: Family::default(),
             recipients: Default::default(),
+            events: Default::default(),
             smtp_replies: Family::default(),
             // 100 µs .. ~1.6 s
             enqueue_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
@@ -336,6 +338,7 @@ impl Default for Metrics {
                 m.fsync_duration.clone(),
             );
             m.recipients.register(&mut r);
+            m.events.register(&mut r);
         }
         m
     }
@@ -421,6 +424,7 @@ impl Metrics {
         }
         self.refresh_relays(o);
         self.recipients.refresh(o);
+        self.events.refresh(o);
         sync(&self.enqueued, s.enqueued_total);
         sync(&self.delivered, s.delivered_total);
         sync(&self.retried, s.retried_total);

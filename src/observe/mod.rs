@@ -3,6 +3,7 @@
 //! what became of recipients (`outcomes`).
 
 pub mod congestion;
+pub mod event_metrics;
 pub mod metrics;
 pub mod outcomes;
 pub mod overview;

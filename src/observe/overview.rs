@@ -34,6 +34,31 @@ pub struct Overview {
     pub outcomes: crate::observe::outcomes::OutcomeView,
     pub suppression_list_size: u64,
     pub event_log: crate::spool::EventLogFigures,
+    /// Each webhook endpoint, in configuration order.
+    pub webhooks: Vec<WebhookFigures>,
+}
+
+/// One webhook endpoint's figures (QueueStats `webhooks`, `/metrics` label
+/// `webhook`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WebhookFigures {
+    pub name: String,
+    /// ok, retrying (its last request failed) or failing (no success for
+    /// its `failing_after_secs`).
+    pub state: &'static str,
+    /// Events after its cursor, and the age of the oldest it has not been
+    /// given (0 when it is caught up).
+    pub lag_events: u64,
+    pub lag_seconds: f64,
+    /// The last event it acknowledged.
+    pub cursor: u64,
+    pub last_success_ms: u64,
+    pub consecutive_failures: u64,
+    pub sent_total: u64,
+    pub failed_total: u64,
+    /// Events the log dropped (retention) before it could take them.
+    pub skipped_total: u64,
+    pub last_error: String,
 }
 
 /// One relay's figures: its state and why, its connections, rates and

@@ -49,6 +49,8 @@ pub enum StartError {
     DataDir { dir: String, source: std::io::Error },
     #[error("cannot prepare the outbox: {0}")]
     Outbox(std::io::Error),
+    #[error("cannot set up the webhooks: {0}")]
+    Webhooks(String),
     #[error("cannot listen for /metrics on {addr}: {source}; choose another --metrics-listen (or `off`)")]
     Metrics {
         addr: SocketAddr,
@@ -104,6 +106,8 @@ impl Server {
                 source,
             })?;
         let relay = Arc::new(Relay::from_config(&config).map_err(StartError::Outbox)?);
+        let webhooks = crate::webhooks::Webhooks::new(&config.webhooks, store.node_id())
+            .map_err(StartError::Webhooks)?;
         relay.set_paused(&store.paused_relays());
         let tls = match config.tls_files() {
             Some(files) => Some(crate::tls::ReloadableTls::load(files).map_err(StartError::Tls)?),
@@ -171,6 +175,7 @@ impl Server {
             lane_expiry_ms: crate::model::Lane::ALL
                 .map(|l| config.lane_expiry(l).map_or(0, |d| d.as_millis() as u64)),
             outcomes: outcomes.clone(),
+            webhooks: webhooks.clone(),
         };
         // A request may hold a whole batch; single messages above
         // max_message_bytes still decode and get a precise INVALID_ARGUMENT.
@@ -214,6 +219,7 @@ impl Server {
                 }
             });
         }
+        let webhook_tasks = webhooks.start(&store, &stop_rx);
         let reaper = {
             let s = scheduler.clone();
             let rx = stop_rx.clone();
@@ -321,6 +327,10 @@ impl Server {
                 }
             }
             let _ = reaper.await;
+            // Each endpoint saves its cursor as it stops.
+            for t in webhook_tasks {
+                let _ = tokio::time::timeout(grace, t).await;
+            }
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
             tracing::info!("ShutdownComplete");
         });

@@ -196,6 +196,7 @@ impl Committer {
             next_attempt_ms: 0,
             message_id: record.message_id.clone(),
             idempotency_key: String::new(),
+            relay: String::new(),
         }
     }
 

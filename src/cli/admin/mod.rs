@@ -7,7 +7,8 @@
 //! Files by job: `flags.rs` (durations, states, lanes), `human.rs` (numbers,
 //! sizes, times), `table.rs`, `messages.rs` (lists, the show page, filters),
 //! `ops.rs` (bulk operations), `domains.rs` (top-domains, transfer, clients),
-//! `relays.rs` (the relays in stats).
+//! `relays.rs` (the relays in stats), `webhooks.rs` (the webhook endpoints
+//! in stats).
 
 use clap::ValueEnum;
 use serde_json::{json, Value};
@@ -23,6 +24,7 @@ mod relays;
 mod table;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 pub use domains::*;
 pub use flags::*;
@@ -31,3 +33,4 @@ pub use messages::*;
 pub use ops::*;
 pub use relays::*;
 pub use table::*;
+pub use webhooks::*;
