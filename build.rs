@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Tests that need a tool of the system (Postfix's smtp-sink, FUSE,
-/// libfaketime, SpamAssassin, Python's aiosmtpd, root for a tmpfs) are `#[cfg_attr(not(have_x), ignore =
+/// libfaketime, SpamAssassin, Python's aiosmtpd and standardwebhooks, root for a tmpfs) are `#[cfg_attr(not(have_x), ignore =
 /// "...")]`: where it is missing they show as ignored with the package to
 /// install, never as `ok` having done nothing. Under CI=true every one is
 /// on, so a missing tool fails its tests.
@@ -54,6 +54,7 @@ fn tools() {
             "have_dkimpy",
             python_has("aiosmtpd") && python_has("dkim") && python_has("nacl"),
         ),
+        ("have_standardwebhooks", python_has("standardwebhooks")),
         ("have_root", root),
         (
             "have_smarthost",

@@ -9,6 +9,7 @@ mod corruption;
 mod delivery;
 mod dkim;
 mod durability;
+mod events;
 mod failover;
 mod faults;
 mod layering;

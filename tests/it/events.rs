@@ -1,0 +1,345 @@
+//! Delivery events: every change told once through the event log, read
+//! back with WatchEvents (replay, a cursor, a type filter, follow, a cursor
+//! the log no longer keeps, each client its own), and the CLI.
+
+use std::time::Duration;
+
+use mailspool::pb;
+use tokio_stream::StreamExt;
+
+use crate::mime::capture_with;
+use crate::support::*;
+
+fn to(subject: &str, rcpts: &[&str]) -> pb::EnqueueRequest {
+    let mut r = request(subject);
+    r.email.as_mut().unwrap().to = rcpts.iter().map(|a| a.to_string()).collect();
+    r
+}
+
+/// Every retained event after `after` (no follow).
+pub(crate) async fn replay(s: &TestServer, after: u64, types: &[pb::EventType]) -> Vec<pb::Event> {
+    let mut stream = s
+        .queue
+        .clone()
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: after,
+            types: types.iter().map(|t| *t as i32).collect(),
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = stream.next().await {
+        out.push(e.unwrap());
+    }
+    out
+}
+
+/// (type, message id, recipient) of each event, in order.
+fn told(events: &[pb::Event]) -> Vec<(pb::EventType, String, String)> {
+    events
+        .iter()
+        .map(|e| (e.r#type(), e.id.clone(), e.recipient.clone()))
+        .collect()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[cfg_attr(
+    not(have_aiosmtpd),
+    ignore = "needs Python's aiosmtpd (pip install aiosmtpd)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_told_once_and_watch_events_replays_filters_and_follows() {
+    use pb::EventType::*;
+    let relay = capture_with(&["--reject", "gone", "--defer-once", "grey"]).await;
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), relay.relay())).await;
+    let mut admin = s.admin.clone();
+    admin
+        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    let mut mixed = to(
+        "mixed",
+        &["ok@example.org", "gone@example.org", "grey@example.org"],
+    );
+    mixed.idempotency_key = "k-mixed".into();
+    let a = s.enqueue(mixed).await.unwrap().id;
+    let deadline = now_ms() + 300;
+    let mut late = to("late", &["late@example.org"]);
+    late.expires_at_unix_ms = deadline;
+    let e = s.enqueue(late).await.unwrap().id;
+    let c = s
+        .enqueue(to("cancel me", &["c@example.org"]))
+        .await
+        .unwrap()
+        .id;
+    let d = s
+        .enqueue(to("bounces", &["gone@example.net"]))
+        .await
+        .unwrap()
+        .id;
+    let op = admin
+        .cancel(pb::CancelRequest {
+            ids: vec![c.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(op.affected, 1);
+    // The late message's deadline passes while delivery is paused.
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            now_ms() > deadline + 50
+        })
+        .await
+    );
+    admin
+        .resume_delivery(pb::ResumeDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    s.wait_state(&a, pb::MessageState::PartiallyDelivered).await;
+    s.wait_state(&e, pb::MessageState::Expired).await;
+    s.wait_state(&d, pb::MessageState::Dead).await;
+    // gone@example.org bounced: the next message's envelope leaves it out.
+    let b = s
+        .enqueue(to(
+            "after the bounce",
+            &["gone@example.org", "ok2@example.org"],
+        ))
+        .await
+        .unwrap()
+        .id;
+    s.wait_state(&b, pb::MessageState::Delivered).await;
+    // The dead letter back in the queue: its only recipient is suppressed
+    // now, so it is not sent and ends dead again.
+    admin
+        .requeue_dead(pb::RequeueDeadRequest {
+            ids: vec![d.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let settled = wait_until(Duration::from_secs(20), || async {
+        told(&replay(&s, 0, &[]).await)
+            .iter()
+            .filter(|t| t.0 == EventDeadLettered)
+            .count()
+            == 2
+    })
+    .await;
+    let all = replay(&s, 0, &[]).await;
+    assert!(settled, "{:#?}", told(&all));
+
+    let of = |id: &str| -> Vec<(pb::EventType, String)> {
+        told(&all)
+            .into_iter()
+            .filter(|t| t.1 == id)
+            .map(|t| (t.0, t.2))
+            .collect()
+    };
+    let r = |s: &str| s.to_string();
+    assert_eq!(
+        of(&a),
+        [
+            (EventAccepted, r("")),
+            (EventDelivered, r("ok@example.org")),
+            (EventBounced, r("gone@example.org")),
+            (EventDeferred, r("grey@example.org")),
+            (EventDelivered, r("grey@example.org")),
+        ]
+    );
+    assert_eq!(
+        of(&e),
+        [
+            (EventAccepted, r("")),
+            (EventExpired, r("late@example.org"))
+        ]
+    );
+    assert_eq!(of(&c), [(EventAccepted, r("")), (EventCancelled, r(""))]);
+    assert_eq!(
+        of(&b),
+        [
+            (EventSuppressed, r("gone@example.org")),
+            (EventAccepted, r("")),
+            (EventDelivered, r("ok2@example.org")),
+        ]
+    );
+    assert_eq!(
+        of(&d),
+        [
+            (EventAccepted, r("")),
+            (EventBounced, r("gone@example.net")),
+            (EventDeadLettered, r("")),
+            (EventRequeued, r("")),
+            (EventSuppressed, r("gone@example.net")),
+            (EventDeadLettered, r("")),
+        ]
+    );
+    assert_eq!(all.len(), 18);
+    // Sequences strictly increase; the fields say what happened.
+    assert!(all.windows(2).all(|w| w[0].sequence < w[1].sequence));
+    let find = |t: pb::EventType, rcpt: &str| {
+        all.iter()
+            .find(|x| x.r#type() == t && x.recipient == rcpt)
+            .unwrap()
+    };
+    assert_eq!(all[0].idempotency_key, "k-mixed");
+    let bounced = find(EventBounced, "gone@example.org");
+    assert_eq!(bounced.bounce_class(), pb::BounceClass::BounceBadMailbox);
+    assert!(bounced.smtp_reply.starts_with("550"), "{bounced:?}");
+    let deferred = find(EventDeferred, "grey@example.org");
+    assert!(deferred.smtp_reply.starts_with("451"), "{deferred:?}");
+    assert!(
+        deferred.next_attempt_unix_ms >= deferred.time_unix_ms,
+        "{deferred:?}"
+    );
+    assert_eq!(find(EventDelivered, "grey@example.org").attempt, 2);
+    assert!(find(EventDelivered, "ok@example.org").time_in_queue_ms > 0);
+
+    // From the middle: exactly the rest.
+    let mid = all[7].sequence;
+    assert_eq!(replay(&s, mid, &[]).await, all[8..].to_vec());
+    // By type.
+    let filtered = replay(&s, 0, &[EventDelivered, EventBounced]).await;
+    let want: Vec<_> = all
+        .iter()
+        .filter(|e| matches!(e.r#type(), EventDelivered | EventBounced))
+        .cloned()
+        .collect();
+    assert_eq!((filtered.len(), filtered), (5, want));
+    // An unknown type is INVALID_ARGUMENT naming it.
+    let err = s
+        .queue
+        .clone()
+        .watch_events(pb::WatchEventsRequest {
+            types: vec![99],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("types[0]"), "{err:?}");
+
+    // Follow: new events arrive as they commit.
+    let last = all.last().unwrap().sequence;
+    let mut follow = s
+        .queue
+        .clone()
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: last,
+            types: vec![],
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let f = s
+        .enqueue(to("followed", &["f@example.org"]))
+        .await
+        .unwrap()
+        .id;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(20), follow.next())
+            .await
+            .expect("the followed events arrive")
+            .unwrap()
+            .unwrap();
+        seen.push((e.sequence, e.r#type(), e.id));
+    }
+    assert_eq!(
+        seen,
+        [
+            (last + 1, EventAccepted, f.clone()),
+            (last + 2, EventDelivered, f.clone())
+        ]
+    );
+
+    // The CLI: one line per event, or JSON, with --after and --type.
+    let url = format!("http://{}", s.handle.as_ref().unwrap().addr);
+    let after = last.to_string();
+    let run = run_cli(
+        &url,
+        &["events", "--after", &after, "--type", "delivered", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    assert_eq!(lines[0]["type"], "delivered");
+    assert_eq!(lines[0]["id"], f.as_str());
+    assert_eq!(lines[0]["recipient"], "f@example.org");
+    let run = run_cli(&url, &["events", "--type", "bounced"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("gone@example.org") && run.stdout.contains("bad_mailbox"),
+        "{}",
+        run.stdout
+    );
+    let run = run_cli(&url, &["events", "--type", "nope"]).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("`nope` is not an event type"),
+        "{}",
+        run.stderr
+    );
+    s.shutdown().await;
+}
+
+/// A cursor older than the log keeps is OUT_OF_RANGE naming the oldest
+/// kept; the log's extent shows in QueueStats; the log never refuses mail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_the_log_no_longer_keeps_is_out_of_range() {
+    let dir = tempdir();
+    let mut cfg = config(dir.path(), None);
+    cfg.event_retention_bytes = 1_000;
+    let s = TestServer::start(cfg).await;
+    for i in 0..30 {
+        s.enqueue(request(&format!("m{i}"))).await.unwrap();
+    }
+    s.wait_delivered(30).await;
+    let trimmed = wait_until(Duration::from_secs(20), || async {
+        let st = s.stats().await;
+        st.event_log_bytes <= 1_000 && st.event_log_last_sequence == 60
+    })
+    .await;
+    let st = s.stats().await;
+    assert!(trimmed, "{st:?}");
+    let oldest = st.event_log_first_sequence;
+    assert!(oldest > 2 && st.event_log_events == 61 - oldest, "{st:?}");
+    let err = s
+        .queue
+        .clone()
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    assert!(
+        err.message()
+            .contains(&format!("the oldest event still kept is {oldest}")),
+        "{err:?}"
+    );
+    // From 0 (the oldest kept) or just before the oldest: what is kept.
+    let kept = replay(&s, 0, &[]).await;
+    assert_eq!(kept.first().map(|e| e.sequence), Some(oldest));
+    assert_eq!(kept.len() as u64, 61 - oldest);
+    assert_eq!(replay(&s, oldest - 1, &[]).await, kept);
+    s.shutdown().await;
+}
