@@ -25,3 +25,4 @@ mod smarthost;
 mod smtp_sink;
 mod surge;
 mod transfer;
+mod webhooks;
