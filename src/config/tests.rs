@@ -322,3 +322,73 @@ weight = 2
         }
     }
 }
+
+/// Each bad `[[webhooks]]` setting stops the start naming the endpoint and
+/// the field; a good one reads its secret (never shown).
+#[test]
+fn bad_webhooks_name_the_endpoint_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("secret");
+    std::fs::write(&good, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "whsec_c2hvcnQ=").unwrap();
+    let hook = |url: &str, extra: &str| {
+        format!(
+            "[[webhooks]]\nname = \"crm\"\nurl = \"{url}\"\nsecret_file = \"{}\"\n{extra}",
+            good.display()
+        )
+    };
+    let ok = "https://hooks.example.com/mail";
+    let cases = [
+        (
+            hook("http://hooks.example.com/mail", ""),
+            "plain http only to a loopback",
+        ),
+        (hook("ftp://127.0.0.1/x", ""), "scheme `ftp`"),
+        (hook("not a url", ""), "`url`"),
+        (
+            hook(ok, "events = [\"opened\"]\n"),
+            "`opened` is not an event type",
+        ),
+        (hook(ok, "timeout_ms = 0\n"), "`timeout_ms`"),
+        (hook(ok, "secret = \"whsec_abc\"\n"), "use secret_file"),
+        (
+            hook(ok, "").replace(&good.display().to_string(), "/nonexistent/secret"),
+            "cannot read /nonexistent/secret",
+        ),
+        (
+            hook(ok, "").replace(&good.display().to_string(), &short.display().to_string()),
+            "5-byte key",
+        ),
+        (
+            format!("{}{}", hook(ok, ""), hook(ok, "")),
+            "two webhooks are named `crm`",
+        ),
+    ];
+    for (toml, words) in cases {
+        let e = refused(&toml, "webhooks", words);
+        if !words.starts_with("two") && !words.contains("secret_file") {
+            assert!(e.to_string().contains("webhook `crm`"), "{toml}: {e}");
+        }
+    }
+    let mut c = Config::from_toml(&hook(
+        "http://127.0.0.1:8080/h",
+        "events = [\"delivered\", \"bounced\"]\n",
+    ))
+    .unwrap();
+    c.validate().unwrap();
+    let w = &c.webhooks[0];
+    assert_eq!(w.secret.as_ref().map(|k| k.0.len()), Some(24));
+    assert!(!format!("{w:?}").contains("MfKQ"), "{w:?}");
+    assert_eq!(
+        w.kinds(),
+        Some(vec![
+            crate::model::EventKind::Delivered,
+            crate::model::EventKind::Bounced
+        ])
+    );
+    assert_eq!(
+        (w.timeout_ms, w.max_backoff_secs, w.failing_after_secs),
+        (10_000, 60, 600)
+    );
+}

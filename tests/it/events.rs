@@ -343,3 +343,87 @@ async fn a_cursor_the_log_no_longer_keeps_is_out_of_range() {
     assert_eq!(replay(&s, oldest - 1, &[]).await, kept);
     s.shutdown().await;
 }
+
+/// A client without `admin` sees only its own messages' events; an admin
+/// sees everyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sees_only_its_own_events_unless_admin() {
+    use mailspool::intake::auth::{token_hash, AuthChannel, Bearer, ClientConfig, Role};
+    const SVC: &str = "mst_svc-token-0123456789";
+    const OTHER: &str = "mst_other-token-0123456789";
+    const OPS: &str = "mst_ops-token-0123456789";
+    let dir = tempdir();
+    let mut cfg = config(dir.path(), None);
+    cfg.clients = vec![
+        ClientConfig::with_token("svc", token_hash(SVC), &[Role::Enqueue]),
+        ClientConfig::with_token("other", token_hash(OTHER), &[Role::Enqueue]),
+        ClientConfig::with_token("ops", token_hash(OPS), &[Role::Enqueue, Role::Admin]),
+    ];
+    cfg.validate().unwrap();
+    let handle = mailspool::Server::start(cfg).await.unwrap();
+    let url = format!("http://{}", handle.addr);
+    let queue = |token: &'static str| {
+        let url = url.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            pb::mail_queue_client::MailQueueClient::new(AuthChannel::new(
+                channel,
+                Bearer::new(Some(token)).unwrap(),
+            ))
+        }
+    };
+    let (mut svc, mut other, mut ops) = (queue(SVC).await, queue(OTHER).await, queue(OPS).await);
+    let mine = svc.enqueue(request("svc's")).await.unwrap().into_inner().id;
+    let theirs = other
+        .enqueue(request("other's"))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let accepted = vec![pb::EventType::EventAccepted as i32];
+    let read = |c: &mut pb::mail_queue_client::MailQueueClient<AuthChannel>| {
+        let mut c = c.clone();
+        let types = accepted.clone();
+        async move {
+            let mut s = c
+                .watch_events(pb::WatchEventsRequest {
+                    types,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(e) = s.next().await {
+                let e = e.unwrap();
+                out.push((e.id, e.client));
+            }
+            out
+        }
+    };
+    assert_eq!(read(&mut svc).await, [(mine.clone(), "svc".to_string())]);
+    assert_eq!(
+        read(&mut other).await,
+        [(theirs.clone(), "other".to_string())]
+    );
+    assert_eq!(
+        read(&mut ops).await,
+        [(mine, "svc".to_string()), (theirs, "other".to_string())]
+    );
+    // Without a token: UNAUTHENTICATED, as for every call.
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let err = pb::mail_queue_client::MailQueueClient::new(channel)
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    handle.shutdown().await;
+}
