@@ -125,7 +125,10 @@ impl Node {
             .await
             .unwrap()
             .into_inner();
-        assert!(r.results.iter().all(|r| r.code == 0 && !r.id.is_empty()), "{r:?}");
+        assert!(
+            r.results.iter().all(|r| r.code == 0 && !r.id.is_empty()),
+            "{r:?}"
+        );
     }
 
     async fn stats(&self) -> pb::QueueStatsResponse {
