@@ -273,6 +273,15 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// A name for a relay or a webhook: it appears in metrics labels, the
+/// CLI and (for webhooks) the spool's cursor key.
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 fn bad(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{bad, Config, ConfigError, RelayTls, RelayUrl, Secret};
+use super::{bad, name_ok, Config, ConfigError, RelayTls, RelayUrl, Secret};
 
 /// The name the flat `relay` settings' relay has.
 pub const DEFAULT_RELAY: &str = "default";
@@ -364,11 +364,7 @@ impl Config {
             let named = |(field, reason): FieldError| {
                 bad("relays", format!("relay `{name}`: `{field}`: {reason}"))
             };
-            let name_ok = !r.name.is_empty()
-                && r.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-            if !name_ok {
+            if !name_ok(&r.name) {
                 return Err(bad(
                     "relays",
                     format!(

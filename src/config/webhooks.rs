@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{bad, Config, ConfigError};
+use super::{bad, name_ok, Config, ConfigError};
 use crate::model::EventKind;
 
 /// One webhook endpoint.
@@ -160,11 +160,7 @@ impl Config {
     pub(super) fn validate_webhooks(&mut self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         for w in &mut self.webhooks {
-            let name_ok = !w.name.is_empty()
-                && w.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-            if !name_ok {
+            if !name_ok(&w.name) {
                 return Err(bad(
                     "webhooks",
                     format!(

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::thousands;
+use super::{table, thousands, Align};
 use crate::pb;
 
 pub fn webhook_json(w: &pb::WebhookStats) -> Value {
@@ -18,28 +18,28 @@ pub fn webhook_json(w: &pb::WebhookStats) -> Value {
 }
 
 pub fn webhooks_table(hooks: &[pb::WebhookStats]) -> String {
-    let row = |cells: [&str; 7]| {
-        let [name, state, rest @ ..] = cells;
-        let mut line = format!("{name:<16} {state:<12}");
-        for c in rest {
-            line.push_str(&format!(" {c:>10}"));
-        }
-        line + "\n"
-    };
-    let mut out = row([
-        "webhook", "state", "lag", "lag s", "sent", "failed", "skipped",
-    ]);
-    for w in hooks {
-        out.push_str(&row([
-            &w.name,
-            &w.state,
-            &thousands(w.lag_events),
-            &format!("{:.0}", w.lag_seconds),
-            &thousands(w.sent_total),
-            &thousands(w.failed_total),
-            &thousands(w.skipped_total),
-        ]));
-    }
+    use Align::{Left, Right};
+    let rows: Vec<Vec<String>> = hooks
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.state.clone(),
+                thousands(w.lag_events),
+                format!("{:.0}", w.lag_seconds),
+                thousands(w.sent_total),
+                thousands(w.failed_total),
+                thousands(w.skipped_total),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "webhook", "state", "lag", "lag s", "sent", "failed", "skipped",
+        ],
+        &[Left, Left, Right, Right, Right, Right, Right],
+        &rows,
+    );
     for w in hooks.iter().filter(|w| w.state != "ok") {
         out.push_str(&format!(
             "  {}: {} failures in a row: {}\n",
