@@ -38,6 +38,7 @@ impl Api {
             waiting_secs: s.waiting_by_lane_seconds,
         };
         let (level, reason) = assess(&signals, &self.thresholds);
+        let event_log = self.store.event_figures();
         let (congestion, congestion_reason, congestion_since_ms) =
             self.congestion
                 .observe(level, reason, &signals, now, &self.thresholds);
@@ -67,8 +68,8 @@ impl Api {
             time_to_inbox: self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0))),
             outcomes: self.outcomes.view(),
             suppression_list_size: self.store.suppression_count(),
-            event_log: self.store.event_figures(),
-            webhooks: self.webhooks.figures(self.store.event_figures().last_seq),
+            webhooks: self.webhooks.figures(event_log.last_seq),
+            event_log,
         }
     }
 
