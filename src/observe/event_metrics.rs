@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::metrics::sync;
 use super::overview::Overview;
 
 type Labels = Vec<(&'static str, String)>;
@@ -120,13 +121,5 @@ impl EventMetrics {
             }
             sync(&self.skipped.get_or_create(&vec![name()]), w.skipped_total);
         }
-    }
-}
-
-/// Raises a counter to a total kept elsewhere.
-fn sync(c: &Counter, total: u64) {
-    let now = c.get();
-    if total > now {
-        c.inc_by(total - now);
     }
 }

@@ -352,7 +352,7 @@ impl std::fmt::Debug for Metrics {
 
 /// Raises a counter to `value` (the totals come from the spool's own
 /// counters, which persist across restarts).
-fn sync(counter: &Counter, value: u64) {
+pub(super) fn sync(counter: &Counter, value: u64) {
     let now = counter.get();
     if value > now {
         counter.inc_by(value - now);
