@@ -523,6 +523,30 @@ impl Outcome {
     }
 }
 
+/// How a lease ended for one message, as the spool records it: the
+/// outcome, and what its events tell of the attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub id: MessageId,
+    pub outcome: Outcome,
+    /// The relay the attempt went to ("" when it was not sent).
+    pub relay: String,
+    /// The relay's reply to the message when it took it for every
+    /// recipient (`Outcome::Ack`, which carries none itself).
+    pub accepted_reply: String,
+}
+
+impl From<(MessageId, Outcome)> for Completion {
+    fn from((id, outcome): (MessageId, Outcome)) -> Completion {
+        Completion {
+            id,
+            outcome,
+            relay: String::new(),
+            accepted_reply: String::new(),
+        }
+    }
+}
+
 /// What an event tells (`Event::kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bincode::Encode, bincode::Decode)]
 pub enum EventKind {

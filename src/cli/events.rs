@@ -82,6 +82,9 @@ pub fn line(e: &pb::Event) -> String {
     if e.attempt > 0 && e.r#type() != pb::EventType::EventAccepted {
         l += &format!("  attempt {}", e.attempt);
     }
+    if !e.relay.is_empty() {
+        l += &format!("  via {}", e.relay);
+    }
     if e.bounce_class() != pb::BounceClass::Unspecified {
         l += &format!("  {}", bounce(e.bounce_class()));
     }

@@ -44,7 +44,7 @@ pub fn decide(
     // The common cases, one result for everyone: no per-recipient work.
     if let MessageResult::All(r) = &result {
         match r {
-            SendResult::Accepted => return Outcome::Ack,
+            SendResult::Accepted(_) => return Outcome::Ack,
             SendResult::Throttled(reply) | SendResult::Refused(reply) => {
                 return Outcome::Postpone {
                     due_ms: postpone_ms,
@@ -74,10 +74,10 @@ pub fn decide(
         let r = &mut rcpts[i];
         let class = class_of(result);
         match result {
-            SendResult::Accepted => {
+            SendResult::Accepted(reply) => {
                 r.attempts += 1;
                 r.class = None;
-                r.finish(RcptState::Delivered, "", now_ms);
+                r.finish(RcptState::Delivered, reply, now_ms);
                 attempted = true;
             }
             SendResult::Permanent(reply) => {
@@ -207,7 +207,7 @@ mod tests {
         let now = 10_000_000;
         let r = record(0, now, 1);
         assert_eq!(
-            decide(all(SendResult::Accepted), &r, &P, now, 0.5),
+            decide(all(SendResult::Accepted("250 ok".into())), &r, &P, now, 0.5),
             Outcome::Ack
         );
         let bounced = decide(
@@ -283,7 +283,7 @@ mod tests {
         let r = record(0, now, 4);
         let o = decide(
             MessageResult::Each(vec![
-                SendResult::Accepted,
+                SendResult::Accepted("250 2.0.0 Ok: queued as 4Xb2".into()),
                 SendResult::Permanent("550 5.1.1 <r1@example.org>: User unknown".into()),
                 SendResult::Transient("451 4.7.1 greylisted, try again later".into()),
                 SendResult::Throttled("450 4.7.1 too much mail".into()),
@@ -314,6 +314,10 @@ mod tests {
         assert_eq!(error, "550 5.1.1 <r1@example.org>: User unknown");
         assert_eq!(rcpts[1].class, Some(BounceClass::BadMailbox));
         assert_eq!(
+            rcpts[0].last_reply, "250 2.0.0 Ok: queued as 4Xb2",
+            "the relay's reply to the delivered one is kept"
+        );
+        assert_eq!(
             rcpts.iter().map(|r| r.attempts).collect::<Vec<_>>(),
             [1, 1, 1, 0],
             "the throttled one was not attempted"
@@ -324,7 +328,10 @@ mod tests {
         again.rcpts = rcpts.clone();
         assert_eq!(again.pending(), vec![2, 3]);
         let o2 = decide(
-            MessageResult::Each(vec![SendResult::Accepted, SendResult::Accepted]),
+            MessageResult::Each(vec![
+                SendResult::Accepted("250 ok".into()),
+                SendResult::Accepted("250 ok".into()),
+            ]),
             &again,
             &P,
             now + 30_000,

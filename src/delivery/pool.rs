@@ -332,7 +332,7 @@ impl SmtpRelay {
     /// Counts one attempt's result and keeps its reply.
     fn count(&self, result: &SendResult, reply: String) {
         let counter = match result {
-            SendResult::Accepted => Some(&self.sent),
+            SendResult::Accepted(_) => Some(&self.sent),
             SendResult::Permanent(_) => Some(&self.failed),
             // Our credentials refused: not the message's attempt.
             SendResult::Refused(_) | SendResult::NotAttempted(_) => None,
@@ -367,7 +367,7 @@ impl SmtpRelay {
                 Some(format!("relay {name}: {e}"))
             }
             // The relay answered: it is up, whatever it thought of this message.
-            SendResult::Accepted => {
+            SendResult::Accepted(_) => {
                 breaker.succeeded(name);
                 self.throttle.sent(now);
                 None
@@ -416,10 +416,10 @@ pub fn one_or_each(results: Vec<SendResult>) -> MessageResult {
 fn summary(results: &[SendResult]) -> SendResult {
     results
         .iter()
-        .find(|r| **r == SendResult::Accepted)
+        .find(|r| matches!(r, SendResult::Accepted(_)))
         .or(results.first())
         .cloned()
-        .unwrap_or(SendResult::Accepted)
+        .unwrap_or(SendResult::Accepted(String::new()))
 }
 
 /// The reply kept as the relay's last.

@@ -66,12 +66,18 @@ impl Relay {
         })
     }
 
-    /// Sends each message; one result per message, in order. Messages not
-    /// sent by the time `deadline` (the end of the lease) has passed are
-    /// "not attempted": they may already be leased to another worker.
-    pub async fn send_all(&self, messages: &[&Leased], deadline: Instant) -> Vec<MessageResult> {
+    /// Sends each message; one result per message, in order, with the
+    /// name of the relay that gave it ("" when none was tried). Messages
+    /// not sent by the time `deadline` (the end of the lease) has passed
+    /// are "not attempted": they may already be leased to another worker.
+    pub async fn send_all(
+        &self,
+        messages: &[&Leased],
+        deadline: Instant,
+    ) -> Vec<(MessageResult, &str)> {
         if let Some(o) = &self.outbox {
-            return o.send_all(messages, &self.signers).await;
+            let results = o.send_all(messages, &self.signers).await;
+            return results.into_iter().map(|r| (r, OUTBOX_NAME)).collect();
         }
         // The From field matters only to routes by sender.
         let by_sender = self.routes.iter().any(|r| !r.senders.is_empty());
@@ -86,9 +92,9 @@ impl Relay {
             })
             .collect();
         let n = messages.len();
-        let mut done: Vec<Option<MessageResult>> = vec![None; n];
+        let mut done: Vec<Option<(MessageResult, &str)>> = vec![None; n];
         // What the relay that failed a message said, should no other take it.
-        let mut last: Vec<Option<MessageResult>> = vec![None; n];
+        let mut last: Vec<Option<(MessageResult, &str)>> = vec![None; n];
         let mut excluded = vec![false; self.relays.len()];
         let mut pending: Vec<usize> = (0..n).collect();
         while !pending.is_empty() {
@@ -105,9 +111,8 @@ impl Relay {
                     Choice::WaitFor(r) => (r, true),
                     Choice::Nothing => {
                         done[i] = Some(last[i].take().unwrap_or_else(|| {
-                            MessageResult::All(SendResult::NotAttempted(
-                                "every relay that may carry it is paused".into(),
-                            ))
+                            let why = "every relay that may carry it is paused";
+                            (MessageResult::All(SendResult::NotAttempted(why.into())), "")
                         }));
                         continue;
                     }
@@ -122,7 +127,9 @@ impl Relay {
                 let sent = self.relays[r]
                     .send_all(&batch, deadline, may_wait, &self.signers)
                     .await;
+                let name = self.relays[r].name.as_str();
                 for (k, (i, result)) in idxs.into_iter().zip(sent.results).enumerate() {
+                    let result = (result, name);
                     if sent.reroute_from.is_some_and(|from| k >= from) {
                         last[i] = Some(result);
                         pending.push(i);
@@ -231,6 +238,12 @@ impl Relay {
     }
 }
 
+/// The relay named in the events of messages written to the outbox.
+const OUTBOX_NAME: &str = "outbox";
+
+/// What the outbox "replies" when it has written a message.
+const OUTBOX_REPLY: &str = "250 written to the outbox";
+
 /// `.eml` files in a directory, through lettre's file transport.
 pub struct Outbox {
     pub dir: PathBuf,
@@ -258,7 +271,7 @@ impl Outbox {
                     .send_raw(&env, &dkim::sign_with(signers, &r.raw, now_secs()))
                     .await
                 {
-                    Ok(_) => SendResult::Accepted,
+                    Ok(_) => SendResult::Accepted(OUTBOX_REPLY.into()),
                     Err(e) => SendResult::Transient(format!("outbox write failed: {e}")),
                 },
             };

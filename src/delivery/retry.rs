@@ -10,8 +10,9 @@ use std::time::Duration;
 /// What one delivery attempt came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendResult {
-    /// 2xx after the final `.`.
-    Accepted,
+    /// 2xx after the final `.`: the relay's reply ("250 2.0.0 Ok: queued
+    /// as …"), told in the delivered event.
+    Accepted(String),
     /// 5xx: the relay will never take it.
     Permanent(String),
     /// 4xx other than throttling, timeout, connection or TLS failure.
@@ -56,7 +57,7 @@ impl SendResult {
     /// The error of an attempt that failed (None: delivered, or not attempted).
     pub fn error(&self) -> Option<&str> {
         match self {
-            SendResult::Accepted | SendResult::NotAttempted(_) | SendResult::Expired(_) => None,
+            SendResult::Accepted(_) | SendResult::NotAttempted(_) | SendResult::Expired(_) => None,
             SendResult::Permanent(e)
             | SendResult::Transient(e)
             | SendResult::Throttled(e)
@@ -69,7 +70,7 @@ impl SendResult {
     /// there was no reply (connection, TLS, timeout). None: not attempted.
     pub fn reply_class(&self) -> Option<&'static str> {
         match self {
-            SendResult::Accepted => Some("2xx"),
+            SendResult::Accepted(_) => Some("2xx"),
             SendResult::Permanent(_) => Some("5xx"),
             SendResult::Throttled(_) => Some("4xx"),
             SendResult::Refused(_) => Some("5xx"),
@@ -98,7 +99,7 @@ pub const NOT_ATTEMPTED_DELAY: Duration = Duration::from_secs(1);
 pub fn classify(code: u16, text: &str) -> SendResult {
     let reply = format!("{code} {text}");
     match code {
-        200..=299 => SendResult::Accepted,
+        200..=299 => SendResult::Accepted(reply),
         421 | 454 => SendResult::Throttled(reply),
         400..=499 if is_rate_limit(text) => SendResult::Throttled(reply),
         451 => SendResult::Deferred(reply),
@@ -258,7 +259,7 @@ mod tests {
         ];
         for (code, text, want) in cases {
             let got = match classify(code, text) {
-                SendResult::Accepted => "accepted",
+                SendResult::Accepted(_) => "accepted",
                 SendResult::Throttled(_) => "throttled",
                 SendResult::Refused(_) => "refused",
                 SendResult::Deferred(_) => "deferred",

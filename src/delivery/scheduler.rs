@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::delivery::lanes::LaneClock;
-use crate::model::{now_ms, Lane, Leased, MessageId, Outcome};
+use crate::model::{now_ms, Completion, Lane, Leased, MessageId, Outcome};
 use crate::spool::{Store, StoreError};
 
 /// A batch of messages handed to one worker until `deadline`.
@@ -177,19 +177,22 @@ impl Scheduler {
     pub async fn complete(
         &self,
         lease: &Lease,
-        outcomes: Vec<(MessageId, Outcome)>,
+        outcomes: Vec<impl Into<Completion>>,
     ) -> Result<(), StoreError> {
-        let ids: Vec<MessageId> = outcomes.iter().map(|(id, _)| *id).collect();
+        let outcomes: Vec<Completion> = outcomes.into_iter().map(Into::into).collect();
+        let ids: Vec<MessageId> = outcomes.iter().map(|c| c.id).collect();
         let outcomes: Vec<_> = {
             let table = self.table.lock().expect("lease table");
             outcomes
                 .into_iter()
-                .filter(|(id, outcome)| {
+                .filter(|c| {
+                    let id = &c.id;
                     let current = table.leased.get(id).map(|(t, _)| *t) == Some(lease.token);
-                    if !current && !matches!(outcome, Outcome::Ack) {
+                    let acked = matches!(c.outcome, Outcome::Ack);
+                    if !current && !acked {
                         tracing::debug!(%id, "outcome of an expired lease ignored");
                     }
-                    current || matches!(outcome, Outcome::Ack)
+                    current || acked
                 })
                 .collect()
         };

@@ -125,7 +125,7 @@ pub async fn send(
             Err(e) => Err(e),
         };
         let result = match data {
-            Ok(_) => SendResult::Accepted,
+            Ok(reply) => SendResult::Accepted(reply_line(&reply)),
             Err(e) => match reply_of(&e) {
                 None => return Err(Stop::Broke(e)),
                 Some((code, text)) => match classify(code, &text) {
@@ -149,6 +149,17 @@ pub async fn send(
         next = resume;
     }
     Ok(())
+}
+
+/// A positive reply as one line, as relays print it ("250 2.0.0 Ok:
+/// queued as 4Xb2"); its lines joined by spaces.
+fn reply_line(reply: &lettre::transport::smtp::response::Response) -> String {
+    let mut line = reply.code().to_string();
+    for text in reply.message() {
+        line.push(' ');
+        line.push_str(text);
+    }
+    line
 }
 
 /// The code and text of a negative reply (None: no reply: I/O, TLS, a

@@ -16,7 +16,7 @@ use crate::delivery::pool::expired;
 use crate::delivery::relay::Relay;
 use crate::delivery::retry::{MessageResult, RetryPolicy, SendResult};
 use crate::delivery::scheduler::Scheduler;
-use crate::model::{now_ms, Leased, MessageId, Outcome, RcptState};
+use crate::model::{now_ms, Completion, Leased, MessageId, Outcome, RcptState};
 use crate::observe::outcomes::Outcomes;
 use crate::observe::stats::Rates;
 use crate::spool::Store;
@@ -63,11 +63,12 @@ pub async fn run_worker(w: Arc<Workers>, stop: watch::Receiver<bool>) {
                 .collect();
             let sent = match &stopped {
                 Some(why) => {
-                    vec![MessageResult::All(SendResult::NotAttempted(why.clone())); to_send.len()]
+                    let not = MessageResult::All(SendResult::NotAttempted(why.clone()));
+                    vec![(not, ""); to_send.len()]
                 }
                 None => w.relay.send_all(&to_send, lease.deadline).await,
             };
-            if let Some(MessageResult::All(SendResult::NotAttempted(why))) = sent.last() {
+            if let Some((MessageResult::All(SendResult::NotAttempted(why)), _)) = sent.last() {
                 stopped = Some(why.clone());
             }
             let mut sent = sent.into_iter();
@@ -75,8 +76,14 @@ pub async fn run_worker(w: Arc<Workers>, stop: watch::Receiver<bool>) {
             let mut delivered = Vec::new();
             let mut outcomes = Vec::with_capacity(chunk.len());
             for (m, (marked, pre)) in chunk.iter().zip(screened) {
-                let result =
-                    pre.unwrap_or_else(|| sent.next().expect("one result per message sent"));
+                let (result, relay) = match pre {
+                    Some(r) => (r, ""),
+                    None => sent.next().expect("one result per message sent"),
+                };
+                let accepted_reply = match &result {
+                    MessageResult::All(SendResult::Accepted(reply)) => reply.clone(),
+                    _ => String::new(),
+                };
                 for r in result.results() {
                     log_result(m.id, r);
                     if let Some(class) = r.reply_class() {
@@ -101,7 +108,12 @@ pub async fn run_worker(w: Arc<Workers>, stop: watch::Receiver<bool>) {
                     w.metrics.delivered_after(m.record.lane, latency);
                     delivered.push((m.record.lane.index(), latency));
                 }
-                outcomes.push((m.id, outcome));
+                outcomes.push(Completion {
+                    id: m.id,
+                    outcome,
+                    relay: relay.to_string(),
+                    accepted_reply,
+                });
             }
             if let Err(e) = w.scheduler.complete(&lease, outcomes).await {
                 tracing::error!(error = %e, "could not record delivery outcomes; the messages will be sent again");
@@ -228,7 +240,7 @@ fn log_dead(dead: &[(MessageId, String)]) {
 
 fn log_result(id: MessageId, result: &SendResult) {
     match result {
-        SendResult::Accepted => tracing::debug!(%id, "MessageDelivered"),
+        SendResult::Accepted(reply) => tracing::debug!(%id, %reply, "MessageDelivered"),
         // Relays quote the recipient in rejections: the address is personal
         // data, so the full reply shows at debug level only (the WARN of
         // the dead message has it redacted).

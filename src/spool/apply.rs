@@ -2,6 +2,7 @@
 //! housekeeping) changes the group being built.
 
 use super::commit::*;
+use super::events::Attempt;
 use super::key;
 use super::settle::{settle, Next};
 use super::*;
@@ -113,13 +114,8 @@ impl Committer {
         codec::decode(&v).ok()
     }
 
-    pub(super) fn complete_one(
-        &mut self,
-        id: MessageId,
-        outcome: Outcome,
-        now: u64,
-        g: &mut Group,
-    ) {
+    pub(super) fn complete_one(&mut self, c: Completion, now: u64, g: &mut Group) {
+        let id = c.id;
         // Already gone (acked by an earlier lease, or cancelled): nothing to do.
         let Some(mut record) = self.current(id, g) else {
             return;
@@ -129,7 +125,7 @@ impl Committer {
             .iter()
             .map(|r| (r.state, r.attempts))
             .collect();
-        let next = settle(&mut record, outcome, now);
+        let next = settle(&mut record, c.outcome, &c.accepted_reply, now);
         if !matches!(next, Next::Postpone { .. }) {
             let states: Vec<RcptState> = before.iter().map(|b| b.0).collect();
             self.suppress_bounced(id, &record, &states, now, g);
@@ -137,7 +133,11 @@ impl Committer {
                 Next::Retry { due_ms, .. } => *due_ms,
                 _ => 0,
             };
-            self.recipient_events(id, &record, &before, next_attempt, now, g);
+            let attempt = Attempt {
+                relay: &c.relay,
+                next_ms: next_attempt,
+            };
+            self.recipient_events(id, &record, &before, attempt, now, g);
         }
         // Dead letters keep their bytes in sled, not in a segment: without
         // them there is no dead letter to keep (nor to requeue).
@@ -164,6 +164,7 @@ impl Committer {
             Next::Finish(Finish::Dead, reason) => {
                 let mut e = self.event(EventKind::DeadLettered, id, &record, now);
                 e.reply = reason.clone();
+                e.relay = c.relay;
                 g.events.push(e);
                 self.unqueue(id, &record, g).dead_total += 1;
                 let raw = dead_raw;

@@ -46,7 +46,7 @@ pub(super) enum Op {
         reply: oneshot::Sender<Result<Vec<Appended>, GroupError>>,
     },
     Complete {
-        outcomes: Vec<(MessageId, Outcome)>,
+        outcomes: Vec<Completion>,
         reply: oneshot::Sender<Result<(), GroupError>>,
     },
     /// A queued message that could not be read when leased: `value` is the
@@ -397,8 +397,8 @@ impl Committer {
                     replies.push(Reply::Append(reply, results));
                 }
                 Op::Complete { outcomes, reply } => {
-                    for (id, outcome) in outcomes {
-                        self.complete_one(id, outcome, now, &mut g);
+                    for c in outcomes {
+                        self.complete_one(c, now, &mut g);
                     }
                     replies.push(Reply::Complete(reply));
                 }

@@ -180,6 +180,14 @@ pub enum EventReadError {
     Store(StoreError),
 }
 
+/// What the events of one outcome tell of its attempt.
+pub(super) struct Attempt<'a> {
+    /// The relay it went to ("" when it was not sent).
+    pub relay: &'a str,
+    /// When the message is due again (0: it is not).
+    pub next_ms: u64,
+}
+
 impl Committer {
     /// An event of `record`'s message, to be written with this group.
     pub(super) fn event(&self, kind: EventKind, id: MessageId, record: &Record, now: u64) -> Event {
@@ -202,12 +210,13 @@ impl Committer {
 
     /// The recipients' events of an outcome: each that finished, and each
     /// still pending whose attempt failed (deferred, with its next try).
+    /// The relay is named where this attempt reached the recipient.
     pub(super) fn recipient_events(
         &self,
         id: MessageId,
         record: &Record,
         before: &[(RcptState, u32)],
-        next_attempt_ms: u64,
+        attempt: Attempt,
         now: u64,
         g: &mut Group,
     ) {
@@ -232,8 +241,11 @@ impl Committer {
             e.attempt = r.attempts;
             e.reply = r.last_reply.clone();
             e.class = r.class;
+            if r.attempts > attempts {
+                e.relay = attempt.relay.to_string();
+            }
             if kind == EventKind::Deferred {
-                e.next_attempt_ms = next_attempt_ms;
+                e.next_attempt_ms = attempt.next_ms;
             }
             g.events.push(e);
         }

@@ -102,9 +102,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::model::{
-    now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Outcome, Record,
+    now_ms, DeadRecord, DeliveredRecord, Lane, Leased, MessageId, NewMessage, Record,
 };
-use crate::model::{BodyLoc, Finish, Rcpt, RcptState};
+use crate::model::{BodyLoc, Completion, Finish, Rcpt, RcptState};
 use crate::spool::segments::{Deleter, SegmentError, SegmentReader, Segments};
 
 use commit::{sync_stage, Committer, Fault, Op, Syncer};
@@ -404,7 +404,8 @@ impl Store {
     }
 
     /// Records how leases ended. Applied in order; not fsynced by itself.
-    pub async fn complete(&self, outcomes: Vec<(MessageId, Outcome)>) -> Result<(), StoreError> {
+    pub async fn complete<C: Into<Completion>>(&self, outcomes: Vec<C>) -> Result<(), StoreError> {
+        let outcomes = outcomes.into_iter().map(Into::into).collect();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Op::Complete { outcomes, reply })

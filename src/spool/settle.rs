@@ -1,7 +1,7 @@
 //! How an outcome changes a record's recipients, and what becomes of the
 //! message: pure, applied by the committer (`apply`).
 
-use crate::model::{finish_of, Finish, Outcome, Rcpt, Record};
+use crate::model::{finish_of, Finish, Outcome, Rcpt, RcptState, Record};
 
 /// What becomes of a message after an outcome.
 #[derive(Debug)]
@@ -19,9 +19,23 @@ pub(super) enum Next {
 }
 
 /// Applies an outcome to the record's recipients and says what follows.
-/// An attempt is counted when some recipient's attempts grew.
-pub(super) fn settle(record: &mut Record, outcome: Outcome, now: u64) -> Next {
-    let rcpts = outcome.rcpts_after(record, now);
+/// An attempt is counted when some recipient's attempts grew. An `Ack`
+/// leaves `accepted_reply` (the relay's reply to the message) as each
+/// newly delivered recipient's last reply.
+pub(super) fn settle(
+    record: &mut Record,
+    outcome: Outcome,
+    accepted_reply: &str,
+    now: u64,
+) -> Next {
+    let mut rcpts = outcome.rcpts_after(record, now);
+    if matches!(outcome, Outcome::Ack) {
+        for (r, was) in rcpts.iter_mut().zip(record.rcpts_full()) {
+            if was.state == RcptState::Pending {
+                r.last_reply = accepted_reply.to_string();
+            }
+        }
+    }
     let next = match outcome {
         Outcome::Postpone { due_ms, error } => return Next::Postpone { due_ms, error },
         Outcome::Ack => Next::Finish(ended(&rcpts, Finish::Delivered), String::new()),

@@ -1,6 +1,7 @@
 //! The store's own tests, on a temporary spool.
 
 use super::*;
+use crate::model::Outcome;
 
 fn options() -> StoreOptions {
     StoreOptions {

@@ -118,7 +118,15 @@ async fn every_change_is_told_once_and_watch_events_replays_filters_and_follows(
         .await
         .unwrap()
         .id;
-    s.wait_state(&b, pb::MessageState::Delivered).await;
+    let delivered = s.wait_state(&b, pb::MessageState::Delivered).await;
+    // The message keeps the relay's reply to its delivered recipient.
+    let ok2 = delivered
+        .recipients
+        .iter()
+        .find(|r| r.address == "ok2@example.org")
+        .expect("ok2 is a recipient");
+    assert_eq!(ok2.state(), pb::RecipientState::RecipientDelivered);
+    assert_eq!(ok2.last_reply, "250 2.0.0 Ok: queued", "{delivered:?}");
     // The dead letter back in the queue: its only recipient is suppressed
     // now, so it is not sent and ends dead again.
     admin
@@ -204,6 +212,19 @@ async fn every_change_is_told_once_and_watch_events_replays_filters_and_follows(
     );
     assert_eq!(find(EventDelivered, "grey@example.org").attempt, 2);
     assert!(find(EventDelivered, "ok@example.org").time_in_queue_ms > 0);
+    // A delivered event names the relay and quotes its reply to the
+    // message: when the recipients' fates differed (ok@) and when one
+    // reply spoke for them all (ok2@, alone in its message).
+    for rcpt in ["ok@example.org", "grey@example.org", "ok2@example.org"] {
+        let d = find(EventDelivered, rcpt);
+        assert_eq!(d.smtp_reply, "250 2.0.0 Ok: queued", "{d:?}");
+        assert_eq!(d.relay, "default", "{d:?}");
+    }
+    assert_eq!(bounced.relay, "default", "{bounced:?}");
+    assert_eq!(deferred.relay, "default", "{deferred:?}");
+    // Never sent: no relay.
+    assert_eq!(find(EventExpired, "late@example.org").relay, "");
+    assert_eq!(find(EventSuppressed, "gone@example.org").relay, "");
 
     // From the middle: exactly the rest.
     let mid = all[7].sequence;
