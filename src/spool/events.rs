@@ -1,7 +1,9 @@
 //! The event log: every change of a message or recipient, written in the
-//! same group commit as the change (`e <seq:8>` → `Event`), numbered by a
-//! sequence that only grows, also across restarts (`f` → `EventLogState`,
-//! in the same batch). Readers see an event once the fsync that covers it
+//! same group commit as the change, numbered by a sequence that only grows,
+//! also across restarts (`f` → `EventLogState`, in the same batch). A
+//! group's events are one value (`E <first seq:8>` → `EventBlock`): one
+//! key per group, not per event, keeps the log's cost to sled (bytes
+//! written, memory) small beside the messages'. Readers see an event once the fsync that covers it
 //! is done (`visible`): an event exists only if its change is durable.
 //! Groups that are not fsynced for their own sake (outcomes) are covered by
 //! a sync the committer asks for within `EVENT_SYNC_DELAY`. Retention by
@@ -16,15 +18,27 @@ use crate::model::{Event, EventKind};
 /// for a sync that makes them visible.
 pub(super) const EVENT_SYNC_DELAY: Duration = Duration::from_millis(50);
 
-/// Events removed per trimming batch.
-const TRIM_BATCH: usize = 10_000;
+/// Events removed per trimming batch (whole blocks: about this many).
+const TRIM_BATCH: u64 = 10_000;
 
 pub(super) const STATE_KEY: &[u8] = b"f";
 
+/// The block whose first event is `seq`.
 pub(super) fn key(seq: u64) -> [u8; 9] {
-    let mut k = [b'e'; 9];
+    let mut k = [b'E'; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The prefix of events stored one a key (`e <seq:8>` → `Event`), as
+/// the first binary with events wrote them: gathered into blocks at open
+/// (`migrate_singles`).
+pub(super) const SINGLE_PREFIX: u8 = b'e';
+
+/// The events of one group, in sequence order from the block's key.
+#[derive(Debug, Clone, PartialEq, bincode::Encode, bincode::Decode)]
+pub struct EventBlock {
+    pub events: Vec<Event>,
 }
 
 /// Where a reader (a webhook endpoint, by name) has got to: `h<name>`.
@@ -53,6 +67,7 @@ pub struct EventLogState {
 
 impl codec::Versioned for EventLogState {}
 impl codec::Versioned for Event {}
+impl codec::Versioned for EventBlock {}
 
 /// How long, and how much, the log keeps.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,6 +103,11 @@ pub struct CursorTooOld {
 }
 
 pub(super) fn load(tree: &sled::Tree) -> Result<EventLogState, StoreError> {
+    if migrate_singles(tree)? {
+        let state = rebuild(tree);
+        tree.insert(STATE_KEY, codec::encode(&state))?;
+        return Ok(state);
+    }
     Ok(match tree.get(STATE_KEY)? {
         Some(v) => codec::decode::<EventLogState>(&v).unwrap_or_else(|e| {
             // Rebuilt from the keys: the numbering goes on after the last.
@@ -105,17 +125,66 @@ fn rebuild(tree: &sled::Tree) -> EventLogState {
         ..Default::default()
     };
     let mut first = None;
-    for item in tree.scan_prefix(b"e").flatten() {
+    for item in tree.scan_prefix(b"E").flatten() {
         let (k, v) = item;
-        if let Some(seq) = seq_of(&k) {
-            first.get_or_insert(seq);
-            s.next_seq = seq + 1;
-            s.count += 1;
-            s.bytes += v.len() as u64;
-        }
+        let Some(seq) = seq_of(&k) else { continue };
+        // An undecodable block still holds its key's sequence.
+        let n = codec::decode::<EventBlock>(&v).map_or(1, |b| b.events.len() as u64);
+        first.get_or_insert(seq);
+        s.next_seq = seq + n;
+        s.count += n;
+        s.bytes += v.len() as u64;
     }
     s.first_seq = first.unwrap_or(s.next_seq);
     s
+}
+
+/// Events a block gets when single events are gathered.
+const MIGRATED_BLOCK: usize = 1000;
+
+/// Gathers events stored one a key into blocks of consecutive sequences,
+/// in one batch; whether there were any.
+fn migrate_singles(tree: &sled::Tree) -> Result<bool, StoreError> {
+    fn put(batch: &mut sled::Batch, (first, events): (u64, Vec<Event>)) {
+        batch.insert(&key(first), codec::encode(&EventBlock { events }));
+    }
+    let mut batch = sled::Batch::default();
+    let mut block: Option<(u64, Vec<Event>)> = None;
+    let mut seen = 0u64;
+    let mut moved = 0u64;
+    for item in tree.scan_prefix([SINGLE_PREFIX]) {
+        let (k, v) = item?;
+        seen += 1;
+        batch.remove(k.clone());
+        let (Some(seq), Ok(e)) = (seq_of(&k), codec::decode::<Event>(&v)) else {
+            continue;
+        };
+        moved += 1;
+        match &mut block {
+            Some((first, events))
+                if *first + events.len() as u64 == seq && events.len() < MIGRATED_BLOCK =>
+            {
+                events.push(e)
+            }
+            _ => {
+                if let Some(full) = block.replace((seq, vec![e])) {
+                    put(&mut batch, full);
+                }
+            }
+        }
+    }
+    if seen == 0 {
+        return Ok(false);
+    }
+    if let Some(last) = block {
+        put(&mut batch, last);
+    }
+    tree.apply_batch(batch)?;
+    tracing::info!(
+        events = moved,
+        "event log: events stored one a key gathered into blocks"
+    );
+    Ok(true)
 }
 
 impl Store {
@@ -133,15 +202,27 @@ impl Store {
             }));
         }
         let visible = *self.shared.events_visible.borrow();
+        let start = after + 1;
+        let tree = &self.shared.tree;
+        // From the block that holds `start`: the last one that begins at
+        // or before it.
+        let from = match tree.range(key(0)..=key(start)).next_back() {
+            Some(item) => item.map_err(|e| EventReadError::Store(e.into()))?.0,
+            None => key(start).as_slice().into(),
+        };
         let mut out = Vec::new();
-        for item in self.shared.tree.range(key(after + 1)..key(visible + 1)) {
+        for item in tree.range(from..sled::IVec::from(&key(visible + 1))) {
             let (k, v) = item.map_err(|e| EventReadError::Store(e.into()))?;
-            let Some(seq) = seq_of(&k) else { continue };
-            if let Ok(e) = codec::decode::<Event>(&v) {
-                out.push((seq, e));
-            }
-            if out.len() == max {
-                break;
+            let (Some(first), Ok(block)) = (seq_of(&k), codec::decode::<EventBlock>(&v)) else {
+                continue;
+            };
+            for (seq, e) in (first..).zip(block.events) {
+                if seq > visible || out.len() == max {
+                    return Ok(out);
+                }
+                if seq >= start {
+                    out.push((seq, e));
+                }
             }
         }
         Ok(out)
@@ -257,13 +338,13 @@ impl Committer {
         if g.events.is_empty() {
             return 0;
         }
-        for e in std::mem::take(&mut g.events) {
-            let v = codec::encode(&e);
-            self.events.bytes += v.len() as u64;
-            self.events.count += 1;
-            g.batch.insert(&key(self.events.next_seq), v);
-            self.events.next_seq += 1;
-        }
+        let events = std::mem::take(&mut g.events);
+        let n = events.len() as u64;
+        let v = codec::encode(&EventBlock { events });
+        self.events.bytes += v.len() as u64;
+        self.events.count += n;
+        g.batch.insert(&key(self.events.next_seq), v);
+        self.events.next_seq += n;
         g.batch.insert(STATE_KEY, codec::encode(&self.events));
         self.events.next_seq - 1
     }
@@ -282,16 +363,21 @@ impl Committer {
             .range(key(state.first_seq)..key(state.next_seq))
         {
             let Ok((k, v)) = item else { break };
-            let old = codec::decode::<Event>(&v).map_or(true, |e| e.time_ms < oldest_kept);
+            // A block goes whole: when its newest event is past the age,
+            // or while the log is over its size.
+            let block = codec::decode::<EventBlock>(&v).ok();
+            let newest = block.as_ref().and_then(|b| b.events.last());
+            let old = newest.is_none_or(|e| e.time_ms < oldest_kept);
             if !old && state.bytes <= limits.max_bytes {
                 break;
             }
+            let len = block.map_or(1, |b| b.events.len() as u64);
             batch.remove(k.clone());
-            state.count = state.count.saturating_sub(1);
+            state.count = state.count.saturating_sub(len);
             state.bytes = state.bytes.saturating_sub(v.len() as u64);
-            state.first_seq = seq_of(&k).map_or(state.first_seq, |s| s + 1);
-            n += 1;
-            if n == TRIM_BATCH {
+            state.first_seq = seq_of(&k).map_or(state.first_seq, |s| s + len);
+            n += len;
+            if n >= TRIM_BATCH {
                 break;
             }
         }

@@ -446,3 +446,67 @@ async fn the_log_keeps_its_size_and_an_old_cursor_is_refused() {
     );
     store.close();
 }
+
+/// A group's events are one block; a reader starts and stops anywhere
+/// inside one.
+#[tokio::test]
+async fn a_groups_events_are_one_block_read_from_any_sequence() {
+    use crate::model::EventKind::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    store.append(vec![message(""); 5]).await.unwrap();
+    store.append(vec![message(""); 2]).await.unwrap();
+    let blocks: Vec<(u64, usize)> = store
+        .shared
+        .tree
+        .scan_prefix(b"E")
+        .map(|item| {
+            let (k, v) = item.unwrap();
+            let first = u64::from_be_bytes(k[1..9].try_into().unwrap());
+            let block = codec::decode::<events::EventBlock>(&v).unwrap();
+            (first, block.events.len())
+        })
+        .collect();
+    assert_eq!(blocks, [(1, 5), (6, 2)]);
+    let seqs = |after, max| -> Vec<u64> {
+        let got = store.events_after(after, max).unwrap();
+        assert!(got.iter().all(|(_, e)| e.kind == Accepted));
+        got.into_iter().map(|(s, _)| s).collect()
+    };
+    assert_eq!(seqs(2, 2), [3, 4]);
+    assert_eq!(seqs(4, 10), [5, 6, 7]);
+    assert_eq!(seqs(0, 3), [1, 2, 3]);
+    assert_eq!(seqs(7, 10), Vec::<u64>::new());
+    assert_eq!(store.event_figures().count, 7);
+    store.close();
+}
+
+/// Events stored one a key (the first format of the log) are gathered
+/// into blocks at open: read as before, numbered on without reuse.
+#[tokio::test]
+async fn events_stored_one_a_key_are_read_and_numbered_on() {
+    use crate::model::EventKind::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    store.append(vec![message(""); 3]).await.unwrap();
+    let old = store.events_after(0, 10).unwrap();
+    let store = reopen(dir.path(), store, |t| {
+        // As the first format wrote them: `e <seq>` → one event, from 2.
+        for item in t.scan_prefix(b"E") {
+            t.remove(item.unwrap().0).unwrap();
+        }
+        for (seq, e) in &old[1..] {
+            let mut k = vec![events::SINGLE_PREFIX];
+            k.extend_from_slice(&seq.to_be_bytes());
+            t.insert(k, codec::encode(e)).unwrap();
+        }
+        t.remove(events::STATE_KEY).unwrap();
+    });
+    assert_eq!(store.events_after(0, 10).unwrap(), old[1..].to_vec());
+    assert_eq!(store.shared.tree.scan_prefix(b"e").count(), 0);
+    store.append(vec![message("")]).await.unwrap();
+    assert_eq!(kinds(&store, 3), vec![(4, Accepted)]);
+    let f = store.event_figures();
+    assert_eq!((f.first_seq, f.last_seq, f.count), (2, 4, 3));
+    store.close();
+}
