@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use mailspool::pb;
+use mailspool::pb::mail_queue_client::MailQueueClient;
 use tokio_stream::StreamExt;
 
 use crate::mime::capture_with;
@@ -18,8 +19,16 @@ fn to(subject: &str, rcpts: &[&str]) -> pb::EnqueueRequest {
 
 /// Every retained event after `after` (no follow).
 pub(crate) async fn replay(s: &TestServer, after: u64, types: &[pb::EventType]) -> Vec<pb::Event> {
-    let mut stream = s
-        .queue
+    watch_all(&s.queue, after, types).await
+}
+
+/// Every retained event after `after` (no follow), from any server.
+pub(crate) async fn watch_all(
+    queue: &MailQueueClient<tonic::transport::Channel>,
+    after: u64,
+    types: &[pb::EventType],
+) -> Vec<pb::Event> {
+    let mut stream = queue
         .clone()
         .watch_events(pb::WatchEventsRequest {
             after_sequence: after,
