@@ -40,9 +40,12 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             "congestion": s.congestion().as_str_name(),
             "congestion_reason": s.congestion_reason,
             "congestion_since_unix_ms": s.congestion_since_unix_ms,
+
             "paused_lanes": s.paused_lanes.iter().map(|&l| ac::lane_name(l)).collect::<Vec<_>>(),
             "cancelled_total": s.cancelled_total,
         });
+        v["congestion_cause"] = s.congestion_cause.clone().into();
+        v["congestion_runbook"] = s.congestion_runbook.clone().into();
         v["clients"] = s.clients.iter().map(ac::client_json).collect();
         v["relays"] = s.relays.iter().map(ac::relay_json).collect();
         v["lanes_without_relay"] = s
@@ -135,8 +138,12 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
             ac::ago(s.congestion_since_unix_ms, ac::now_ms())
         ));
     }
-    let rows: Vec<(&str, String)> = vec![
-        ("congestion", congestion),
+    let mut rows: Vec<(&str, String)> = vec![("congestion", congestion)];
+    if !s.congestion_cause.is_empty() {
+        rows.push(("cause", s.congestion_cause.clone()));
+        rows.push(("runbook", s.congestion_runbook.clone()));
+    }
+    rows.extend([
         ("paused lanes", ac::lanes_list(&s.paused_lanes)),
         ("queued", s.queued.to_string()),
         ("  ready", s.ready.to_string()),
@@ -257,7 +264,7 @@ pub async fn stats(a: StatsArgs) -> ClientResult {
                 s.event_log_last_sequence
             ),
         ),
-    ];
+    ]);
     for (k, v) in rows {
         println!("{k:<18} {v:>14}");
     }

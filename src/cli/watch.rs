@@ -148,6 +148,10 @@ pub fn render_view(
         ));
     }
     line(&mut out, "congestion", &congestion);
+    if !s.congestion_cause.is_empty() {
+        line(&mut out, "cause", &s.congestion_cause);
+        line(&mut out, "runbook", &s.congestion_runbook);
+    }
     out.push('\n');
     line(&mut out, "queued", &count(s.queued));
     for (k, n) in [

@@ -4,6 +4,7 @@
 use crate::grpc::api::{lane_to_proto, Api};
 use crate::model::now_ms;
 use crate::observe::congestion::{assess, Level, Signals};
+use crate::observe::diagnose::{diagnose, Evidence};
 use crate::observe::overview::{ClientFigures, Overview};
 use crate::observe::stats::queue_stats;
 use crate::pb;
@@ -39,16 +40,35 @@ impl Api {
         };
         let (level, reason) = assess(&signals, &self.thresholds);
         let event_log = self.store.event_figures();
-        let (congestion, congestion_reason, congestion_since_ms) =
+        let (congestion, mut congestion_reason, congestion_since_ms) =
             self.congestion
                 .observe(level, reason, &signals, now, &self.thresholds);
+        let outcomes = self.outcomes.view();
+        let paused_lanes = crate::spool::paused_lanes(admin.paused);
+        let disk_free_bytes = self
+            .intake
+            .disk_free
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let congestion_cause = (congestion != Level::Ok).then(|| {
+            let d = diagnose(&Evidence {
+                relays: &relays,
+                paused_lanes: &paused_lanes,
+                disk_free_bytes,
+                min_free_bytes: self.intake.spool_limits.min_free_bytes,
+                spool_bytes: s.spool_bytes,
+                max_spool_bytes: self.intake.spool_limits.max_spool_bytes,
+                bounce_rate_last_hour: outcomes.bounce_rate_last_hour,
+                enqueue_rate: s.enqueue_rate_per_second,
+                delivery_rate: s.delivery_rate_per_second,
+                rate_window_secs: s.rate_window_seconds,
+            });
+            congestion_reason = format!("{}; {congestion_reason}", d.text);
+            d.cause
+        });
         Overview {
             stats: s,
             max_spool_bytes: self.intake.spool_limits.max_spool_bytes,
-            disk_free_bytes: self
-                .intake
-                .disk_free
-                .load(std::sync::atomic::Ordering::Relaxed),
+            disk_free_bytes,
             refused_total: self
                 .intake
                 .refused
@@ -59,14 +79,15 @@ impl Api {
             relay_consecutive_failures: relay.consecutive_failures,
             relay_backoff_remaining_ms: relay.backoff_remaining_ms,
             congestion,
+            congestion_cause,
             congestion_reason,
             congestion_since_ms,
-            paused_lanes: crate::spool::paused_lanes(admin.paused),
+            paused_lanes,
             clients: self.client_figures(),
             relays,
             lanes_without_relay: self.relay.lanes_without_relay(),
             time_to_inbox: self.rates.time_to_inbox().map(|q| q.unwrap_or((0.0, 0.0))),
-            outcomes: self.outcomes.view(),
+            outcomes,
             suppression_list_size: self.store.suppression_count(),
             webhooks: self.webhooks.figures(event_log.last_seq),
             event_log,
@@ -154,6 +175,12 @@ pub(crate) fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
             Level::Critical => pb::Congestion::Critical,
         } as i32,
         congestion_reason: o.congestion_reason,
+        congestion_cause: o
+            .congestion_cause
+            .map_or(String::new(), |c| c.name().into()),
+        congestion_runbook: o
+            .congestion_cause
+            .map_or(String::new(), |c| c.runbook_url()),
         congestion_since_unix_ms: o.congestion_since_ms as i64,
         paused_lanes: o
             .paused_lanes

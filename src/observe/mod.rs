@@ -3,6 +3,7 @@
 //! what became of recipients (`outcomes`).
 
 pub mod congestion;
+pub mod diagnose;
 pub mod event_metrics;
 pub mod metrics;
 pub mod outcomes;

@@ -20,6 +20,9 @@ pub struct Overview {
     pub relay_consecutive_failures: u32,
     pub relay_backoff_remaining_ms: u64,
     pub congestion: Level,
+    /// The cause behind it, named first in `congestion_reason` (None
+    /// when OK).
+    pub congestion_cause: Option<super::diagnose::Cause>,
     pub congestion_reason: String,
     pub congestion_since_ms: u64,
     pub paused_lanes: Vec<Lane>,

@@ -456,6 +456,18 @@ async fn congestion_turns_on_at_thresholds_and_metrics_show_it() {
     .await;
     let st = s.stats().await;
     assert!(st.congestion_reason.contains("oldest message"), "{st:?}");
+    // The cause it can see comes first, with the runbook for it.
+    assert_eq!(st.congestion_cause, "paused", "{st:?}");
+    assert!(
+        st.congestion_reason
+            .starts_with("delivery paused by an operator: lanes normal; "),
+        "{st:?}"
+    );
+    assert!(
+        st.congestion_runbook
+            .ends_with("/docs/runbooks/congestion-paused.md"),
+        "{st:?}"
+    );
     wait_stats(&s, "CRITICAL", |st| {
         st.congestion() == pb::Congestion::Critical
     })

@@ -207,4 +207,12 @@ async fn a_stuck_password_reset_raises_a_warning_that_names_its_lane() {
     assert!(warned, "{:?}: {}", st.congestion(), st.congestion_reason);
     assert!(st.waiting_transactional_seconds >= 1.0, "{st:?}");
     assert_eq!(st.waiting_bulk_seconds, 0.0);
+    // One message in, nothing out, the relay not (yet) failing: no surge;
+    // the relay holding the connection is what an operator looks at.
+    assert!(
+        ["stalled", "relay-down"].contains(&st.congestion_cause.as_str()),
+        "{st:?}"
+    );
+    let runbook = format!("/congestion-{}.md", st.congestion_cause);
+    assert!(st.congestion_runbook.ends_with(&runbook), "{st:?}");
 }
