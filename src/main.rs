@@ -74,6 +74,16 @@ fn main() -> ExitCode {
         Some(Command::Bench(a)) => runtime
             .block_on(mailspool::harness::bench::run(a))
             .map_err(|e| e as Box<dyn std::error::Error>),
+        Some(Command::Drill(a)) => runtime
+            .block_on(mailspool::harness::drill::run(a))
+            .map_err(|e| e as Box<dyn std::error::Error>)
+            .and_then(|pass| {
+                if pass {
+                    Ok(())
+                } else {
+                    Err("the drill missed a target (see its verdict)".into())
+                }
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -471,6 +471,31 @@ mod tests {
     }
 }
 
+/// Parses `90s`, `10m`, `2h`, `7d` or plain seconds (`30`) into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => {
+            return Err(format!(
+                "`{s}` is not a duration: use e.g. 90s, 10m, 2h, 7d or seconds"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: use e.g. 90s, 10m, 2h, 7d or seconds"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too long a duration"))
+}
+
 /// How a lease ended for one message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

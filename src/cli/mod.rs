@@ -95,6 +95,10 @@ pub enum Command {
     Token(TokenArgs),
     /// The surge benchmark (see BENCHMARKS.md).
     Bench(crate::harness::bench::BenchArgs),
+    /// Replay the incident on a sandbox (or a staging server): steady
+    /// transactional mail, a bulk surge, the relay failing, recovery; how
+    /// soon it warned, what users saw, loss, a verdict and a plot.
+    Drill(crate::harness::drill::DrillArgs),
     /// Give back the disk space the index keeps after a drain (server stopped).
     Compact(CompactArgs),
     /// SIGKILL the server at random moments under load and a flapping relay;

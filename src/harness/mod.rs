@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod child;
+pub mod drill;
 /// A FUSE filesystem that loses what was not fsynced (tests and `torture --power-cuts`).
 pub mod lazyfs;
 pub mod peer;

@@ -95,7 +95,7 @@ impl Run {
     }
 }
 
-fn body(size: usize) -> String {
+pub(crate) fn body(size: usize) -> String {
     let line = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod t\r\n";
     line.repeat(size / line.len() + 1)[..size].to_string()
 }
@@ -122,7 +122,7 @@ fn normal(body: &str) -> MakeRequest {
 
 /// A progress bar on stderr; hidden when `what` is empty (a phase that
 /// runs under another's bar).
-fn bar(len: usize, what: &str) -> Arc<ProgressBar> {
+pub(crate) fn bar(len: usize, what: &str) -> Arc<ProgressBar> {
     if what.is_empty() {
         return Arc::new(ProgressBar::hidden());
     }
@@ -138,7 +138,7 @@ fn bar(len: usize, what: &str) -> Arc<ProgressBar> {
 
 /// A connection that sends MAILSPOOL_TOKEN when it is set (a `--server`
 /// with auth).
-async fn channel(url: &str) -> Result<crate::intake::auth::AuthChannel, Error> {
+pub(crate) async fn channel(url: &str) -> Result<crate::intake::auth::AuthChannel, Error> {
     let token = std::env::var("MAILSPOOL_TOKEN").ok();
     let bearer = crate::intake::auth::Bearer::new(token.as_deref())?;
     let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
@@ -236,7 +236,7 @@ async fn batches(
     })
 }
 
-async fn stats(url: &str) -> Result<pb::QueueStatsResponse, Error> {
+pub(crate) async fn stats(url: &str) -> Result<pb::QueueStatsResponse, Error> {
     let mut admin = QueueAdminClient::new(channel(url).await?);
     Ok(admin
         .queue_stats(pb::QueueStatsRequest {})
