@@ -74,6 +74,9 @@ fn main() -> ExitCode {
         Some(Command::Bench(a)) => runtime
             .block_on(mailspool::harness::bench::run(a))
             .map_err(|e| e as Box<dyn std::error::Error>),
+        Some(Command::Capacity(a)) => runtime
+            .block_on(mailspool::harness::capacity::run(a))
+            .map_err(|e| e as Box<dyn std::error::Error>),
         Some(Command::Drill(a)) => runtime
             .block_on(mailspool::harness::drill::run(a))
             .map_err(|e| e as Box<dyn std::error::Error>)

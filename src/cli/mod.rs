@@ -99,6 +99,10 @@ pub enum Command {
     /// transactional mail, a bulk surge, the relay failing, recovery; how
     /// soon it warned, what users saw, loss, a verdict and a plot.
     Drill(crate::harness::drill::DrillArgs),
+    /// The capacity exercise: from this node's measured figures and the
+    /// surge you expect, what it absorbs, how long it drains, whether
+    /// transactional mail keeps its target, how many nodes and relays.
+    Capacity(crate::harness::capacity::CapacityArgs),
     /// Give back the disk space the index keeps after a drain (server stopped).
     Compact(CompactArgs),
     /// SIGKILL the server at random moments under load and a flapping relay;

@@ -3,6 +3,7 @@
 //! Imported by the CLI and the tests only, never by the server.
 
 pub mod bench;
+pub mod capacity;
 pub mod child;
 pub mod drill;
 /// A FUSE filesystem that loses what was not fsynced (tests and `torture --power-cuts`).

@@ -123,3 +123,62 @@ async fn a_drill_against_a_server_with_other_traffic_is_refused_without_yes() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("`fast` is not a rate"), "{stderr}");
 }
+
+/// `mailspool capacity` from a saved bench report: the plan for a surge,
+/// and a surge too large for the disk named as such.
+#[test]
+fn capacity_answers_from_a_bench_report() {
+    let dir = tempdir();
+    let report = dir.path().join("bench.txt");
+    std::fs::write(
+        &report,
+        "durable EnqueueBatch of 100, 4 calls in flight: 40000 msg/s; per call p50 9 ms\n\
+         data dir with 100000 queued (sizing: disk per queued message): 266.8 MiB = 2800 B per message (2.60 GiB per million 2048 B messages)\n\
+         drain to smtp-sink after the restart (end to end): 99% / all: 9000 msg/s to 99% (11.2 s)\n",
+    )
+    .unwrap();
+    let run = |disk: &str| {
+        let out = std::process::Command::new(binary())
+            .args(["capacity", "--json", "--bench-results"])
+            .arg(&report)
+            .args([
+                "--surge",
+                "150000",
+                "--surge-rate",
+                "5000/s",
+                "--relay-rate",
+                "300/s",
+            ])
+            .args([
+                "--relay-rate",
+                "100/s",
+                "--steady",
+                "50/s",
+                "--disk-free",
+                disk,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let v = run("10GiB");
+    let p = &v["plan"];
+    assert_eq!(v["measured"]["accept_rate"], 40000.0);
+    assert_eq!(p["drain_rate"], 400.0, "two relays: 300 + 100");
+    assert!(
+        (p["drain_secs"].as_f64().unwrap() - 150000.0 / 350.0).abs() < 0.01,
+        "{p}"
+    );
+    assert_eq!(p["absorbs_surge"], true);
+    assert_eq!(p["transactional_ok"], true);
+    // 400 MiB free: 100 MiB above the bulk floor holds 37,449 messages.
+    let small = run("400MiB");
+    assert_eq!(small["plan"]["absorbs_surge"], false);
+    assert_eq!(small["plan"]["absorb_messages"], (100u64 << 20) / 2800);
+    assert_eq!(small["plan"]["nodes_needed"], 5);
+}

@@ -32,7 +32,7 @@ use crate::pb::queue_admin_client::QueueAdminClient;
 
 pub mod postfix;
 mod relays;
-mod resources;
+pub(crate) mod resources;
 mod surge;
 
 use resources::{dir_bytes, print_table, resource_rows};

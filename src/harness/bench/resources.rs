@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-pub(super) fn dir_bytes(p: &Path) -> u64 {
+pub(crate) fn dir_bytes(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(p) else {
         return 0;

@@ -10,7 +10,7 @@
 
 mod plot;
 pub mod report;
-mod run;
+pub(crate) mod run;
 
 use std::path::PathBuf;
 use std::time::Duration;

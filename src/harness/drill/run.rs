@@ -120,7 +120,7 @@ fn steady(
 
 /// The surge: `n` bulk messages, EnqueueBatch of 100, 4 calls in flight.
 /// Returns (ids acknowledged, items refused, seconds).
-async fn surge(client: Client, n: usize, body: String) -> (Vec<String>, usize, f64) {
+pub(crate) async fn surge(client: Client, n: usize, body: String) -> (Vec<String>, usize, f64) {
     let started = Instant::now();
     let calls = n.div_ceil(100);
     let mut tasks = Vec::new();
