@@ -120,6 +120,22 @@ impl Postfix {
         Ok(pf)
     }
 
+    /// Messages in its queue now (`postqueue -j`: one line each).
+    pub fn queued(&self) -> Option<u64> {
+        let out = Command::new("/usr/sbin/postqueue")
+            .arg("-c")
+            .arg(&self.etc)
+            .arg("-j")
+            .output()
+            .ok()?;
+        out.status.success().then(|| {
+            out.stdout
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count() as u64
+        })
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -158,7 +158,7 @@ async fn calibrate(a: &CapacityArgs) -> Result<Measured, Error> {
             "calibrating: {n} messages of {} B into a server of its own",
             a.message_size
         );
-        let (ids, refused, secs) = crate::harness::drill::run::surge(client, n, body).await;
+        let (ids, refused, secs) = crate::harness::drill::front::surge(client, n, body).await;
         if refused > 0 || ids.is_empty() {
             return Err(format!("calibration: {refused} of {n} refused").into());
         }

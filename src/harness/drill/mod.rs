@@ -8,9 +8,10 @@
 //! drain, loss and duplicates, and a verdict against the targets given;
 //! as tables (or `--json`) and as an SVG plot.
 
+pub(crate) mod front;
 mod plot;
 pub mod report;
-pub(crate) mod run;
+mod run;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -95,6 +96,11 @@ pub struct DrillArgs {
     /// holds other traffic.
     #[arg(long)]
     pub yes: bool,
+    /// Then the same scenario through a Postfix instance of its own (needs
+    /// Postfix installed and root; skipped, saying why, otherwise), side
+    /// by side.
+    #[arg(long)]
+    pub postfix: bool,
 }
 
 impl DrillArgs {
@@ -115,14 +121,28 @@ pub async fn run(args: DrillArgs) -> Result<bool, Error> {
         None => run::sandbox(&args).await?,
         Some(url) => run::staging(&args, url).await?,
     };
+    let postfix = match (&args.server, args.postfix) {
+        (None, true) => run::postfix(&args).await?,
+        _ => None,
+    };
     let targets = args.targets();
     let summary = report::summarize(&recorded, &targets);
-    std::fs::write(&args.plot, plot::svg(&recorded, &summary, &targets))
-        .map_err(|e| format!("could not write the plot to {}: {e}", args.plot.display()))?;
+    let theirs = postfix.as_ref().map(|r| report::summarize(r, &targets));
+    std::fs::write(
+        &args.plot,
+        plot::svg(&recorded, &summary, theirs.as_ref(), &targets),
+    )
+    .map_err(|e| format!("could not write the plot to {}: {e}", args.plot.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        let mut v = serde_json::to_value(&summary)?;
+        v["postfix"] = serde_json::to_value(&theirs)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", report::table(&summary));
+        if let Some(t) = &theirs {
+            println!("\nThe same scenario through Postfix (its own instance, 20 connections to the same relay):\n");
+            print!("{}", report::side_by_side(&summary, t));
+        }
     }
     eprintln!("plot: {}", args.plot.display());
     Ok(summary.pass)

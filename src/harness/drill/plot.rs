@@ -40,7 +40,7 @@ fn nice(x: f64) -> f64 {
         .unwrap_or(10.0 * p)
 }
 
-pub fn svg(r: &Recorded, s: &Summary, t: &Targets) -> String {
+pub fn svg(r: &Recorded, s: &Summary, postfix: Option<&Summary>, t: &Targets) -> String {
     let end_secs = r
         .samples
         .last()
@@ -193,6 +193,24 @@ pub fn svg(r: &Recorded, s: &Summary, t: &Targets) -> String {
             w.p99_secs
         );
     }
+    // Postfix through the same scenario: its p99 per window, a line.
+    if let Some(p) = postfix {
+        let points: Vec<(f64, f64)> = p
+            .windows
+            .iter()
+            .filter(|w| w.p99_secs.is_finite())
+            .map(|w| {
+                let mid = (w.from_secs + w.to_secs) as f64 / 2.0;
+                (x(mid.min(end_secs)), y2(w.p99_secs.min(p_max)))
+            })
+            .collect();
+        out += &format!(
+            "<path d=\"{}\" fill=\"none\" stroke=\"#7f7f7f\" stroke-width=\"2\"><title>Postfix, same scenario</title></path>\n<text x=\"{}\" y=\"{}\" fill=\"#7f7f7f\">grey: Postfix, same scenario (capped at the axis)</text>\n",
+            path(&points),
+            LEFT + 4.0,
+            top2 + 14.0
+        );
+    }
     let ty = y2(t.transactional_p99_secs);
     out += &format!(
         "<line x1=\"{LEFT}\" y1=\"{ty:.1}\" x2=\"{}\" y2=\"{ty:.1}\" stroke=\"#000\" stroke-dasharray=\"6 4\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">target p99 {:.1} s (axis max {p_max} s)</text>\n",
@@ -233,9 +251,11 @@ mod tests {
             window_secs: 10,
             eta_every_secs: 60,
         };
-        let svg = svg(&r, &summarize(&r, &t), &t);
+        let s = summarize(&r, &t);
+        let svg = svg(&r, &s, Some(&s), &t);
         assert!(svg.starts_with("<svg"));
         assert_eq!(svg.matches("<path d=\"M").count(), 3);
+        assert!(svg.contains("Postfix, same scenario"));
         for label in ["surge", "relay down", "WARNING", "target p99 5.0 s"] {
             assert!(svg.contains(label), "{label}");
         }

@@ -336,6 +336,67 @@ pub fn table(s: &Summary) -> String {
     out
 }
 
+/// One row of the side-by-side table: a summary's figure as text.
+type Figure = dyn Fn(&Summary) -> String;
+
+/// mailspool beside Postfix through the same scenario.
+pub fn side_by_side(ours: &Summary, theirs: &Summary) -> String {
+    let mut out = "| window (s) | mailspool: transactional p50 / p99 / max | Postfix: p50 / p99 / max |\n|---|---|---|\n".to_string();
+    let cell = |w: Option<&Window>| {
+        w.filter(|w| w.sent > 0).map_or("-".to_string(), |w| {
+            let missing = if w.not_delivered > 0 {
+                format!(", {} not delivered", w.not_delivered)
+            } else {
+                String::new()
+            };
+            format!(
+                "{:.2} / {:.2} / {:.2} s{missing}",
+                w.p50_secs, w.p99_secs, w.max_secs
+            )
+        })
+    };
+    for i in 0..ours.windows.len().max(theirs.windows.len()) {
+        let (a, b) = (ours.windows.get(i), theirs.windows.get(i));
+        let Some(w) = a.or(b) else { continue };
+        out += &format!(
+            "| {}–{} | {} | {} |\n",
+            w.from_secs,
+            w.to_secs,
+            cell(a),
+            cell(b)
+        );
+    }
+    out += "\n| figure | mailspool | Postfix |\n|---|---|---|\n";
+    let rows: [(&str, &Figure); 5] = [
+        (
+            "transactional time to inbox, whole run, p50 / p99 / max",
+            &|s| {
+                format!(
+                    "{:.2} / {:.2} / {:.2} s",
+                    s.transactional_p50_secs, s.transactional_p99_secs, s.transactional_max_secs
+                )
+            },
+        ),
+        ("surge accepted at", &|s| {
+            format!("{:.0} msg/s", s.surge_accept_rate)
+        }),
+        (
+            "transactional submission p99 while the surge was taken in",
+            &|s| format!("{:.1} ms", s.enqueue_p99_ms_during_surge),
+        ),
+        ("time to empty from the surge's start", &|s| {
+            secs(s.time_to_empty_secs)
+        }),
+        ("acknowledged / lost / duplicated", &|s| {
+            format!("{} / {} / {}", s.acknowledged, s.lost, s.duplicated)
+        }),
+    ];
+    for (k, f) in rows {
+        out += &format!("| {k} | {} | {} |\n", f(ours), f(theirs));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,5 +533,14 @@ mod tests {
             [false, false, true, false]
         );
         assert!(table(&s).contains("| time to WARNING from the surge's start | not reached |"));
+        let both = side_by_side(&summarize(&run(), &targets()), &s);
+        assert!(
+            both.contains("| 10–20 | 8.00 / 8.00 / 8.00 s | 8.00 / 8.00 / 8.00 s |"),
+            "{both}"
+        );
+        assert!(
+            both.contains("| acknowledged / lost / duplicated | 104 / 0 / 1 | 104 / 2 / 1 |"),
+            "{both}"
+        );
     }
 }

@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
 
+use lettre::{AsyncSmtpTransport, Tokio1Executor};
+
+use super::front::Front;
 use super::report::{Recorded, Sample, Tx};
 use super::{DrillArgs, Error};
+use crate::harness::bench::postfix::Postfix;
 use crate::harness::bench::{bar, body, channel, stats};
 use crate::harness::child::ServerProcess;
 use crate::harness::peer::{Mode, SmtpPeer};
@@ -19,7 +23,11 @@ use crate::model::wall_ms;
 use crate::pb;
 use crate::pb::mail_queue_client::MailQueueClient;
 
-type Client = MailQueueClient<crate::intake::auth::AuthChannel>;
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
 
 /// One steady message as sent: when, its Enqueue's time, its id.
 #[derive(Debug, Clone, Default)]
@@ -27,20 +35,6 @@ struct Sent {
     at_ms: u64,
     enqueue_ms: Option<f64>,
     id: String,
-}
-
-fn message(subject: String, lane: pb::Lane, body: &str) -> pb::EnqueueRequest {
-    pb::EnqueueRequest {
-        email: Some(pb::Email {
-            from: "drill@example.com".into(),
-            to: vec!["user@example.org".into()],
-            subject,
-            text_body: body.to_string(),
-            ..Default::default()
-        }),
-        lane: lane as i32,
-        ..Default::default()
-    }
 }
 
 /// Where messages arrived: the relay's log, by subject ("drill tx N",
@@ -62,11 +56,7 @@ impl Arrivals<'_> {
         match self {
             Arrivals::Relay(peer) => {
                 for (subject, at) in peer.arrivals(0) {
-                    let at = at
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_millis() as u64;
-                    note(subject, at);
+                    note(subject, unix_ms(at));
                 }
             }
             Arrivals::Events(events) => {
@@ -82,7 +72,7 @@ impl Arrivals<'_> {
 /// The steady traffic: one transactional message every 1/`rate` s, each
 /// in its own task (a slow Enqueue does not slow the arrivals).
 fn steady(
-    client: Client,
+    front: Front,
     rate: f64,
     body: String,
     stop: Arc<AtomicBool>,
@@ -102,66 +92,18 @@ fn steady(
                 });
                 s.len() - 1
             };
-            let (mut client, sent, body) = (client.clone(), sent.clone(), body.clone());
+            let (front, sent, body) = (front.clone(), sent.clone(), body.clone());
             tasks.spawn(async move {
-                let t = Instant::now();
-                let r = message(format!("drill tx {n}"), pb::Lane::Transactional, &body);
-                if let Ok(r) = client.enqueue(r).await {
+                if let Some((ms, id)) = front.send(n, &body).await {
                     let mut s = sent.lock().expect("sent");
-                    s[n].enqueue_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
-                    s[n].id = r.into_inner().id;
+                    s[n].enqueue_ms = Some(ms);
+                    s[n].id = id;
                 }
             });
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
     })
-}
-
-/// The surge: `n` bulk messages, EnqueueBatch of 100, 4 calls in flight.
-/// Returns (ids acknowledged, items refused, seconds).
-pub(crate) async fn surge(client: Client, n: usize, body: String) -> (Vec<String>, usize, f64) {
-    let started = Instant::now();
-    let calls = n.div_ceil(100);
-    let mut tasks = Vec::new();
-    for w in 0..4.min(calls) {
-        let (mut client, body) = (client.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut ids, mut refused) = (Vec::new(), 0);
-            let mut call = w;
-            while call < calls {
-                let requests: Vec<_> = (call * 100..((call + 1) * 100).min(n))
-                    .map(|i| message(format!("drill bulk {i}"), pb::Lane::Bulk, &body))
-                    .collect();
-                let len = requests.len();
-                match client
-                    .enqueue_batch(pb::EnqueueBatchRequest { requests })
-                    .await
-                {
-                    Ok(r) => {
-                        for item in r.into_inner().results {
-                            if item.code == 0 {
-                                ids.push(item.id);
-                            } else {
-                                refused += 1;
-                            }
-                        }
-                    }
-                    Err(_) => refused += len,
-                }
-                call += 4;
-            }
-            (ids, refused)
-        }));
-    }
-    let (mut ids, mut refused) = (Vec::with_capacity(n), 0);
-    for t in tasks {
-        if let Ok((i, r)) = t.await {
-            ids.extend(i);
-            refused += r;
-        }
-    }
-    (ids, refused, started.elapsed().as_secs_f64())
 }
 
 /// The sandbox: a relay of `--relay-rate`, a server of its own on a
@@ -185,9 +127,38 @@ pub async fn sandbox(args: &DrillArgs) -> Result<Recorded, Error> {
         args.relay_outage.as_secs(),
         args.outage_after.as_secs()
     );
-    let r = drive(args, &server.url, Some(&peer), Arrivals::Relay(&peer)).await;
+    let front = Front::Mailspool {
+        url: server.url.clone(),
+        client: MailQueueClient::new(channel(&server.url).await?)
+            .max_encoding_message_size(64 << 20),
+    };
+    let r = drive(args, front, None, Some(&peer), Arrivals::Relay(&peer)).await;
     server.stop().await?;
     r
+}
+
+/// The same scenario through a Postfix instance of its own (20 connections
+/// to the same kind of relay); None when Postfix cannot run here.
+pub async fn postfix(args: &DrillArgs) -> Result<Option<Recorded>, Error> {
+    if let Some(why) = crate::harness::bench::postfix::unavailable() {
+        eprintln!("the drill through Postfix is skipped: {why}");
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("mailspool-drill-postfix")
+        .tempdir()?;
+    let peer = SmtpPeer::start(Mode::Accept).await;
+    peer.set_capacity(args.relay_rate);
+    let pf = Postfix::start(&dir.path().join("postfix"), peer.addr.port(), 20)?;
+    eprintln!("drill through Postfix on 127.0.0.1:{}", pf.port);
+    let front = Front::Postfix {
+        smtp: AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(pf.port)
+            .build(),
+        port: pf.port,
+    };
+    let r = drive(args, front, Some(&pf), Some(&peer), Arrivals::Relay(&peer)).await?;
+    Ok(Some(r))
 }
 
 /// A running server, with the relay it has: after a confirmation, and
@@ -232,32 +203,37 @@ pub async fn staging(args: &DrillArgs, url: &str) -> Result<Recorded, Error> {
                 .push((e.id, e.time_unix_ms as u64));
         }
     });
-    let r = drive(args, url, None, Arrivals::Events(events)).await;
+    let front = Front::Mailspool {
+        url: url.to_string(),
+        client: MailQueueClient::new(channel(url).await?).max_encoding_message_size(64 << 20),
+    };
+    let r = drive(args, front, None, None, Arrivals::Events(events)).await;
     watcher.abort();
     r
 }
 
-/// The drill itself, against the server at `url`.
+/// The drill itself, into `front` (with the Postfix behind it, if it is
+/// one); the sandbox relay, if there is one, fails for the outage.
 async fn drive(
     args: &DrillArgs,
-    url: &str,
+    front: Front,
+    postfix: Option<&Postfix>,
     relay: Option<&SmtpPeer>,
     arrivals: Arrivals<'_>,
 ) -> Result<Recorded, Error> {
-    let client = MailQueueClient::new(channel(url).await?).max_encoding_message_size(64 << 20);
     let body = body(args.size);
     let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::default());
     let t0 = wall_ms();
     let started = Instant::now();
     let steady_task = steady(
-        client.clone(),
+        front.clone(),
         args.steady,
         body.clone(),
         stop.clone(),
         Arc::clone(&sent),
     );
     let progress = bar(args.surge, "lead-in");
-    let delivered_before = stats(url).await?.delivered_total;
+    let mut bulk_seen = 0;
     let mut samples = Vec::new();
     let mut surge_task = None;
     let (mut surge_at, mut outage, mut intake) = (None, None, None);
@@ -273,11 +249,8 @@ async fn drive(
         if surge_at.is_none() && started.elapsed() >= args.lead_in {
             surge_at = Some(now);
             progress.set_message("surge");
-            surge_task = Some(tokio::spawn(surge(
-                client.clone(),
-                args.surge,
-                body.clone(),
-            )));
+            let (front, body, n) = (front.clone(), body.clone(), args.surge);
+            surge_task = Some(tokio::spawn(async move { front.surge(n, body).await }));
         }
         if let (Some(at), Some(peer)) = (surge_at, relay) {
             let begin = at + args.outage_after.as_millis() as u64;
@@ -293,22 +266,20 @@ async fn drive(
             }
         }
         if let Some(h) = surge_task.take_if(|h| h.is_finished()) {
-            intake = Some(h.await?);
+            intake = Some(h.await??);
         }
-        let st = stats(url).await?;
-        samples.push(Sample {
+        let sample = Sample {
             t_ms: wall_ms().saturating_sub(t0),
-            level: st.congestion,
-            reason: st.congestion_reason.clone(),
-            cause: st.congestion_cause.clone(),
-            queued: st.queued,
-            eta_secs: st.drain_eta_seconds,
-            enqueue_rate: st.enqueue_rate_per_second,
-            delivery_rate: st.delivery_rate_per_second,
-        });
-        progress.set_position(st.delivered_total.saturating_sub(delivered_before));
+            ..front.sample(postfix).await?
+        };
+        if let Arrivals::Relay(peer) = &arrivals {
+            bulk_seen += peer.arrivals(bulk_seen).len();
+            progress.set_position(bulk_seen as u64);
+        }
         let outage_over = outage_len.is_zero() || outage.is_some_and(|(_, e)| now >= e);
-        if intake.is_some() && outage_over && st.queued == 0 {
+        let empty = sample.queued == 0;
+        samples.push(sample);
+        if intake.is_some() && outage_over && empty {
             break;
         }
         if started.elapsed() >= args.max_duration {
@@ -351,18 +322,28 @@ async fn drive(
             arrived_ms: seen.get(&key(n, s)).map(|a| rel(a.0)),
         })
         .collect();
-    let bulk_keys: Vec<String> = match arrivals {
-        Arrivals::Relay(_) => seen
-            .keys()
-            .filter(|k| k.starts_with("drill bulk "))
-            .cloned()
+    let bulk_arrived_ms: Vec<u64> = match (&arrivals, &front) {
+        // smtp-source gives every bulk message the same subject: each
+        // arrival counts (a second copy cannot be told from another).
+        (Arrivals::Relay(peer), Front::Postfix { .. }) => peer
+            .arrivals(0)
+            .into_iter()
+            .filter(|(s, _)| s == "drill bulk")
+            .map(|(_, at)| rel(unix_ms(at)))
             .collect(),
-        Arrivals::Events(_) => bulk_ids.clone(),
+        (Arrivals::Relay(_), _) => seen
+            .iter()
+            .filter(|(k, _)| k.starts_with("drill bulk "))
+            .map(|(_, a)| rel(a.0))
+            .collect(),
+        (Arrivals::Events(_), _) => bulk_ids
+            .iter()
+            .filter_map(|k| seen.get(k).map(|a| rel(a.0)))
+            .collect(),
     };
-    let bulk_arrived_ms = bulk_keys
-        .iter()
-        .filter_map(|k| seen.get(k).map(|a| rel(a.0)))
-        .collect();
+    if matches!(front, Front::Postfix { .. }) {
+        seen.remove("drill bulk");
+    }
     Ok(Recorded {
         surge_at_ms: rel(surge_at),
         outage_ms: outage.map(|(a, b)| (rel(a), rel(b))),
