@@ -16,7 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Tests that need a tool of the system (Postfix's smtp-sink, FUSE,
-/// libfaketime, SpamAssassin, Python's aiosmtpd and standardwebhooks, root for a tmpfs) are `#[cfg_attr(not(have_x), ignore =
+/// libfaketime, SpamAssassin, Python's aiosmtpd and standardwebhooks, Chromium and
+/// ChromeDriver, root for a tmpfs) are `#[cfg_attr(not(have_x), ignore =
 /// "...")]`: where it is missing they show as ignored with the package to
 /// install, never as `ok` having done nothing. Under CI=true every one is
 /// on, so a missing tool fails its tests.
@@ -55,6 +56,10 @@ fn tools() {
             python_has("aiosmtpd") && python_has("dkim") && python_has("nacl"),
         ),
         ("have_standardwebhooks", python_has("standardwebhooks")),
+        (
+            "have_chromium",
+            exists("/usr/bin/chromium") && exists("/usr/bin/chromedriver"),
+        ),
         ("have_root", root),
         (
             "have_smarthost",

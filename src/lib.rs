@@ -29,6 +29,8 @@ pub(crate) mod tls;
 pub mod cli;
 pub mod delivery;
 pub(crate) mod grpc;
+// The web console: a client of the operations layer, like the CLI.
+pub(crate) mod console;
 pub mod harness;
 pub mod intake;
 pub(crate) mod observe;

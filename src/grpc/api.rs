@@ -48,6 +48,8 @@ pub struct Api {
     pub outcomes: Arc<crate::observe::outcomes::Outcomes>,
     /// The webhook endpoints, for their figures.
     pub webhooks: crate::webhooks::Webhooks,
+    /// The last hour, a point every few seconds (the console's chart).
+    pub history: Arc<crate::observe::history::History>,
 }
 
 /// Why one message of a request was refused before anything was written.

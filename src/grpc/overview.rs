@@ -94,9 +94,19 @@ impl Api {
         }
     }
 
-    /// Moves the congestion state on (logging a change once).
+    /// Moves the congestion state on (logging a change once) and keeps
+    /// the history.
     pub fn observe_congestion(&self) {
-        let _ = self.overview();
+        let o = self.overview();
+        self.history.record(crate::observe::history::Point {
+            t_ms: crate::model::wall_ms(),
+            queued: o.stats.queued,
+            ready: o.stats.ready,
+            dead: o.stats.dead,
+            enqueue_rate: o.stats.enqueue_rate_per_second,
+            delivery_rate: o.stats.delivery_rate_per_second,
+            congestion: o.congestion as u8,
+        });
     }
 
     /// Every configured client, and any other that has mail in the spool

@@ -506,16 +506,18 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`; `refresh` is called
-/// before each scrape and returns the text to serve.
+/// Serves `GET /metrics` on `listener` until `stop`, with the routes of
+/// `more` (the console); `scrape` is called for each scrape and returns
+/// the text to serve.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     scrape: Arc<dyn Fn() -> String + Send + Sync>,
+    more: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::http::header::CONTENT_TYPE;
     use axum::routing::get;
-    let app = axum::Router::new().route(
+    let app = more.route(
         "/metrics",
         get(move || {
             let scrape = scrape.clone();

@@ -5,6 +5,7 @@
 pub mod congestion;
 pub mod diagnose;
 pub mod event_metrics;
+pub mod history;
 pub mod metrics;
 pub mod outcomes;
 pub mod overview;

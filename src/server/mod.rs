@@ -169,6 +169,7 @@ impl Server {
             relay: relay.clone(),
             metrics: metrics.clone(),
             congestion: Default::default(),
+            history: Default::default(),
             thresholds: config.thresholds(),
             transfer_lock: Default::default(),
             auth: auth.clone(),
@@ -227,6 +228,7 @@ impl Server {
         };
 
         if let Some(listener) = metrics_listener {
+            let console = crate::console::router(api.clone());
             let api = api.clone();
             let scrape = Arc::new(move || {
                 api.metrics.refresh(&api.overview());
@@ -235,6 +237,7 @@ impl Server {
             tokio::spawn(crate::observe::metrics::serve(
                 listener,
                 scrape,
+                console,
                 stop_rx.clone(),
             ));
         }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The rooms of `src/`, lowest first: a room may import only rooms before it.
 const ORDER: &[&str] = &[
     "model", "tls", "spool", "intake", "observe", "config", "delivery", "webhooks", "grpc",
-    "server", "harness", "cli",
+    "console", "server", "harness", "cli",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

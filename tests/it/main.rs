@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod cli;
+mod console;
 mod corruption;
 mod delivery;
 mod dkim;

@@ -1,0 +1,133 @@
+// The console: reads /api/overview every second and /api/history every
+// five, and draws them. Every value goes into the page as text
+// (textContent), never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const num = (n) => Math.round(n).toLocaleString("en-US");
+
+function duration(secs) {
+  if (secs < 0) return "not draining";
+  if (secs < 90) return `${Math.round(secs)} s`;
+  if (secs < 5400) return `${Math.round(secs / 60)} min`;
+  return `${(secs / 3600).toFixed(1)} h`;
+}
+
+function row(cells) {
+  const tr = document.createElement("tr");
+  for (const c of cells) {
+    const td = document.createElement("td");
+    td.textContent = c;
+    tr.appendChild(td);
+  }
+  return tr;
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows.map(row));
+}
+
+function showOverview(o) {
+  const banner = $("banner");
+  banner.className = `banner ${o.congestion}`;
+  $("congestion").textContent = o.congestion;
+  $("congestion-reason").textContent = o.congestion_reason;
+  $("congestion-since").textContent = o.congestion_since_unix_ms > 0
+    ? `since ${new Date(o.congestion_since_unix_ms).toLocaleTimeString()}` : "";
+  const runbook = o.congestion_runbook;
+  $("congestion-runbook-line").hidden = !runbook;
+  if (runbook) {
+    const a = $("congestion-runbook");
+    a.href = runbook;
+    a.textContent = runbook.split("/").pop();
+    $("congestion-cause").textContent = `(cause: ${o.congestion_cause})`;
+  }
+  for (const k of ["queued", "ready", "scheduled", "in_flight", "dead"]) {
+    $(k).textContent = num(o[k]);
+  }
+  $("oldest").textContent = o.queued > 0 ? duration(o.oldest_queued_age_seconds) : "–";
+  $("rates").textContent = `${num(o.enqueue_rate_per_second)} / ${num(o.delivery_rate_per_second)}`;
+  $("eta").textContent = o.queued > 0 ? duration(o.drain_eta_seconds) : "empty";
+  $("bounce").textContent = `${(o.bounce_rate_last_hour * 100).toFixed(1)} %`;
+  const paused = new Set(o.paused_lanes);
+  fill($("lanes"), ["transactional", "normal", "bulk"].map((l) => [
+    l, num(o[`queued_${l}`]), paused.has(l) ? "paused" : "on",
+  ]));
+  fill($("relays"), o.relays.map((r) => [r.name, r.state, num(r.sent), num(r.deferred), num(r.failed), r.reason]));
+  $("webhooks-section").hidden = o.webhooks.length === 0;
+  fill($("webhooks"), o.webhooks.map((w) => [w.name, w.state, `${num(w.lag_events)} events, ${duration(w.lag_seconds)}`, w.last_error]));
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+function color(name) {
+  return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+}
+
+function drawChart(points) {
+  const c = $("chart");
+  const ctx = c.getContext("2d");
+  const w = c.width, h = c.height, pad = 36;
+  ctx.clearRect(0, 0, w, h);
+  ctx.strokeStyle = color("--line");
+  ctx.strokeRect(pad, 8, w - 2 * pad, h - pad - 8);
+  ctx.fillStyle = color("--muted");
+  ctx.font = "12px system-ui, sans-serif";
+  // The last hour, or since the server started when that is shorter.
+  const now = Date.now();
+  const from = Math.max(now - 3600 * 1000, points.length ? points[0].t_ms : now - 60000);
+  const x = (t) => pad + ((t - from) / Math.max(1, now - from)) * (w - 2 * pad);
+  const qmax = Math.max(10, ...points.map((p) => p.queued));
+  const rmax = Math.max(1, ...points.map((p) => Math.max(p.enqueue_rate, p.delivery_rate)));
+  ctx.fillText(num(qmax), 2, 18);
+  ctx.fillText(`${num(rmax)}/s`, w - pad + 2, 18);
+  ctx.fillText(`−${duration((now - from) / 1000)}`, pad, h - 10);
+  ctx.fillText("now", w - pad - 24, h - 10);
+  const y = (v, max) => 8 + (1 - v / max) * (h - pad - 8);
+  const line = (key, max, css) => {
+    if (points.length === 0) return;
+    ctx.strokeStyle = color(css);
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    points.forEach((p, i) => (i ? ctx.lineTo : ctx.moveTo).call(ctx, x(p.t_ms), y(p[key], max)));
+    // Up to now: the last point holds until the next.
+    ctx.lineTo(x(now), y(points[points.length - 1][key], max));
+    ctx.stroke();
+  };
+  // Congestion as a band along the bottom.
+  for (let i = 0; i < points.length; i++) {
+    const p = points[i];
+    if (p.congestion === 0) continue;
+    const next = points[i + 1] ? points[i + 1].t_ms : p.t_ms + 5000;
+    ctx.fillStyle = color(p.congestion === 1 ? "--warn" : "--crit");
+    ctx.fillRect(x(p.t_ms), h - pad - 6, Math.max(1, x(next) - x(p.t_ms)), 6);
+  }
+  line("queued", qmax, "--queued");
+  line("enqueue_rate", rmax, "--in");
+  line("delivery_rate", rmax, "--out");
+  c.dataset.points = String(points.length);
+}
+
+async function get(path) {
+  const r = await fetch(path, { credentials: "same-origin" });
+  if (!r.ok) throw new Error(`${path}: ${r.status}`);
+  return r.json();
+}
+
+async function tick() {
+  try {
+    showOverview(await get("/api/overview"));
+  } catch (e) {
+    $("updated").textContent = `cannot reach the server (${e.message}); retrying`;
+  }
+}
+
+async function history() {
+  try {
+    drawChart((await get("/api/history")).points);
+  } catch (e) { /* the overview says the server is unreachable */ }
+}
+
+tick();
+history();
+setInterval(tick, 1000);
+setInterval(history, 5000);

@@ -1,0 +1,77 @@
+//! The web console: served by the server itself on its HTTP listener
+//! (`metrics_listen`, next to `/metrics`), its page and script compiled
+//! into the binary. A client of the operations layer like the CLI: it
+//! reads the same `Overview` QueueStats answers, and the history the
+//! server keeps for its chart.
+//!
+//! Security: every value reaches the page through `textContent`, never
+//! as HTML.
+
+mod overview;
+
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::grpc::api::Api;
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/console.js");
+const STYLE: &str = include_str!("assets/console.css");
+
+/// Scripts and styles from the console itself only; nothing inline,
+/// nothing from elsewhere, no frames.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (CONTENT_TYPE, kind),
+            (CACHE_CONTROL, "no-cache"),
+            (CONTENT_SECURITY_POLICY, CSP),
+        ],
+        body,
+    )
+}
+
+fn json(v: serde_json::Value) -> impl IntoResponse {
+    (
+        [
+            (CONTENT_TYPE, "application/json"),
+            (CACHE_CONTROL, "no-store"),
+        ],
+        v.to_string(),
+    )
+}
+
+/// The console's routes, to merge into the HTTP listener's.
+pub fn router(api: Api) -> axum::Router {
+    let (a, b) = (api.clone(), api);
+    axum::Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/console.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/console.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route(
+            "/api/overview",
+            get(move || {
+                let api = a.clone();
+                async move { json(overview::to_json(&api.overview())) }
+            }),
+        )
+        .route(
+            "/api/history",
+            get(move || {
+                let api = b.clone();
+                async move { json(serde_json::json!({ "points": api.history.points() })) }
+            }),
+        )
+}

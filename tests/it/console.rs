@@ -1,0 +1,198 @@
+//! The web console in a real headless Chromium, driven over WebDriver
+//! (Debian's chromium and chromium-driver): what it shows is what
+//! QueueStats says, its banner warns, its chart is drawn. Screenshots go
+//! to target/console-screenshots/ for a reviewer.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use mailspool::pb;
+use serde_json::json;
+
+use crate::support::*;
+
+/// chromedriver on a free port and a headless Chromium session.
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = tokio::process::Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver runs (apt-get install chromium chromium-driver)");
+        let up = wait_until(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "chromedriver did not listen");
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,1100"],
+            }
+        });
+        let caps = caps.as_object().unwrap().clone();
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a Chromium session");
+        Browser {
+            client,
+            _driver: driver,
+        }
+    }
+
+    async fn text(&self, id: &str) -> String {
+        match self.client.find(Locator::Id(id)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Saves a screenshot as target/console-screenshots/NAME.png.
+    async fn screenshot(&self, name: &str) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let d = n.to_string();
+    let mut out = String::new();
+    for (i, c) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg_attr(
+    not(have_chromium),
+    ignore = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_what_queue_stats_says_warns_and_draws_its_chart() {
+    let dir = tempdir();
+    let mut cfg = config(dir.path(), None);
+    cfg.congestion_warn_age_secs = 3;
+    cfg.congestion_critical_age_secs = 3600;
+    let s = TestServer::start(cfg).await;
+    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    s.admin
+        .clone()
+        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        s.enqueue(request(&format!("waiting {i}"))).await.unwrap();
+    }
+    s.enqueue(with_lane(request("bulk"), pb::Lane::Bulk))
+        .await
+        .unwrap();
+
+    let b = Browser::start().await;
+    b.client.goto(&format!("http://{metrics}/")).await.unwrap();
+    // The page's figures are QueueStats' (the queue holds still: delivery
+    // is paused, nothing else arrives).
+    let st = s.stats().await;
+    let same = wait_until(Duration::from_secs(20), || async {
+        b.text("queued").await == thousands(st.queued)
+            && b.text("ready").await == thousands(st.ready)
+            && b.text("dead").await == thousands(st.dead)
+    })
+    .await;
+    assert!(
+        same,
+        "page shows queued {:?}, QueueStats {st:?}",
+        b.text("queued").await
+    );
+    assert_eq!(st.queued, 4);
+    let lanes = b.text("lanes").await;
+    assert!(
+        lanes.contains("normal 3 paused") && lanes.contains("bulk 1 paused"),
+        "{lanes}"
+    );
+
+    // Past 3 s the oldest message makes it WARNING: the banner says so,
+    // with the cause and its runbook.
+    let warned = wait_until(Duration::from_secs(20), || async {
+        b.text("congestion").await == "WARNING"
+    })
+    .await;
+    assert!(warned, "banner: {}", b.text("banner").await);
+    let banner = b.client.find(Locator::Id("banner")).await.unwrap();
+    assert_eq!(
+        banner.attr("class").await.unwrap().as_deref(),
+        Some("banner WARNING")
+    );
+    let st = s.stats().await;
+    // The reason as QueueStats gives it: the cause first, then the age.
+    let reason = b.text("congestion-reason").await;
+    let cause_text = st.congestion_reason.split("; ").next().unwrap().to_string();
+    assert!(
+        cause_text.starts_with("delivery paused by an operator"),
+        "{st:?}"
+    );
+    assert!(
+        reason.starts_with(&cause_text) && reason.contains("oldest message"),
+        "{reason}"
+    );
+    let runbook = b
+        .client
+        .find(Locator::Id("congestion-runbook"))
+        .await
+        .unwrap();
+    assert_eq!(
+        runbook.attr("href").await.unwrap().unwrap_or_default(),
+        st.congestion_runbook
+    );
+
+    // The chart: the queued line drawn from the server's history (pixels
+    // of its colour, #1f77b4 in the light scheme), not an empty frame.
+    let drawn = wait_until(Duration::from_secs(20), || async {
+        let inked = b
+            .client
+            .execute(
+                "const c = document.getElementById('chart');
+                 const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                 let n = 0;
+                 for (let i = 0; i < d.length; i += 4)
+                   if (Math.abs(d[i] - 31) < 30 && Math.abs(d[i+1] - 119) < 30 && Math.abs(d[i+2] - 180) < 30 && d[i+3] > 128) n++;
+                 return n;",
+                vec![],
+            )
+            .await
+            .ok()
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        inked > 300
+    })
+    .await;
+    assert!(drawn, "the chart has no queued line");
+    b.screenshot("overview").await;
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.screenshot("overview-phone").await;
+    b.client.close().await.unwrap();
+    s.shutdown().await;
+}
