@@ -1,13 +1,14 @@
 //! A relay's circuit breaker: when it cannot be reached, refuses our
 //! credentials or asks us to slow down, its pool backs off (100 ms doubling
-//! to 30 s) instead of every queued message burning an attempt on it; after
+//! to 5 s, 30 s when it refuses our credentials) instead of every queued message burning an attempt on it; after
 //! the backoff one caller probes while the others wait or go elsewhere.
 
 use std::time::{Duration, Instant};
 
 /// When the relay cannot be reached or asks us to slow down (421, 451,
 /// 454), the whole pool waits, instead of every queued message burning an
-/// attempt on it: 100 ms doubling to 30 s, reset by the next success.
+/// attempt on it: 100 ms doubling to 5 s (30 s for refused credentials),
+/// reset by the next success.
 #[derive(Debug, Default)]
 pub struct Breaker {
     failures: u32,
@@ -40,7 +41,13 @@ impl Breaker {
     pub const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
     const WARN_AGAIN_AFTER: Duration = Duration::from_secs(60);
     pub const BASE: Duration = Duration::from_millis(100);
+    /// The longest backoff of a relay that refuses our credentials.
     const CAP: Duration = Duration::from_secs(30);
+    /// The longest backoff of a relay that cannot be reached: a probe (one
+    /// connection) every 5 s at most, so that mail flows again within
+    /// seconds of its return (the drill measured up to 31 s of waiting
+    /// after a relay outage with the 30 s cap).
+    const CAP_UNREACHABLE: Duration = Duration::from_secs(5);
 
     /// How long to wait before using the relay, if at all.
     pub fn wait(&self, now: Instant) -> Option<Duration> {
@@ -99,9 +106,14 @@ impl Breaker {
         let backoff = if reason == "throttled" {
             Self::THROTTLE_PAUSE
         } else {
+            let cap = if reason == "auth failed" {
+                Self::CAP
+            } else {
+                Self::CAP_UNREACHABLE
+            };
             Self::BASE
                 .saturating_mul(1 << self.failures.min(20).saturating_sub(1))
-                .min(Self::CAP)
+                .min(cap)
         };
         self.until = Some(now + backoff);
         tracing::debug!(
@@ -182,13 +194,23 @@ mod tests {
                 w.as_millis()
             })
             .collect();
+        // An unreachable relay is probed at least every 5 s.
         assert_eq!(
             waits,
-            vec![100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000]
+            vec![100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
         );
-        assert!(!b.is_open(t + Duration::from_secs(31)));
+        assert!(!b.is_open(t + Duration::from_secs(6)));
         assert_eq!(b.state(t).state, "unreachable");
         assert_eq!(b.state(t).consecutive_failures, 10);
+        // One that refuses our credentials: up to 30 s.
+        let mut auth = Breaker::default();
+        let mut t2 = Instant::now();
+        for _ in 0..12 {
+            auth.failed(t2, "r", "auth failed", "535");
+            t2 += auth.wait(t2).unwrap();
+        }
+        auth.failed(t2, "r", "auth failed", "535");
+        assert_eq!(auth.wait(t2), Some(Duration::from_secs(30)));
         let t = Instant::now();
         b.succeeded("r");
         assert_eq!(b.state(t).state, "ok");

@@ -90,6 +90,10 @@ pub struct Summary {
     pub transactional_p50_secs: f64,
     pub transactional_p99_secs: f64,
     pub transactional_max_secs: f64,
+    /// The same for mail sent while the relay was up: not during its
+    /// outage, nor within the target before it began (no queue delivers
+    /// through a relay that is down; what counts is how soon it recovers).
+    pub transactional_p99_relay_up_secs: f64,
     pub surge_accept_rate: f64,
     pub surge_refused: usize,
     /// Transactional Enqueue calls made while the surge was taken in.
@@ -180,6 +184,16 @@ pub fn summarize(r: &Recorded, t: &Targets) -> Summary {
         from = to;
     }
     let (_, all) = inbox(r, 0, u64::MAX);
+    let mut up: Vec<f64> = match r.outage_ms {
+        None => all.clone(),
+        Some((a, b)) => {
+            let from = a.saturating_sub((t.transactional_p99_secs * 1000.0) as u64);
+            let (_, before) = inbox(r, 0, from);
+            let (_, after) = inbox(r, b, u64::MAX);
+            before.into_iter().chain(after).collect()
+        }
+    };
+    up.sort_by(f64::total_cmp);
     let intake_end = r.surge_at_ms + (r.intake_secs.max(0.0) * 1000.0) as u64;
     let mut during: Vec<f64> =
         r.tx.iter()
@@ -214,7 +228,7 @@ pub fn summarize(r: &Recorded, t: &Targets) -> Summary {
     let acknowledged = acked_tx + r.bulk_acked;
     let lost = (acked_tx - arrived_tx) + r.bulk_acked.saturating_sub(r.bulk_arrived_ms.len());
     let warning_after_secs = after_surge(1);
-    let p99 = pct(&all, 0.99);
+    let p99_up = pct(&up, 0.99);
     let checks = vec![
         ("0 acknowledged messages lost".to_string(), lost == 0),
         (
@@ -223,10 +237,10 @@ pub fn summarize(r: &Recorded, t: &Targets) -> Summary {
         ),
         (
             format!(
-                "transactional time to inbox p99 ≤ {:.1} s over the whole run",
+                "transactional time to inbox p99 ≤ {:.1} s while the relay was up",
                 t.transactional_p99_secs
             ),
-            p99 <= t.transactional_p99_secs,
+            p99_up <= t.transactional_p99_secs,
         ),
         ("the backlog drained".to_string(), emptied_ms.is_some()),
     ];
@@ -237,7 +251,8 @@ pub fn summarize(r: &Recorded, t: &Targets) -> Summary {
         first_cause: first_bad.map(|s| s.cause.clone()).unwrap_or_default(),
         windows,
         transactional_p50_secs: pct(&all, 0.5),
-        transactional_p99_secs: p99,
+        transactional_p99_secs: pct(&all, 0.99),
+        transactional_p99_relay_up_secs: p99_up,
         transactional_max_secs: all.last().copied().unwrap_or(f64::NAN),
         surge_accept_rate: r.bulk_acked as f64 / r.intake_secs.max(1e-9),
         surge_refused: r.bulk_refused,
@@ -292,6 +307,10 @@ pub fn table(s: &Summary) -> String {
                 "{:.2} / {:.2} / {:.2} s",
                 s.transactional_p50_secs, s.transactional_p99_secs, s.transactional_max_secs
             ),
+        ),
+        (
+            "transactional time to inbox p99, sent while the relay was up",
+            format!("{:.2} s", s.transactional_p99_relay_up_secs),
         ),
         (
             "surge accepted at / refused",
@@ -510,6 +529,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("FAIL\n"));
+    }
+
+    #[test]
+    fn mail_sent_while_the_relay_was_down_is_judged_apart() {
+        // The relay down from 14 s to 20 s: the reset sent at 12 s (within
+        // the 5 s target before it) waited for it; the others did not.
+        let r = Recorded {
+            outage_ms: Some((14_000, 20_000)),
+            ..run()
+        };
+        let s = summarize(&r, &targets());
+        assert_eq!(s.transactional_p99_secs, 8.0);
+        assert_eq!(s.transactional_p99_relay_up_secs, 0.3);
+        assert!(s.pass, "{:?}", s.checks);
     }
 
     #[test]
