@@ -471,6 +471,19 @@ mod tests {
     }
 }
 
+/// `1234567` → `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Parses `90s`, `10m`, `2h`, `7d` or plain seconds (`30`) into seconds.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let t = s.trim();

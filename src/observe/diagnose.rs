@@ -166,8 +166,8 @@ pub fn diagnose(e: &Evidence) -> Diagnosis {
             Cause::Surge,
             format!(
                 "enqueue rate {}/s exceeds delivery {}/s over the last {}s: surge",
-                thousands(e.enqueue_rate),
-                thousands(e.delivery_rate),
+                per_second(e.enqueue_rate),
+                per_second(e.delivery_rate),
                 e.rate_window_secs
             ),
         );
@@ -181,7 +181,7 @@ pub fn diagnose(e: &Evidence) -> Diagnosis {
         Cause::Stalled,
         format!(
             "no cause visible: delivery {}/s with {relays}",
-            thousands(e.delivery_rate)
+            per_second(e.delivery_rate)
         ),
     )
 }
@@ -199,17 +199,9 @@ fn mib(bytes: u64) -> String {
     format!("{:.0} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-/// 4100.4 → "4,100".
-pub fn thousands(x: f64) -> String {
-    let digits = format!("{:.0}", x.max(0.0));
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+/// A rate as a whole number with thousands separators: 4100.4 → "4,100".
+fn per_second(x: f64) -> String {
+    crate::model::thousands(x.max(0.0).round() as u64)
 }
 
 #[cfg(test)]
@@ -364,7 +356,7 @@ mod tests {
             let title = format!("# Congestion cause: {}\n", c.name());
             assert!(text.starts_with(&title), "{}: {title:?}", c.runbook_file());
         }
-        assert_eq!(thousands(1234567.4), "1,234,567");
-        assert_eq!(thousands(999.0), "999");
+        assert_eq!(per_second(1234567.4), "1,234,567");
+        assert_eq!(per_second(999.0), "999");
     }
 }

@@ -1,17 +1,6 @@
 //! Numbers, sizes, durations and times for people.
 
-/// `1234567` → `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::model::thousands;
 
 /// Bytes in binary units: `512 B`, `1.5 KiB`, `12.0 MiB`.
 pub fn human_bytes(n: u64) -> String {

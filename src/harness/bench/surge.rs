@@ -259,12 +259,7 @@ where
     })
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+use crate::harness::drill::report::pct;
 
 /// Time to inbox, in seconds, of the delivered resets sent in [from, to).
 fn latencies(r: &Replay, from: u64, to: u64) -> (usize, Vec<f64>) {
