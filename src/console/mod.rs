@@ -5,12 +5,15 @@
 //! server keeps for its chart.
 //!
 //! Security: every value reaches the page through `textContent`, never
-//! as HTML.
+//! as HTML. It has no login yet: with auth on (clients configured, which
+//! SIGHUP may change), the page and its data are refused (403) rather
+//! than shown to anyone who reaches the listener.
 
 mod overview;
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::grpc::api::Api;
@@ -44,13 +47,33 @@ fn json(v: serde_json::Value) -> impl IntoResponse {
     )
 }
 
+/// With auth on, the console is refused: it cannot ask for an admin
+/// credential yet.
+fn refused(api: &Api) -> Option<Response> {
+    api.auth.enabled().then(|| {
+        (
+            StatusCode::FORBIDDEN,
+            [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "The console is off while clients are configured (auth on): it has no admin login yet. \
+             Use `mailspool stats --watch --token-file FILE` with an admin token.\n",
+        )
+            .into_response()
+    })
+}
+
 /// The console's routes, to merge into the HTTP listener's.
 pub fn router(api: Api) -> axum::Router {
-    let (a, b) = (api.clone(), api);
+    let (a, b, c) = (api.clone(), api.clone(), api);
     axum::Router::new()
         .route(
             "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+            get(move || {
+                let api = c.clone();
+                async move {
+                    refused(&api)
+                        .unwrap_or_else(|| asset("text/html; charset=utf-8", INDEX).into_response())
+                }
+            }),
         )
         .route(
             "/console.js",
@@ -64,14 +87,21 @@ pub fn router(api: Api) -> axum::Router {
             "/api/overview",
             get(move || {
                 let api = a.clone();
-                async move { json(overview::to_json(&api.overview())) }
+                async move {
+                    refused(&api)
+                        .unwrap_or_else(|| json(overview::to_json(&api.overview())).into_response())
+                }
             }),
         )
         .route(
             "/api/history",
             get(move || {
                 let api = b.clone();
-                async move { json(serde_json::json!({ "points": api.history.points() })) }
+                async move {
+                    refused(&api).unwrap_or_else(|| {
+                        json(serde_json::json!({ "points": api.history.points() })).into_response()
+                    })
+                }
             }),
         )
 }

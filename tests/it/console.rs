@@ -185,3 +185,62 @@ async fn the_overview_shows_what_queue_stats_says_warns_and_draws_its_chart() {
     b.client.close().await.unwrap();
     s.shutdown().await;
 }
+
+/// (status line, headers, body) of a GET on the HTTP listener.
+async fn get_raw(addr: std::net::SocketAddr, path: &str) -> (String, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let (status, headers) = head.split_once("\r\n").unwrap();
+    (status.to_string(), headers.to_lowercase(), body.to_string())
+}
+
+/// Without auth the page comes with a policy that allows only its own
+/// script and style; with auth on (clients configured) the console has no
+/// login yet, so the page and its data are refused, saying what to use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_refused_while_auth_is_on() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    let (status, headers, body) = get_raw(addr, "/").await;
+    assert!(status.ends_with("200 OK"), "{status}");
+    assert!(
+        headers.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{headers}"
+    );
+    assert!(body.contains("<script src=\"/console.js\""));
+    let (status, _, body) = get_raw(addr, "/api/overview").await;
+    assert!(
+        status.ends_with("200 OK") && body.contains("\"queued\":0"),
+        "{body}"
+    );
+    s.shutdown().await;
+
+    let dir = tempdir();
+    let mut cfg = config(dir.path(), None);
+    cfg.clients = vec![mailspool::intake::auth::ClientConfig::with_token(
+        "ops",
+        mailspool::intake::auth::token_hash("mst_ops-token-0123456789"),
+        &[mailspool::intake::auth::Role::Admin],
+    )];
+    let s = TestServer::start(cfg).await;
+    let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    for path in ["/", "/api/overview", "/api/history"] {
+        let (status, _, body) = get_raw(addr, path).await;
+        assert!(status.ends_with("403 Forbidden"), "{path}: {status}");
+        assert!(
+            body.contains("admin token") && !body.contains("queued"),
+            "{path}: {body}"
+        );
+    }
+    // /metrics is not the console: it stays.
+    assert!(http_get(addr, "/metrics")
+        .await
+        .contains("mailspool_queue_messages"));
+    s.shutdown().await;
+}
