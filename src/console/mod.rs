@@ -9,6 +9,7 @@
 //! SIGHUP may change), the page and its data are refused (403) rather
 //! than shown to anyone who reaches the listener.
 
+mod messages;
 mod overview;
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
@@ -16,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::grpc::admin_api::QueueAdminService;
 use crate::grpc::api::Api;
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -37,7 +39,7 @@ fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-fn json(v: serde_json::Value) -> impl IntoResponse {
+pub(super) fn json(v: serde_json::Value) -> impl IntoResponse {
     (
         [
             (CONTENT_TYPE, "application/json"),
@@ -63,8 +65,37 @@ fn refused(api: &Api) -> Option<Response> {
 
 /// The console's routes, to merge into the HTTP listener's.
 pub fn router(api: Api) -> axum::Router {
-    let (a, b, c) = (api.clone(), api.clone(), api);
+    let (a, b, c) = (api.clone(), api.clone(), api.clone());
+    let (d, e) = (api.clone(), api);
     axum::Router::new()
+        .route(
+            "/api/messages",
+            get(
+                move |axum::extract::Query(q): axum::extract::Query<messages::ListQuery>| {
+                    let api = d.clone();
+                    async move {
+                        match refused(&api) {
+                            Some(r) => r,
+                            None => messages::list(QueueAdminService(api), q).await,
+                        }
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/messages/{id}",
+            get(
+                move |axum::extract::Path(id): axum::extract::Path<String>| {
+                    let api = e.clone();
+                    async move {
+                        match refused(&api) {
+                            Some(r) => r,
+                            None => messages::show(QueueAdminService(api), id).await,
+                        }
+                    }
+                },
+            ),
+        )
         .route(
             "/",
             get(move || {

@@ -219,6 +219,15 @@ async fn the_console_is_refused_while_auth_is_on() {
         status.ends_with("200 OK") && body.contains("\"queued\":0"),
         "{body}"
     );
+    // A bad filter is refused naming the field, as on gRPC.
+    let (status, _, body) = get_raw(addr, "/api/messages?state=stuck").await;
+    assert!(status.ends_with("400 Bad Request"), "{status}");
+    assert!(body.contains(r#""field":"state""#), "{body}");
+    let (status, _, body) = get_raw(addr, "/api/messages/not-an-id").await;
+    assert!(
+        status.ends_with("400 Bad Request") && body.contains("id"),
+        "{status} {body}"
+    );
     s.shutdown().await;
 
     let dir = tempdir();
@@ -242,5 +251,138 @@ async fn the_console_is_refused_while_auth_is_on() {
     assert!(http_get(addr, "/metrics")
         .await
         .contains("mailspool_queue_messages"));
+    s.shutdown().await;
+}
+
+/// The message pages: the list is ListMessages' (filters and all), a
+/// message opens with its envelope and headers, and what a message says
+/// is shown as text: a `<script>` in its subject or HTML body never runs.
+#[cfg_attr(
+    not(have_chromium),
+    ignore = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_listed_as_the_admin_api_lists_them_and_shown_as_text() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    s.admin
+        .clone()
+        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    s.enqueue(request("one")).await.unwrap();
+    s.enqueue(request("two")).await.unwrap();
+    let mut hostile = with_lane(request("<script>window.__xss=1</script>"), pb::Lane::Bulk);
+    hostile.email.as_mut().unwrap().html_body =
+        "<p>hi</p><script>window.__xss2=1</script><img src=x onerror=\"window.__xss3=1\">".into();
+    let bulk_id = s.enqueue(hostile).await.unwrap().id;
+    let listed: std::collections::BTreeSet<String> = s
+        .admin
+        .clone()
+        .list_messages(pb::ListMessagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(listed.len(), 3);
+
+    let b = Browser::start().await;
+    b.client.goto(&format!("http://{metrics}/")).await.unwrap();
+    let shown = || async {
+        let mut ids = std::collections::BTreeSet::new();
+        for a in b
+            .client
+            .find_all(Locator::Css("a.message-link"))
+            .await
+            .unwrap_or_default()
+        {
+            ids.insert(a.text().await.unwrap_or_default());
+        }
+        ids
+    };
+    b.client
+        .find(Locator::Id("f-list"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let all = wait_until(Duration::from_secs(10), || async {
+        shown().await == listed
+    })
+    .await;
+    assert!(
+        all,
+        "page lists {:?}, ListMessages {listed:?}",
+        shown().await
+    );
+    // A filter: lane bulk.
+    b.client
+        .find(Locator::Id("f-lane"))
+        .await
+        .unwrap()
+        .select_by_value("bulk")
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Id("f-list"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let only_bulk = std::collections::BTreeSet::from([bulk_id.clone()]);
+    let filtered = wait_until(Duration::from_secs(10), || async {
+        shown().await == only_bulk
+    })
+    .await;
+    assert!(filtered, "{:?}", shown().await);
+    b.screenshot("messages").await;
+
+    // The message, opened: its headers as text, its scripts not run.
+    b.client
+        .find(Locator::Css("a.message-link"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let opened = wait_until(Duration::from_secs(10), || async {
+        b.text("m-headers")
+            .await
+            .contains("Subject: <script>window.__xss=1</script>")
+    })
+    .await;
+    assert!(opened, "headers: {}", b.text("m-headers").await);
+    assert_eq!(b.text("m-id").await, bulk_id);
+    assert_eq!(b.text("m-lane").await, "bulk");
+    let ran = b
+        .client
+        .execute(
+            "return [window.__xss, window.__xss2, window.__xss3].filter(x => x !== undefined).length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ran,
+        serde_json::json!(0),
+        "a message's script ran in the console"
+    );
+    let scripts = b
+        .client
+        .execute(
+            "return document.querySelectorAll('#message script, #message img').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(scripts, serde_json::json!(0));
+    b.screenshot("message").await;
+    b.client.close().await.unwrap();
     s.shutdown().await;
 }

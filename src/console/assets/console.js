@@ -127,6 +127,74 @@ async function history() {
   } catch (e) { /* the overview says the server is unreachable */ }
 }
 
+// Messages: the admin API's ListMessages and ShowMessage.
+let nextCursor = "";
+
+function query(cursor) {
+  const p = new URLSearchParams();
+  p.set("state", $("f-state").value);
+  p.set("lane", $("f-lane").value);
+  p.set("domain", $("f-domain").value.trim());
+  const age = $("f-min-age").value.trim();
+  if (age) p.set("min_age", age);
+  if (cursor) p.set("cursor", cursor);
+  return p;
+}
+
+async function listMessages(cursor) {
+  $("messages-error").textContent = "";
+  const r = await fetch(`/api/messages?${query(cursor)}`, { credentials: "same-origin" });
+  const body = await r.json();
+  if (!r.ok) {
+    $("messages-error").textContent = body.field ? `${body.field}: ${body.error}` : body.error;
+    return;
+  }
+  const rows = body.messages.map((m) => {
+    const tr = row(["", m.state, m.lane, m.envelope_to.join(", "), String(m.attempts), m.last_error]);
+    const a = document.createElement("a");
+    a.href = `#/message/${m.id}`;
+    a.textContent = m.id;
+    a.className = "message-link";
+    tr.firstChild.appendChild(a);
+    return tr;
+  });
+  if (cursor) $("messages").append(...rows); else $("messages").replaceChildren(...rows);
+  nextCursor = body.next_cursor;
+  $("next-page").hidden = !nextCursor;
+}
+
+async function showMessage(id) {
+  const r = await fetch(`/api/messages/${encodeURIComponent(id)}`, { credentials: "same-origin" });
+  const body = await r.json();
+  if (!r.ok) {
+    $("messages-error").textContent = body.error;
+    return;
+  }
+  const m = body.message;
+  $("m-id").textContent = m.id;
+  $("m-state").textContent = m.state;
+  $("m-lane").textContent = m.lane;
+  $("m-from").textContent = m.envelope_from;
+  $("m-to").textContent = m.envelope_to.join(", ");
+  $("m-attempts").textContent = String(m.attempts);
+  $("m-error").textContent = m.last_error;
+  $("m-message-id").textContent = m.message_id;
+  // The headers as text: whatever a message says is never markup here.
+  $("m-headers").textContent = body.headers;
+  $("message").hidden = false;
+  $("message").scrollIntoView({ block: "nearest" });
+}
+
+function route() {
+  const m = location.hash.match(/^#\/message\/([0-9a-f]{16})$/);
+  if (m) showMessage(m[1]);
+}
+
+$("filter").addEventListener("submit", (e) => { e.preventDefault(); listMessages(""); });
+$("next-page").addEventListener("click", () => listMessages(nextCursor));
+window.addEventListener("hashchange", route);
+route();
+
 tick();
 history();
 setInterval(tick, 1000);

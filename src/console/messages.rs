@@ -1,0 +1,149 @@
+//! The console's message pages: ListMessages and ShowMessage of the
+//! admin API itself (`QueueAdminService`, so its checks and its errors),
+//! as JSON. A bad filter is a 400 naming the field, as INVALID_ARGUMENT
+//! names it on gRPC.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tonic::Request;
+
+use crate::grpc::admin_api::QueueAdminService;
+use crate::pb;
+use crate::pb::queue_admin_server::QueueAdmin;
+
+/// The query of `/api/messages`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    lane: String,
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    min_age: u64,
+    #[serde(default)]
+    max_age: u64,
+    #[serde(default)]
+    cursor: String,
+    #[serde(default)]
+    page_size: u32,
+}
+
+fn bad(field: &str, why: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        super::json(json!({ "field": field, "error": why })),
+    )
+        .into_response()
+}
+
+fn status_response(s: tonic::Status) -> Response {
+    let code = match s.code() {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, super::json(json!({ "error": s.message() }))).into_response()
+}
+
+fn state_of(s: &str) -> Option<pb::StateFilter> {
+    Some(match s {
+        "" | "queued" => pb::StateFilter::Unspecified,
+        "ready" => pb::StateFilter::StateReady,
+        "scheduled" => pb::StateFilter::StateScheduled,
+        "in-flight" => pb::StateFilter::StateInFlight,
+        "dead" => pb::StateFilter::StateDead,
+        "quarantined" => pb::StateFilter::StateQuarantined,
+        _ => return None,
+    })
+}
+
+fn lane_of(s: &str) -> Option<pb::Lane> {
+    Some(match s {
+        "" => pb::Lane::Unspecified,
+        "transactional" => pb::Lane::Transactional,
+        "normal" => pb::Lane::Normal,
+        "bulk" => pb::Lane::Bulk,
+        _ => return None,
+    })
+}
+
+fn summary(m: &pb::MessageSummary) -> Value {
+    let detail = pb::StateFilter::try_from(m.detail).unwrap_or_default();
+    let state = match (m.state(), detail) {
+        (pb::MessageState::Queued, pb::StateFilter::StateReady) => "ready",
+        (pb::MessageState::Queued, pb::StateFilter::StateScheduled) => "scheduled",
+        (pb::MessageState::Queued, pb::StateFilter::StateInFlight) => "in flight",
+        (pb::MessageState::Queued, _) => "queued",
+        (pb::MessageState::Dead, _) => "dead",
+        (pb::MessageState::Quarantined, _) => "quarantined",
+        (other, _) => other.as_str_name(),
+    };
+    json!({
+        "id": m.id, "state": state,
+        "lane": m.lane().as_str_name().trim_start_matches("LANE_").to_lowercase(),
+        "envelope_from": m.envelope_from, "envelope_to": m.envelope_to,
+        "attempts": m.attempts, "last_error": m.last_error,
+        "enqueued_unix_ms": m.enqueued_unix_ms, "next_attempt_unix_ms": m.next_attempt_unix_ms,
+        "size_bytes": m.size_bytes, "message_id": m.message_id,
+        "finished_unix_ms": m.finished_unix_ms,
+    })
+}
+
+pub async fn list(admin: QueueAdminService, q: ListQuery) -> Response {
+    let Some(state) = state_of(&q.state) else {
+        return bad(
+            "state",
+            format!(
+                "`{}`: one of queued, ready, scheduled, in-flight, dead, quarantined",
+                q.state
+            ),
+        );
+    };
+    let Some(lane) = lane_of(&q.lane) else {
+        return bad(
+            "lane",
+            format!("`{}`: one of transactional, normal, bulk", q.lane),
+        );
+    };
+    let request = pb::ListMessagesRequest {
+        filter: Some(pb::MessageFilter {
+            state: state as i32,
+            lane: lane as i32,
+            recipient_domain: q.domain,
+            min_age_seconds: q.min_age,
+            max_age_seconds: q.max_age,
+        }),
+        page_size: q.page_size,
+        cursor: q.cursor,
+    };
+    match admin.list_messages(Request::new(request)).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            super::json(json!({
+                "messages": r.messages.iter().map(summary).collect::<Vec<_>>(),
+                "next_cursor": r.next_cursor,
+                "scanned": r.scanned,
+            }))
+            .into_response()
+        }
+        Err(s) => status_response(s),
+    }
+}
+
+pub async fn show(admin: QueueAdminService, id: String) -> Response {
+    let request = pb::ShowMessageRequest { id };
+    match admin.show_message(Request::new(request)).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            super::json(json!({
+                "message": r.message.as_ref().map(summary),
+                "headers": r.headers,
+            }))
+            .into_response()
+        }
+        Err(s) => status_response(s),
+    }
+}
