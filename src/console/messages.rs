@@ -31,7 +31,7 @@ pub struct ListQuery {
     page_size: u32,
 }
 
-fn bad(field: &str, why: String) -> Response {
+pub(super) fn bad(field: &str, why: String) -> Response {
     (
         StatusCode::BAD_REQUEST,
         super::json(json!({ "field": field, "error": why })),
@@ -39,7 +39,7 @@ fn bad(field: &str, why: String) -> Response {
         .into_response()
 }
 
-fn status_response(s: tonic::Status) -> Response {
+pub(super) fn status_response(s: tonic::Status) -> Response {
     let code = match s.code() {
         tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
         tonic::Code::NotFound => StatusCode::NOT_FOUND,
@@ -92,32 +92,42 @@ fn summary(m: &pb::MessageSummary) -> Value {
     })
 }
 
-pub async fn list(admin: QueueAdminService, q: ListQuery) -> Response {
+/// The admin API's filter of a query; a 400 naming a bad field.
+pub(super) fn filter(q: ListQuery) -> Result<pb::MessageFilter, Response> {
     let Some(state) = state_of(&q.state) else {
-        return bad(
+        return Err(bad(
             "state",
             format!(
                 "`{}`: one of queued, ready, scheduled, in-flight, dead, quarantined",
                 q.state
             ),
-        );
+        ));
     };
     let Some(lane) = lane_of(&q.lane) else {
-        return bad(
+        return Err(bad(
             "lane",
             format!("`{}`: one of transactional, normal, bulk", q.lane),
-        );
+        ));
+    };
+    Ok(pb::MessageFilter {
+        state: state as i32,
+        lane: lane as i32,
+        recipient_domain: q.domain,
+        min_age_seconds: q.min_age,
+        max_age_seconds: q.max_age,
+    })
+}
+
+pub async fn list(admin: QueueAdminService, q: ListQuery) -> Response {
+    let (page_size, cursor) = (q.page_size, q.cursor.clone());
+    let f = match filter(q) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     let request = pb::ListMessagesRequest {
-        filter: Some(pb::MessageFilter {
-            state: state as i32,
-            lane: lane as i32,
-            recipient_domain: q.domain,
-            min_age_seconds: q.min_age,
-            max_age_seconds: q.max_age,
-        }),
-        page_size: q.page_size,
-        cursor: q.cursor,
+        filter: Some(f),
+        page_size,
+        cursor,
     };
     match admin.list_messages(Request::new(request)).await {
         Ok(r) => {

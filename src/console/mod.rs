@@ -9,6 +9,7 @@
 //! SIGHUP may change), the page and its data are refused (403) rather
 //! than shown to anyone who reaches the listener.
 
+mod actions;
 mod messages;
 mod overview;
 
@@ -66,8 +67,24 @@ fn refused(api: &Api) -> Option<Response> {
 /// The console's routes, to merge into the HTTP listener's.
 pub fn router(api: Api) -> axum::Router {
     let (a, b, c) = (api.clone(), api.clone(), api.clone());
-    let (d, e) = (api.clone(), api);
+    let (d, e, f) = (api.clone(), api.clone(), api);
     axum::Router::new()
+        .route(
+            "/api/actions/{op}",
+            axum::routing::post(
+                move |axum::extract::Path(op): axum::extract::Path<String>,
+                      headers: axum::http::HeaderMap,
+                      body: String| {
+                    let api = f.clone();
+                    async move {
+                        match refused(&api) {
+                            Some(r) => r,
+                            None => actions::act(QueueAdminService(api), op, headers, body).await,
+                        }
+                    }
+                },
+            ),
+        )
         .route(
             "/api/messages",
             get(

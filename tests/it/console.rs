@@ -386,3 +386,211 @@ async fn messages_are_listed_as_the_admin_api_lists_them_and_shown_as_text() {
     b.client.close().await.unwrap();
     s.shutdown().await;
 }
+
+/// Clicks the first element matching `css`.
+async fn click(b: &Browser, css: &str) {
+    b.client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Actions from the page: a bulk cancel shows its dry run (count, sample
+/// ids) and changes nothing until confirmed; a dead letter requeued from
+/// its message page is queued again (both checked through gRPC).
+#[cfg_attr(
+    not(have_chromium),
+    ignore = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_run_a_dry_run_first_and_go_through_the_admin_api() {
+    use crate::support::smtp::{Mode, SmtpPeer};
+    let peer = SmtpPeer::start(Mode::Reject).await;
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), Some(peer.url()))).await;
+    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    let dead = s.enqueue(request("refused")).await.unwrap().id;
+    s.wait_state(&dead, pb::MessageState::Dead).await;
+    s.admin
+        .clone()
+        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    // Other recipients: the rejected one is on the suppression list now.
+    for i in 0..3 {
+        let mut r = request(&format!("to cancel {i}"));
+        r.email.as_mut().unwrap().to = vec![format!("other{i}@example.org")];
+        s.enqueue(r).await.unwrap();
+    }
+
+    let b = Browser::start().await;
+    b.client.goto(&format!("http://{metrics}/")).await.unwrap();
+    // Cancel what the filter matches (queued): the dry run first.
+    click(&b, ".bulk-action[data-op=cancel]").await;
+    let asked = wait_until(Duration::from_secs(10), || async {
+        b.text("confirm-text").await.starts_with("cancel: 3 match")
+    })
+    .await;
+    assert!(asked, "{}", b.text("confirm").await);
+    assert!(b.text("confirm-sample").await.starts_with("e.g. "));
+    b.screenshot("cancel-dry-run").await;
+    assert_eq!(s.stats().await.queued, 3, "a dry run changes nothing");
+    click(&b, "#confirm-no").await;
+    assert_eq!(b.text("action-result").await, "nothing changed");
+    assert_eq!(s.stats().await.queued, 3);
+    click(&b, ".bulk-action[data-op=cancel]").await;
+    let asked = wait_until(Duration::from_secs(10), || async {
+        b.text("confirm-text").await.starts_with("cancel: 3 match")
+    })
+    .await;
+    assert!(asked);
+    click(&b, "#confirm-yes").await;
+    let done = wait_until(Duration::from_secs(10), || async {
+        b.text("action-result").await == "cancel: matched 3, affected 3, skipped 0"
+    })
+    .await;
+    assert!(done, "{}", b.text("action-result").await);
+    assert_eq!(s.stats().await.queued, 0);
+
+    // The dead letter, found by its state and requeued from its page.
+    b.client
+        .find(Locator::Id("f-state"))
+        .await
+        .unwrap()
+        .select_by_value("dead")
+        .await
+        .unwrap();
+    click(&b, "#f-list").await;
+    let listed = wait_until(Duration::from_secs(10), || async {
+        b.text("messages").await.contains(&dead)
+    })
+    .await;
+    assert!(listed, "{}", b.text("messages").await);
+    click(&b, "a.message-link").await;
+    let opened = wait_until(Duration::from_secs(10), || async {
+        b.text("m-id").await == dead
+    })
+    .await;
+    assert!(opened);
+    assert_eq!(b.text("m-state").await, "dead");
+    click(&b, ".one-action[data-op=requeue]").await;
+    let asked = wait_until(Duration::from_secs(10), || async {
+        b.text("confirm-text").await.starts_with("requeue: 1 match")
+    })
+    .await;
+    assert!(asked, "{}", b.text("confirm").await);
+    assert_eq!(
+        s.get(&dead).await.unwrap().state(),
+        pb::MessageState::Dead,
+        "not before it is confirmed"
+    );
+    click(&b, "#confirm-yes").await;
+    let requeued = wait_until(Duration::from_secs(10), || async {
+        s.get(&dead)
+            .await
+            .is_ok_and(|m| m.state() == pb::MessageState::Queued)
+    })
+    .await;
+    assert!(requeued, "{}", b.text("action-result").await);
+    assert_eq!(
+        b.text("action-result").await,
+        "requeue: matched 1, affected 1, skipped 0"
+    );
+    b.screenshot("requeued").await;
+    // A lane resumed from its row.
+    click(&b, "#lane-bulk").await;
+    let resumed = wait_until(Duration::from_secs(10), || async {
+        !s.stats()
+            .await
+            .paused_lanes
+            .contains(&(pb::Lane::Bulk as i32))
+    })
+    .await;
+    assert!(resumed, "{}", b.text("action-result").await);
+    assert!(s
+        .stats()
+        .await
+        .paused_lanes
+        .contains(&(pb::Lane::Normal as i32)));
+    b.client.close().await.unwrap();
+    s.shutdown().await;
+}
+
+/// POST an action with these headers; (status line, body).
+async fn post_raw(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// An action from another origin, or not from the console's page, is
+/// refused and changes nothing, with auth or without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_actions_are_refused() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    s.admin
+        .clone()
+        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    s.enqueue(request("kept")).await.unwrap();
+    let body = r#"{"filter":{},"dry_run":false}"#;
+    let json = "Content-Type: application/json\r\n";
+    let console = "X-Mailspool-Console: 1\r\n";
+    for (headers, why) in [
+        (
+            format!("{json}{console}Origin: http://evil.example\r\n"),
+            "cross-origin",
+        ),
+        (
+            format!("{json}{console}Sec-Fetch-Site: cross-site\r\n"),
+            "cross-origin",
+        ),
+        (json.to_string(), "X-Mailspool-Console"),
+        (format!("Content-Type: text/plain\r\n{console}"), "JSON"),
+    ] {
+        let (status, text) = post_raw(addr, "/api/actions/cancel", &headers, body).await;
+        assert!(status.ends_with("403 Forbidden"), "{headers}: {status}");
+        assert!(text.contains(why), "{text}");
+        assert_eq!(s.stats().await.queued, 1, "{headers}: something changed");
+    }
+    // From the console's own origin: a dry run answers, and changes nothing.
+    let own = format!("{json}{console}Origin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n");
+    let (status, text) = post_raw(
+        addr,
+        "/api/actions/cancel",
+        &own,
+        r#"{"filter":{},"dry_run":true}"#,
+    )
+    .await;
+    assert!(status.ends_with("200 OK"), "{status} {text}");
+    assert!(
+        text.contains(r#""matched":1"#) && text.contains(r#""affected":0"#),
+        "{text}"
+    );
+    let (status, text) = post_raw(addr, "/api/actions/explode", &own, "{}").await;
+    assert!(
+        status.ends_with("400 Bad Request") && text.contains(r#""field":"action""#),
+        "{text}"
+    );
+    assert_eq!(s.stats().await.queued, 1);
+    s.shutdown().await;
+}

@@ -50,9 +50,21 @@ function showOverview(o) {
   $("eta").textContent = o.queued > 0 ? duration(o.drain_eta_seconds) : "empty";
   $("bounce").textContent = `${(o.bounce_rate_last_hour * 100).toFixed(1)} %`;
   const paused = new Set(o.paused_lanes);
-  fill($("lanes"), ["transactional", "normal", "bulk"].map((l) => [
-    l, num(o[`queued_${l}`]), paused.has(l) ? "paused" : "on",
-  ]));
+  const lanes = ["transactional", "normal", "bulk"];
+  fill($("lanes"), lanes.map((l) => [l, num(o[`queued_${l}`]), paused.has(l) ? "paused" : "on", ""]));
+  $("lanes").querySelectorAll("tr").forEach((tr, i) => {
+    const lane = lanes[i];
+    const b = document.createElement("button");
+    b.type = "button";
+    b.id = `lane-${lane}`;
+    b.textContent = paused.has(lane) ? `Resume ${lane}` : `Pause ${lane}`;
+    b.addEventListener("click", async () => {
+      const r = await act(paused.has(lane) ? "resume" : "pause", { lanes: [lane] });
+      if (r) $("action-result").textContent = `paused lanes: ${r.paused_lanes.join(", ") || "none"}`;
+      tick();
+    });
+    tr.lastChild.appendChild(b);
+  });
   fill($("relays"), o.relays.map((r) => [r.name, r.state, num(r.sent), num(r.deferred), num(r.failed), r.reason]));
   $("webhooks-section").hidden = o.webhooks.length === 0;
   fill($("webhooks"), o.webhooks.map((w) => [w.name, w.state, `${num(w.lag_events)} events, ${duration(w.lag_seconds)}`, w.last_error]));
@@ -189,6 +201,63 @@ function route() {
   const m = location.hash.match(/^#\/message\/([0-9a-f]{16})$/);
   if (m) showMessage(m[1]);
 }
+
+// Actions: through the admin API's own operations. A bulk one (or one on
+// a message) is a dry run first; nothing changes until it is confirmed.
+async function act(op, body) {
+  $("messages-error").textContent = "";
+  const r = await fetch(`/api/actions/${op}`, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-Mailspool-Console": "1" },
+    body: JSON.stringify(body),
+  });
+  const out = await r.json().catch(() => ({ error: `${r.status}` }));
+  if (!r.ok) {
+    $("messages-error").textContent = out.field ? `${out.field}: ${out.error}` : out.error;
+    return null;
+  }
+  return out;
+}
+
+function currentFilter() {
+  const q = Object.fromEntries(query(""));
+  if (q.min_age !== undefined) q.min_age = Number(q.min_age);
+  return q;
+}
+
+let pending = null;
+
+async function dryRun(op, target) {
+  $("action-result").textContent = "";
+  const r = await act(op, { ...target, dry_run: true });
+  if (!r) return;
+  pending = { op, target };
+  $("confirm-text").textContent =
+    `${op}: ${r.matched} match, ${r.skipped} would be left alone. Nothing has changed yet.`;
+  $("confirm-sample").textContent = r.sample_ids.length ? `e.g. ${r.sample_ids.join(", ")}` : "";
+  $("confirm").hidden = false;
+  $("confirm-yes").focus();
+}
+
+$("confirm-yes").addEventListener("click", async () => {
+  if (!pending) return;
+  const { op, target } = pending;
+  pending = null;
+  $("confirm").hidden = true;
+  const r = await act(op, { ...target, dry_run: false });
+  if (r) $("action-result").textContent = `${op}: matched ${r.matched}, affected ${r.affected}, skipped ${r.skipped}`;
+  tick();
+});
+$("confirm-no").addEventListener("click", () => {
+  pending = null;
+  $("confirm").hidden = true;
+  $("action-result").textContent = "nothing changed";
+});
+document.querySelectorAll(".bulk-action").forEach((b) =>
+  b.addEventListener("click", () => dryRun(b.dataset.op, { filter: currentFilter() })));
+document.querySelectorAll(".one-action").forEach((b) =>
+  b.addEventListener("click", () => dryRun(b.dataset.op, { ids: [$("m-id").textContent] })));
 
 $("filter").addEventListener("submit", (e) => { e.preventDefault(); listMessages(""); });
 $("next-page").addEventListener("click", () => listMessages(nextCursor));

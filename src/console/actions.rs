@@ -1,0 +1,181 @@
+//! The console's actions, each through the admin API's own operation
+//! (`QueueAdminService`: retry now, cancel, requeue dead letters, purge,
+//! pause and resume lanes), never a second implementation. A bulk action
+//! is asked for as a dry run first (the page shows the count and sample
+//! ids and waits for a confirmation), then for real.
+//!
+//! Cross-site requests are refused, with auth or without: a page of
+//! another origin in the operator's browser must not act on the queue at
+//! 127.0.0.1. An action must come from the console's own origin
+//! (`Sec-Fetch-Site: same-origin`, or an `Origin` equal to the `Host`)
+//! with its header `X-Mailspool-Console: 1` and a JSON body, which a
+//! cross-origin form or script cannot send without a preflight this
+//! server never answers.
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tonic::Request;
+
+use super::messages::{filter, status_response};
+use crate::grpc::admin_api::QueueAdminService;
+use crate::pb;
+use crate::pb::queue_admin_server::QueueAdmin;
+
+/// What the page sends.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Action {
+    #[serde(default)]
+    ids: Vec<String>,
+    #[serde(default)]
+    filter: Option<super::messages::ListQuery>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    limit: u64,
+    /// purge: dead for at least this long.
+    #[serde(default)]
+    older_than: u64,
+    /// pause, resume: these lanes (none: all).
+    #[serde(default)]
+    lanes: Vec<String>,
+}
+
+fn refuse(why: &str) -> Response {
+    (StatusCode::FORBIDDEN, super::json(json!({ "error": why }))).into_response()
+}
+
+/// Whether the request comes from the console's own page.
+pub fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if get("x-mailspool-console") != Some("1") {
+        return Err("not from the console (its X-Mailspool-Console header is missing)");
+    }
+    if !get(header::CONTENT_TYPE.as_str()).is_some_and(|t| t.starts_with("application/json")) {
+        return Err("an action is a JSON request");
+    }
+    if let Some(site) = get("sec-fetch-site") {
+        if site != "same-origin" {
+            return Err("cross-origin request refused");
+        }
+    }
+    if let Some(origin) = get(header::ORIGIN.as_str()) {
+        let host = get(header::HOST.as_str()).unwrap_or_default();
+        let ours = ["http://", "https://"]
+            .iter()
+            .any(|scheme| origin.strip_prefix(scheme) == Some(host));
+        if !ours {
+            return Err("cross-origin request refused");
+        }
+    }
+    Ok(())
+}
+
+fn lanes(names: &[String]) -> Result<Vec<i32>, Response> {
+    names
+        .iter()
+        .map(|n| match n.as_str() {
+            "transactional" => Ok(pb::Lane::Transactional as i32),
+            "normal" => Ok(pb::Lane::Normal as i32),
+            "bulk" => Ok(pb::Lane::Bulk as i32),
+            other => Err(super::messages::bad(
+                "lanes",
+                format!("`{other}`: one of transactional, normal, bulk"),
+            )),
+        })
+        .collect()
+}
+
+fn operation(r: pb::OperationResponse) -> Response {
+    super::json(json!({
+        "matched": r.matched, "affected": r.affected, "skipped": r.skipped,
+        "sample_ids": r.sample_ids, "not_found": r.not_found,
+    }))
+    .into_response()
+}
+
+pub async fn act(
+    admin: QueueAdminService,
+    op: String,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if let Err(why) = same_origin(&headers) {
+        return refuse(why);
+    }
+    let a: Action = match serde_json::from_str(&body) {
+        Ok(a) => a,
+        Err(e) => return super::messages::bad("body", format!("not the action's JSON: {e}")),
+    };
+    let f = match a.filter.map(filter).transpose() {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let done = match op.as_str() {
+        "retry" => admin
+            .retry_now(Request::new(pb::RetryNowRequest {
+                ids: a.ids,
+                filter: f,
+                dry_run: a.dry_run,
+                limit: a.limit,
+            }))
+            .await
+            .map(|r| operation(r.into_inner())),
+        "cancel" => admin
+            .cancel(Request::new(pb::CancelRequest {
+                ids: a.ids,
+                filter: f,
+                dry_run: a.dry_run,
+                limit: a.limit,
+            }))
+            .await
+            .map(|r| operation(r.into_inner())),
+        "requeue" => admin
+            .requeue_dead(Request::new(pb::RequeueDeadRequest {
+                ids: a.ids,
+                filter: f,
+                dry_run: a.dry_run,
+                limit: a.limit,
+            }))
+            .await
+            .map(|r| operation(r.into_inner())),
+        "purge" => admin
+            .purge_dead(Request::new(pb::PurgeDeadRequest {
+                older_than_seconds: a.older_than,
+                dry_run: a.dry_run,
+                limit: a.limit,
+            }))
+            .await
+            .map(|r| operation(r.into_inner())),
+        "pause" | "resume" => {
+            let lanes = match lanes(&a.lanes) {
+                Ok(l) => l,
+                Err(r) => return r,
+            };
+            let r = if op == "pause" {
+                admin
+                    .pause_delivery(Request::new(pb::PauseDeliveryRequest { lanes }))
+                    .await
+            } else {
+                admin
+                    .resume_delivery(Request::new(pb::ResumeDeliveryRequest { lanes }))
+                    .await
+            };
+            r.map(|r| {
+                let paused: Vec<String> = r
+                    .into_inner()
+                    .paused_lanes()
+                    .map(|l| l.as_str_name().trim_start_matches("LANE_").to_lowercase())
+                    .collect();
+                super::json(json!({ "paused_lanes": paused })).into_response()
+            })
+        }
+        other => {
+            return super::messages::bad(
+                "action",
+                format!("`{other}`: one of retry, cancel, requeue, purge, pause, resume"),
+            )
+        }
+    };
+    done.unwrap_or_else(status_response)
+}
