@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tonic::Request;
 
-use super::messages::{filter, status_response};
+use super::messages::{filter, status_response, BadField};
 use crate::grpc::admin_api::QueueAdminService;
 use crate::pb;
 use crate::pb::queue_admin_server::QueueAdmin;
@@ -71,14 +71,14 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn lanes(names: &[String]) -> Result<Vec<i32>, Response> {
+fn lanes(names: &[String]) -> Result<Vec<i32>, BadField> {
     names
         .iter()
         .map(|n| match n.as_str() {
             "transactional" => Ok(pb::Lane::Transactional as i32),
             "normal" => Ok(pb::Lane::Normal as i32),
             "bulk" => Ok(pb::Lane::Bulk as i32),
-            other => Err(super::messages::bad(
+            other => Err(BadField(
                 "lanes",
                 format!("`{other}`: one of transactional, normal, bulk"),
             )),
@@ -109,7 +109,7 @@ pub async fn act(
     };
     let f = match a.filter.map(filter).transpose() {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(b) => return b.response(),
     };
     let done = match op.as_str() {
         "retry" => admin
@@ -150,7 +150,7 @@ pub async fn act(
         "pause" | "resume" => {
             let lanes = match lanes(&a.lanes) {
                 Ok(l) => l,
-                Err(r) => return r,
+                Err(b) => return b.response(),
             };
             let r = if op == "pause" {
                 admin

@@ -92,10 +92,19 @@ fn summary(m: &pb::MessageSummary) -> Value {
     })
 }
 
-/// The admin API's filter of a query; a 400 naming a bad field.
-pub(super) fn filter(q: ListQuery) -> Result<pb::MessageFilter, Response> {
+/// A field of a request that is wrong, and why (a 400 naming it).
+pub(super) struct BadField(pub &'static str, pub String);
+
+impl BadField {
+    pub fn response(self) -> Response {
+        bad(self.0, self.1)
+    }
+}
+
+/// The admin API's filter of a query.
+pub(super) fn filter(q: ListQuery) -> Result<pb::MessageFilter, BadField> {
     let Some(state) = state_of(&q.state) else {
-        return Err(bad(
+        return Err(BadField(
             "state",
             format!(
                 "`{}`: one of queued, ready, scheduled, in-flight, dead, quarantined",
@@ -104,7 +113,7 @@ pub(super) fn filter(q: ListQuery) -> Result<pb::MessageFilter, Response> {
         ));
     };
     let Some(lane) = lane_of(&q.lane) else {
-        return Err(bad(
+        return Err(BadField(
             "lane",
             format!("`{}`: one of transactional, normal, bulk", q.lane),
         ));
@@ -122,7 +131,7 @@ pub async fn list(admin: QueueAdminService, q: ListQuery) -> Response {
     let (page_size, cursor) = (q.page_size, q.cursor.clone());
     let f = match filter(q) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(b) => return b.response(),
     };
     let request = pb::ListMessagesRequest {
         filter: Some(f),
