@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// A congestion state clears only after this long better
     #[arg(long)]
     pub congestion_clear_after_secs: Option<u64>,
+    /// How long a console login lasts (with auth on)
+    #[arg(long)]
+    pub console_session_secs: Option<u64>,
     /// Spool directory
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

@@ -149,6 +149,8 @@ pub struct Config {
     /// A congestion state steps down only after the better assessment has
     /// held this long (and the backlog is below half its peak).
     pub congestion_clear_after_secs: u64,
+    /// How long a console login lasts (auth on).
+    pub console_session_secs: u64,
     /// Serve without authentication on a non-loopback address (refused
     /// otherwise). Contradicts `[[clients]]`.
     pub insecure_no_auth: bool,
@@ -234,6 +236,7 @@ impl Default for Config {
             congestion_transactional_warn_wait_secs: 30,
             congestion_transactional_critical_wait_secs: 120,
             congestion_clear_after_secs: 30,
+            console_session_secs: 8 * 3600,
             insecure_no_auth: false,
             clients: Vec::new(),
             dkim: Vec::new(),

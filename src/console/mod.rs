@@ -5,21 +5,28 @@
 //! server keeps for its chart.
 //!
 //! Security: every value reaches the page through `textContent`, never
-//! as HTML. It has no login yet: with auth on (clients configured, which
-//! SIGHUP may change), the page and its data are refused (403) rather
-//! than shown to anyone who reaches the listener.
+//! as HTML. With auth on (clients configured, which SIGHUP may change),
+//! its data needs a login with an admin token (`session`), and an action
+//! the session's CSRF token; an action must come from the console's own
+//! origin, with auth or without (`actions::same_origin`).
 
 mod actions;
 mod messages;
 mod overview;
+mod session;
 
-use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
-use axum::http::StatusCode;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query};
+use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, SET_COOKIE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::grpc::admin_api::QueueAdminService;
 use crate::grpc::api::Api;
+use crate::intake::auth::Role;
+use session::Sessions;
 
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/console.js");
@@ -50,106 +57,208 @@ pub(super) fn json(v: serde_json::Value) -> impl IntoResponse {
     )
 }
 
-/// With auth on, the console is refused: it cannot ask for an admin
-/// credential yet.
-fn refused(api: &Api) -> Option<Response> {
-    api.auth.enabled().then(|| {
-        (
-            StatusCode::FORBIDDEN,
-            [(CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "The console is off while clients are configured (auth on): it has no admin login yet. \
-             Use `mailspool stats --watch --token-file FILE` with an admin token.\n",
-        )
-            .into_response()
-    })
+/// The state every route shares.
+#[derive(Clone)]
+struct Console {
+    api: Api,
+    sessions: Arc<Sessions>,
+}
+
+impl Console {
+    /// Whether the request may read: always without auth; with it, only
+    /// in a live session (401 otherwise, and the page asks for a login).
+    fn reader(&self, headers: &HeaderMap) -> Result<Option<(String, String)>, Denied> {
+        if !self.api.auth.enabled() {
+            return Ok(None);
+        }
+        match self.sessions.of(headers) {
+            Some(s) => Ok(Some(s)),
+            None => Err(Denied(
+                StatusCode::UNAUTHORIZED,
+                "log in with an admin token (`mailspool token create --role admin`)",
+            )),
+        }
+    }
+
+    /// Whether the request may act: as `reader`, from the console's own
+    /// origin, and with auth on carrying the session's CSRF token.
+    fn actor(&self, headers: &HeaderMap) -> Result<(), Denied> {
+        actions::same_origin(headers).map_err(|why| Denied(StatusCode::FORBIDDEN, why))?;
+        if let Some((_, csrf)) = self.reader(headers)? {
+            let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+            if sent != Some(csrf.as_str()) {
+                return Err(Denied(
+                    StatusCode::FORBIDDEN,
+                    "the CSRF token is missing or wrong: reload the console",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// POST /api/login {"token": …}: an admin token becomes a session.
+    fn login(&self, headers: &HeaderMap, body: &str) -> Response {
+        if let Err(why) = actions::same_origin(headers) {
+            return error(StatusCode::FORBIDDEN, why);
+        }
+        if !self.api.auth.enabled() {
+            return json(serde_json::json!({ "auth": false, "csrf": "" })).into_response();
+        }
+        let token = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["token"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let mut probe = tonic::Request::new(());
+        let Ok(value) = format!("Bearer {}", token.trim()).parse() else {
+            return error(StatusCode::UNAUTHORIZED, "not a valid admin token");
+        };
+        probe.metadata_mut().insert("authorization", value);
+        match self.api.auth.check(&probe, Role::Admin) {
+            Ok(client) => {
+                let (_, csrf, cookie) = self.sessions.create(&client.name);
+                (
+                    [(SET_COOKIE, cookie)],
+                    json(serde_json::json!({ "auth": true, "client": client.name, "csrf": csrf })),
+                )
+                    .into_response()
+            }
+            Err(s) if s.code() == tonic::Code::PermissionDenied => error(
+                StatusCode::FORBIDDEN,
+                "that token's client lacks the admin role",
+            ),
+            Err(_) => error(StatusCode::UNAUTHORIZED, "not a valid admin token"),
+        }
+    }
+
+    /// GET /api/session: whether the page is logged in, and its CSRF token.
+    fn session(&self, headers: &HeaderMap) -> Response {
+        match self.reader(headers) {
+            Ok(None) => json(serde_json::json!({ "auth": false, "csrf": "" })).into_response(),
+            Ok(Some((client, csrf))) => {
+                json(serde_json::json!({ "auth": true, "client": client, "csrf": csrf }))
+                    .into_response()
+            }
+            Err(d) => d.response(),
+        }
+    }
+}
+
+/// Why a request may not read or act (a small value until it is sent).
+struct Denied(StatusCode, &'static str);
+
+impl Denied {
+    fn response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn error(code: StatusCode, why: &str) -> Response {
+    (code, json(serde_json::json!({ "error": why }))).into_response()
 }
 
 /// The console's routes, to merge into the HTTP listener's.
 pub fn router(api: Api) -> axum::Router {
-    let (a, b, c) = (api.clone(), api.clone(), api.clone());
-    let (d, e, f) = (api.clone(), api.clone(), api);
+    let c = Console {
+        sessions: Arc::new(Sessions::new(api.console_session)),
+        api,
+    };
+    let page =
+        |kind: &'static str, body: &'static str| get(move || async move { asset(kind, body) });
     axum::Router::new()
+        .route("/", page("text/html; charset=utf-8", INDEX))
         .route(
-            "/api/actions/{op}",
-            axum::routing::post(
-                move |axum::extract::Path(op): axum::extract::Path<String>,
-                      headers: axum::http::HeaderMap,
-                      body: String| {
-                    let api = f.clone();
-                    async move {
-                        match refused(&api) {
-                            Some(r) => r,
-                            None => actions::act(QueueAdminService(api), op, headers, body).await,
-                        }
-                    }
-                },
-            ),
+            "/console.js",
+            page("text/javascript; charset=utf-8", SCRIPT),
+        )
+        .route("/console.css", page("text/css; charset=utf-8", STYLE))
+        .route(
+            "/api/session",
+            get({
+                let c = c.clone();
+                move |h: HeaderMap| async move { c.session(&h) }
+            }),
         )
         .route(
-            "/api/messages",
-            get(
-                move |axum::extract::Query(q): axum::extract::Query<messages::ListQuery>| {
-                    let api = d.clone();
-                    async move {
-                        match refused(&api) {
-                            Some(r) => r,
-                            None => messages::list(QueueAdminService(api), q).await,
-                        }
-                    }
-                },
-            ),
+            "/api/login",
+            post({
+                let c = c.clone();
+                move |h: HeaderMap, body: String| async move { c.login(&h, &body) }
+            }),
         )
         .route(
-            "/api/messages/{id}",
-            get(
-                move |axum::extract::Path(id): axum::extract::Path<String>| {
-                    let api = e.clone();
-                    async move {
-                        match refused(&api) {
-                            Some(r) => r,
-                            None => messages::show(QueueAdminService(api), id).await,
+            "/api/logout",
+            post({
+                let c = c.clone();
+                move |h: HeaderMap| async move {
+                    match c.actor(&h) {
+                        Ok(()) => {
+                            c.sessions.end(&h);
+                            json(serde_json::json!({ "auth": c.api.auth.enabled() }))
+                                .into_response()
                         }
+                        Err(d) => d.response(),
                     }
-                },
-            ),
-        )
-        .route(
-            "/",
-            get(move || {
-                let api = c.clone();
-                async move {
-                    refused(&api)
-                        .unwrap_or_else(|| asset("text/html; charset=utf-8", INDEX).into_response())
                 }
             }),
         )
         .route(
-            "/console.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/console.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
-        .route(
             "/api/overview",
-            get(move || {
-                let api = a.clone();
-                async move {
-                    refused(&api)
-                        .unwrap_or_else(|| json(overview::to_json(&api.overview())).into_response())
+            get({
+                let c = c.clone();
+                move |h: HeaderMap| async move {
+                    match c.reader(&h) {
+                        Ok(_) => json(overview::to_json(&c.api.overview())).into_response(),
+                        Err(d) => d.response(),
+                    }
                 }
             }),
         )
         .route(
             "/api/history",
-            get(move || {
-                let api = b.clone();
-                async move {
-                    refused(&api).unwrap_or_else(|| {
-                        json(serde_json::json!({ "points": api.history.points() })).into_response()
-                    })
+            get({
+                let c = c.clone();
+                move |h: HeaderMap| async move {
+                    match c.reader(&h) {
+                        Ok(_) => json(serde_json::json!({ "points": c.api.history.points() }))
+                            .into_response(),
+                        Err(d) => d.response(),
+                    }
                 }
             }),
+        )
+        .route(
+            "/api/messages",
+            get({
+                let c = c.clone();
+                move |h: HeaderMap, Query(q): Query<messages::ListQuery>| async move {
+                    match c.reader(&h) {
+                        Ok(_) => messages::list(QueueAdminService(c.api.clone()), q).await,
+                        Err(d) => d.response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/api/messages/{id}",
+            get({
+                let c = c.clone();
+                move |h: HeaderMap, Path(id): Path<String>| async move {
+                    match c.reader(&h) {
+                        Ok(_) => messages::show(QueueAdminService(c.api.clone()), id).await,
+                        Err(d) => d.response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/api/actions/{op}",
+            post(
+                move |Path(op): Path<String>, h: HeaderMap, body: String| async move {
+                    match c.actor(&h) {
+                        Ok(()) => actions::act(QueueAdminService(c.api.clone()), op, body).await,
+                        Err(d) => d.response(),
+                    }
+                },
+            ),
         )
 }

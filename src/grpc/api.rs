@@ -37,6 +37,8 @@ pub struct Api {
     pub metrics: Arc<crate::observe::metrics::Metrics>,
     pub congestion: Arc<crate::observe::congestion::Tracker>,
     pub thresholds: crate::observe::congestion::Thresholds,
+    /// How long a console login lasts.
+    pub console_session: std::time::Duration,
     /// One Transfer at a time.
     pub transfer_lock: Arc<tokio::sync::Mutex<()>>,
     /// Who may call what (`auth`).

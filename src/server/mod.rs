@@ -171,6 +171,7 @@ impl Server {
             congestion: Default::default(),
             history: Default::default(),
             thresholds: config.thresholds(),
+            console_session: Duration::from_secs(config.console_session_secs.max(1)),
             transfer_lock: Default::default(),
             auth: auth.clone(),
             lane_expiry_ms: crate::model::Lane::ALL

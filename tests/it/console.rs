@@ -200,10 +200,10 @@ async fn get_raw(addr: std::net::SocketAddr, path: &str) -> (String, String, Str
 }
 
 /// Without auth the page comes with a policy that allows only its own
-/// script and style; with auth on (clients configured) the console has no
-/// login yet, so the page and its data are refused, saying what to use.
+/// script and style; with auth on (clients configured) the page (no data
+/// in it) is served, and its data needs a login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_is_refused_while_auth_is_on() {
+async fn with_auth_on_the_console_data_needs_a_login() {
     let dir = tempdir();
     let s = TestServer::start(config(dir.path(), None)).await;
     let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
@@ -239,11 +239,21 @@ async fn the_console_is_refused_while_auth_is_on() {
     )];
     let s = TestServer::start(cfg).await;
     let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
-    for path in ["/", "/api/overview", "/api/history"] {
+    let (status, _, page) = get_raw(addr, "/").await;
+    assert!(
+        status.ends_with("200 OK") && page.contains("id=\"login\""),
+        "{status}"
+    );
+    for path in [
+        "/api/overview",
+        "/api/history",
+        "/api/messages",
+        "/api/session",
+    ] {
         let (status, _, body) = get_raw(addr, path).await;
-        assert!(status.ends_with("403 Forbidden"), "{path}: {status}");
+        assert!(status.ends_with("401 Unauthorized"), "{path}: {status}");
         assert!(
-            body.contains("admin token") && !body.contains("queued"),
+            body.contains("log in with an admin token") && !body.contains("queued"),
             "{path}: {body}"
         );
     }
@@ -593,4 +603,147 @@ async fn cross_origin_actions_are_refused() {
     );
     assert_eq!(s.stats().await.queued, 1);
     s.shutdown().await;
+}
+
+const ADMIN: &str = "mst_ops-token-0123456789";
+const SENDER: &str = "mst_svc-token-0123456789";
+
+/// With auth on, in a real browser: no credential → the login form; a
+/// wrong token and a token without the admin role refused; an admin token
+/// → the overview; the session ends after `console_session_secs`, and the
+/// page asks again. Over raw HTTP: the cookie is HttpOnly and
+/// SameSite=Strict, and an action without the session's CSRF token, or
+/// from another origin with the cookie, is refused.
+#[cfg_attr(
+    not(have_chromium),
+    ignore = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_logs_in_the_session_expires_and_actions_need_its_csrf_token() {
+    use mailspool::intake::auth::{token_hash, ClientConfig, Role};
+    let dir = tempdir();
+    let mut cfg = config(dir.path(), None);
+    cfg.clients = vec![
+        ClientConfig::with_token("ops", token_hash(ADMIN), &[Role::Admin]),
+        ClientConfig::with_token("svc", token_hash(SENDER), &[Role::Enqueue]),
+    ];
+    cfg.console_session_secs = 4;
+    let s = TestServer::start(cfg).await;
+    let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+
+    // Raw HTTP first: the login's cookie, and what an action needs.
+    let own = format!(
+        "Content-Type: application/json\r\nX-Mailspool-Console: 1\r\nOrigin: http://{addr}\r\n"
+    );
+    let (status, text) = post_raw(addr, "/api/login", &own, r#"{"token":"mst_wrong"}"#).await;
+    assert!(
+        status.ends_with("401 Unauthorized") && text.contains("not a valid admin token"),
+        "{text}"
+    );
+    let (status, text) = post_raw(
+        addr,
+        "/api/login",
+        &own,
+        &format!(r#"{{"token":"{SENDER}"}}"#),
+    )
+    .await;
+    assert!(
+        status.ends_with("403 Forbidden") && text.contains("admin role"),
+        "{text}"
+    );
+    let (status, head, text) = login_raw(addr, &own).await;
+    assert!(status.ends_with("200 OK"), "{status} {text}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        cookie.contains("httponly") && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
+    assert!(!text.contains(ADMIN), "the token is never echoed");
+    let session = cookie.split(';').next().unwrap().to_string();
+    let csrf = serde_json::from_str::<serde_json::Value>(&text).unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = r#"{"filter":{},"dry_run":true}"#;
+    let with_cookie = format!("{own}Cookie: {session}\r\n");
+    let (status, text) = post_raw(addr, "/api/actions/cancel", &with_cookie, body).await;
+    assert!(
+        status.ends_with("403 Forbidden") && text.contains("CSRF"),
+        "{text}"
+    );
+    let evil = format!(
+        "Content-Type: application/json\r\nX-Mailspool-Console: 1\r\nOrigin: http://evil.example\r\nCookie: {session}\r\nX-CSRF-Token: {csrf}\r\n"
+    );
+    let (status, text) = post_raw(addr, "/api/actions/cancel", &evil, body).await;
+    assert!(
+        status.ends_with("403 Forbidden") && text.contains("cross-origin"),
+        "{text}"
+    );
+    let good = format!("{with_cookie}X-CSRF-Token: {csrf}\r\n");
+    let (status, text) = post_raw(addr, "/api/actions/cancel", &good, body).await;
+    assert!(
+        status.ends_with("200 OK") && text.contains(r#""matched":0"#),
+        "{status} {text}"
+    );
+
+    // In the browser.
+    let b = Browser::start().await;
+    b.client.goto(&format!("http://{addr}/")).await.unwrap();
+    let asked = wait_until(Duration::from_secs(10), || async {
+        b.client.find(Locator::Id("login")).await.ok().is_some()
+            && b.text("login-title").await == "Log in"
+            && b.text("queued").await.is_empty()
+    })
+    .await;
+    assert!(asked, "no login form");
+    b.screenshot("login").await;
+    log_in(&b, "mst_not-it").await;
+    let refused = wait_until(Duration::from_secs(10), || async {
+        b.text("login-error").await == "not a valid admin token"
+    })
+    .await;
+    assert!(refused, "{}", b.text("login-error").await);
+    log_in(&b, ADMIN).await;
+    let shown = wait_until(Duration::from_secs(10), || async {
+        b.text("queued").await == "0" && b.text("congestion").await == "OK"
+    })
+    .await;
+    assert!(shown, "{}", b.text("updated").await);
+    // The session lasts 4 s: then the page asks again.
+    let ended = wait_until(Duration::from_secs(15), || async {
+        b.text("login-error").await.contains("session has ended")
+    })
+    .await;
+    assert!(ended, "{}", b.text("login-error").await);
+    b.screenshot("session-ended").await;
+    b.client.close().await.unwrap();
+    s.shutdown().await;
+}
+
+/// Types `token` into the login form and submits it.
+async fn log_in(b: &Browser, token: &str) {
+    let input = b.client.find(Locator::Id("token")).await.unwrap();
+    input.send_keys(token).await.unwrap();
+    click(b, "#login-button").await;
+}
+
+/// POST /api/login with the admin token: (status line, lowercase head, body).
+async fn login_raw(addr: std::net::SocketAddr, headers: &str) -> (String, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!(r#"{{"token":"{ADMIN}"}}"#);
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /api/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_string();
+    (status, head.to_lowercase(), body.to_string())
 }

@@ -119,21 +119,83 @@ function drawChart(points) {
   c.dataset.points = String(points.length);
 }
 
+// With auth on: the page asks for an admin token once; the session is a
+// cookie the script never sees, its CSRF token is kept here.
+let csrf = "";
+
+function showLogin(why) {
+  $("content").hidden = true;
+  $("logout").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = why || "";
+  $("updated").textContent = "not logged in";
+  $("token").focus();
+}
+
+function showContent(auth) {
+  $("login").hidden = true;
+  $("content").hidden = false;
+  $("logout").hidden = !auth;
+}
+
 async function get(path) {
   const r = await fetch(path, { credentials: "same-origin" });
+  if (r.status === 401) {
+    showLogin("Your session has ended: log in again.");
+    throw new Error("not logged in");
+  }
   if (!r.ok) throw new Error(`${path}: ${r.status}`);
   return r.json();
 }
 
+async function session() {
+  const r = await fetch("/api/session", { credentials: "same-origin" });
+  if (r.status === 401) {
+    showLogin("");
+    return;
+  }
+  const b = await r.json();
+  csrf = b.csrf;
+  showContent(b.auth);
+}
+
+$("login-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const r = await fetch("/api/login", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-Mailspool-Console": "1" },
+    body: JSON.stringify({ token: $("token").value }),
+  });
+  $("token").value = "";
+  const b = await r.json().catch(() => ({ error: `${r.status}` }));
+  if (!r.ok) {
+    $("login-error").textContent = b.error;
+    return;
+  }
+  csrf = b.csrf;
+  showContent(b.auth);
+  tick();
+  history();
+});
+
+$("logout").addEventListener("click", async () => {
+  await act("/api/logout", {});
+  csrf = "";
+  showLogin("Logged out.");
+});
+
 async function tick() {
+  if (!$("login").hidden) return;
   try {
     showOverview(await get("/api/overview"));
   } catch (e) {
-    $("updated").textContent = `cannot reach the server (${e.message}); retrying`;
+    if ($("login").hidden) $("updated").textContent = `cannot reach the server (${e.message}); retrying`;
   }
 }
 
 async function history() {
+  if (!$("login").hidden) return;
   try {
     drawChart((await get("/api/history")).points);
   } catch (e) { /* the overview says the server is unreachable */ }
@@ -206,10 +268,10 @@ function route() {
 // a message) is a dry run first; nothing changes until it is confirmed.
 async function act(op, body) {
   $("messages-error").textContent = "";
-  const r = await fetch(`/api/actions/${op}`, {
+  const r = await fetch(op.startsWith("/") ? op : `/api/actions/${op}`, {
     method: "POST",
     credentials: "same-origin",
-    headers: { "Content-Type": "application/json", "X-Mailspool-Console": "1" },
+    headers: { "Content-Type": "application/json", "X-Mailspool-Console": "1", "X-CSRF-Token": csrf },
     body: JSON.stringify(body),
   });
   const out = await r.json().catch(() => ({ error: `${r.status}` }));
@@ -264,7 +326,9 @@ $("next-page").addEventListener("click", () => listMessages(nextCursor));
 window.addEventListener("hashchange", route);
 route();
 
-tick();
-history();
+session().then(() => {
+  tick();
+  history();
+});
 setInterval(tick, 1000);
 setInterval(history, 5000);
