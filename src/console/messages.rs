@@ -152,6 +152,26 @@ pub async fn list(admin: QueueAdminService, q: ListQuery) -> Response {
     }
 }
 
+/// Queued recipients by domain and age (qshape), as TopDomains answers.
+pub async fn top_domains(admin: QueueAdminService) -> Response {
+    match admin
+        .top_domains(Request::new(pb::TopDomainsRequest::default()))
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            let row = |d: &pb::DomainRow| json!({ "domain": d.domain, "total": d.total, "buckets": d.buckets });
+            super::json(json!({
+                "bucket_upper_minutes": r.bucket_upper_minutes,
+                "domains": r.domains.iter().map(row).collect::<Vec<_>>(),
+                "total": r.total.as_ref().map(row),
+            }))
+            .into_response()
+        }
+        Err(s) => status_response(s),
+    }
+}
+
 pub async fn show(admin: QueueAdminService, id: String) -> Response {
     let request = pb::ShowMessageRequest { id };
     match admin.show_message(Request::new(request)).await {

@@ -239,6 +239,18 @@ pub fn router(api: Api) -> axum::Router {
             }),
         )
         .route(
+            "/api/top-domains",
+            get({
+                let c = c.clone();
+                move |h: HeaderMap| async move {
+                    match c.reader(&h) {
+                        Ok(_) => messages::top_domains(QueueAdminService(c.api.clone())).await,
+                        Err(d) => d.response(),
+                    }
+                }
+            }),
+        )
+        .route(
             "/api/messages/{id}",
             get({
                 let c = c.clone();

@@ -302,6 +302,22 @@ async fn messages_are_listed_as_the_admin_api_lists_them_and_shown_as_text() {
 
     let b = Browser::start().await;
     b.client.goto(&format!("http://{metrics}/")).await.unwrap();
+    // Top domains, as TopDomains counts them.
+    let top = s
+        .admin
+        .clone()
+        .top_domains(pb::TopDomainsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(top.domains[0].domain, "example.org");
+    let want = format!("example.org {}", top.domains[0].total);
+    let qshape = wait_until(Duration::from_secs(10), || async {
+        b.text("domains").await.starts_with(&want)
+    })
+    .await;
+    assert!(qshape, "{:?} vs {want}", b.text("domains").await);
+    assert!(b.text("domains").await.contains("TOTAL 3"));
     let shown = || async {
         let mut ids = std::collections::BTreeSet::new();
         for a in b

@@ -321,6 +321,30 @@ document.querySelectorAll(".bulk-action").forEach((b) =>
 document.querySelectorAll(".one-action").forEach((b) =>
   b.addEventListener("click", () => dryRun(b.dataset.op, { ids: [$("m-id").textContent] })));
 
+// Top domains (qshape): queued recipients by domain and age.
+async function domains() {
+  let d;
+  try {
+    d = await get("/api/top-domains");
+  } catch (e) {
+    return;
+  }
+  const labels = d.bucket_upper_minutes.map((m, i) =>
+    m === 0 ? `> ${d.bucket_upper_minutes[i - 1] || 0} min` : `≤ ${m} min`);
+  const head = row(["domain", "total", ...labels]);
+  head.querySelectorAll("td").forEach((td) => {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = td.textContent;
+    td.replaceWith(th);
+  });
+  $("domains-head").replaceChildren(head);
+  const rows = d.domains.map((r) => [r.domain, num(r.total), ...r.buckets.map(num)]);
+  if (d.total) rows.push(["TOTAL", num(d.total.total), ...d.total.buckets.map(num)]);
+  fill($("domains"), rows);
+}
+$("domains-refresh").addEventListener("click", domains);
+
 $("filter").addEventListener("submit", (e) => { e.preventDefault(); listMessages(""); });
 $("next-page").addEventListener("click", () => listMessages(nextCursor));
 window.addEventListener("hashchange", route);
@@ -329,6 +353,7 @@ route();
 session().then(() => {
   tick();
   history();
+  domains();
 });
 setInterval(tick, 1000);
 setInterval(history, 5000);
