@@ -177,9 +177,22 @@ pub async fn show(admin: QueueAdminService, id: String) -> Response {
     match admin.show_message(Request::new(request)).await {
         Ok(r) => {
             let r = r.into_inner();
+            let recipients: Vec<Value> = r
+                .recipients
+                .iter()
+                .map(|x| {
+                    json!({
+                        "address": x.address,
+                        "state": x.state().as_str_name().trim_start_matches("RECIPIENT_").to_lowercase(),
+                        "attempts": x.attempts,
+                        "last_reply": x.last_reply,
+                    })
+                })
+                .collect();
             super::json(json!({
                 "message": r.message.as_ref().map(summary),
                 "headers": r.headers,
+                "recipients": recipients,
             }))
             .into_response()
         }

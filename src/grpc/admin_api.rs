@@ -384,14 +384,24 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         let status = self.store.status(id).map_err(store_status)?;
         let now = now_ms();
         let leased = |i| self.scheduler.is_leased(i);
+        let of = |r: &crate::model::Record| {
+            crate::grpc::recipients::to_proto(
+                &r.envelope_to,
+                &r.rcpts,
+                &crate::model::Rcpt::pending(r.attempts),
+            )
+        };
+        let mut rcpts = Vec::new();
         let (summary, raw) = match status {
             Some(SpoolStatus::Queued(r)) => {
                 let raw = self.store.body(id, &r).unwrap_or_default();
+                rcpts = of(&r);
                 let entry = crate::spool::Listed::Queued(id, r);
                 (ops::summarize(entry, now, &leased), raw)
             }
             Some(SpoolStatus::Dead(d)) => {
                 let raw = d.raw.clone();
+                rcpts = of(&d.record);
                 let entry = crate::spool::Listed::Dead(id, d);
                 (ops::summarize(entry, now, &leased), raw)
             }
@@ -412,6 +422,7 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
         Ok(Response::new(pb::ShowMessageResponse {
             message: Some(summary_to_proto(summary)),
             headers: String::from_utf8_lossy(&raw[..end]).into_owned(),
+            recipients: rcpts,
         }))
     }
 

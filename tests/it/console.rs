@@ -502,6 +502,12 @@ async fn actions_run_a_dry_run_first_and_go_through_the_admin_api() {
     .await;
     assert!(opened);
     assert_eq!(b.text("m-state").await, "dead");
+    // Each recipient's outcome, as GetMessage tells it.
+    let rcpts = b.text("m-recipients").await;
+    assert!(
+        rcpts.starts_with("user@example.org bounced 1 550"),
+        "{rcpts}"
+    );
     click(&b, ".one-action[data-op=requeue]").await;
     let asked = wait_until(Duration::from_secs(10), || async {
         b.text("confirm-text").await.starts_with("requeue: 1 match")

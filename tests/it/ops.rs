@@ -218,6 +218,13 @@ async fn list_retry_cancel_pause_and_resume_through_the_server() {
     assert_eq!(m.envelope_to, vec!["b@Two.Example".to_string()]);
     assert!(shown.headers.contains("Subject: n0"), "{}", shown.headers);
     assert!(!shown.headers.contains("\r\n\r\n"), "headers only");
+    // And each recipient, as GetMessage tells it.
+    assert_eq!(shown.recipients.len(), 1);
+    assert_eq!(shown.recipients[0].address, "b@Two.Example");
+    assert_eq!(
+        shown.recipients[0].state(),
+        pb::RecipientState::RecipientPending
+    );
 
     // RetryNow: a dry run changes nothing, then the scheduled become ready.
     let dry = admin

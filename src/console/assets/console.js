@@ -253,6 +253,7 @@ async function showMessage(id) {
   $("m-attempts").textContent = String(m.attempts);
   $("m-error").textContent = m.last_error;
   $("m-message-id").textContent = m.message_id;
+  fill($("m-recipients"), body.recipients.map((r) => [r.address, r.state, String(r.attempts), r.last_reply]));
   // The headers as text: whatever a message says is never markup here.
   $("m-headers").textContent = body.headers;
   $("message").hidden = false;
