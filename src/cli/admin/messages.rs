@@ -111,6 +111,22 @@ pub fn show_text(r: &pb::ShowMessageResponse, now_ms: i64) -> String {
     for (k, v) in kv {
         out.push_str(&format!("{:<width$} {v}\n", format!("{k}:")));
     }
+    if !r.recipients.is_empty() {
+        out.push_str("\nrecipients:\n");
+        for x in &r.recipients {
+            let state = x.state().as_str_name().trim_start_matches("RECIPIENT_");
+            out.push_str(&format!(
+                "  {}  {}  attempts {}",
+                x.address,
+                state.to_lowercase(),
+                x.attempts
+            ));
+            if !x.last_reply.is_empty() {
+                out.push_str(&format!("  {}", truncate(&x.last_reply, 100)));
+            }
+            out.push('\n');
+        }
+    }
     out.push_str("\nheaders:\n");
     let headers = r.headers.replace("\r\n", "\n");
     out.push_str(headers.trim_end_matches('\n'));
@@ -123,6 +139,10 @@ pub fn show_json(r: &pb::ShowMessageResponse) -> Value {
     json!({
         "message": r.message.as_ref().map(summary_json),
         "headers": r.headers,
+        "recipients": r.recipients.iter().map(|x| json!({
+            "address": x.address, "state": x.state().as_str_name(),
+            "attempts": x.attempts, "last_reply": x.last_reply,
+        })).collect::<Vec<_>>(),
     })
 }
 

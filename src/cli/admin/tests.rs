@@ -279,9 +279,17 @@ fn summary_json_uses_proto_names_and_lowercase_enums() {
 
 #[test]
 fn show_text_aligns_keys_then_headers() {
+    let mut rcpt = pb::RecipientStatus {
+        address: "b@y.org".into(),
+        attempts: 2,
+        last_reply: "451 4.7.1 try later".into(),
+        ..Default::default()
+    };
+    rcpt.set_state(pb::RecipientState::RecipientPending);
     let r = pb::ShowMessageResponse {
         message: Some(summary()),
         headers: "From: a@x.org\r\nSubject: hi\r\n".into(),
+        recipients: vec![rcpt],
     };
     let t = show_text(&r, 1_000_000);
     assert!(t.contains("id:              m1\n"), "{t}");
@@ -290,11 +298,16 @@ fn show_text_aligns_keys_then_headers() {
         t.contains("next attempt:    1970-01-01 00:20:40 UTC (in 4m)\n"),
         "{t}"
     );
+    assert!(
+        t.contains("recipients:\n  b@y.org  pending  attempts 2  451 4.7.1 try later\n"),
+        "{t}"
+    );
     assert!(t.ends_with("headers:\nFrom: a@x.org\nSubject: hi\n"), "{t}");
     assert!(!t.contains("finished"));
     let v = show_json(&r);
     assert_eq!(v["message"]["id"], "m1");
     assert_eq!(v["headers"], "From: a@x.org\r\nSubject: hi\r\n");
+    assert_eq!(v["recipients"][0]["state"], "RECIPIENT_PENDING");
 }
 
 #[test]
