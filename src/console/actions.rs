@@ -15,10 +15,12 @@
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tonic::Request;
 
-use super::messages::{filter, status_response, BadField};
+use std::sync::Arc;
+
+use super::messages::{as_caller, filter, status_response, BadField};
 use crate::grpc::admin_api::QueueAdminService;
+use crate::intake::auth::Client;
 use crate::pb;
 use crate::pb::queue_admin_server::QueueAdmin;
 
@@ -39,6 +41,12 @@ pub struct Action {
     /// pause, resume: these lanes (none: all).
     #[serde(default)]
     lanes: Vec<String>,
+    /// suppress, unsuppress: these addresses.
+    #[serde(default)]
+    addresses: Vec<String>,
+    /// suppress: why (default "manual").
+    #[serde(default)]
+    reason: String,
 }
 
 /// Whether the request comes from the console's own page.
@@ -91,7 +99,7 @@ fn operation(r: pb::OperationResponse) -> Response {
 }
 
 /// Runs an action the console allowed (`Console::actor`).
-pub async fn act(admin: QueueAdminService, op: String, body: String) -> Response {
+pub async fn act(admin: QueueAdminService, who: Arc<Client>, op: String, body: String) -> Response {
     let a: Action = match serde_json::from_str(&body) {
         Ok(a) => a,
         Err(e) => return super::messages::bad("body", format!("not the action's JSON: {e}")),
@@ -102,7 +110,7 @@ pub async fn act(admin: QueueAdminService, op: String, body: String) -> Response
     };
     let done = match op.as_str() {
         "retry" => admin
-            .retry_now(Request::new(pb::RetryNowRequest {
+            .retry_now(as_caller(&who, pb::RetryNowRequest {
                 ids: a.ids,
                 filter: f,
                 dry_run: a.dry_run,
@@ -111,7 +119,7 @@ pub async fn act(admin: QueueAdminService, op: String, body: String) -> Response
             .await
             .map(|r| operation(r.into_inner())),
         "cancel" => admin
-            .cancel(Request::new(pb::CancelRequest {
+            .cancel(as_caller(&who, pb::CancelRequest {
                 ids: a.ids,
                 filter: f,
                 dry_run: a.dry_run,
@@ -120,7 +128,7 @@ pub async fn act(admin: QueueAdminService, op: String, body: String) -> Response
             .await
             .map(|r| operation(r.into_inner())),
         "requeue" => admin
-            .requeue_dead(Request::new(pb::RequeueDeadRequest {
+            .requeue_dead(as_caller(&who, pb::RequeueDeadRequest {
                 ids: a.ids,
                 filter: f,
                 dry_run: a.dry_run,
@@ -129,13 +137,27 @@ pub async fn act(admin: QueueAdminService, op: String, body: String) -> Response
             .await
             .map(|r| operation(r.into_inner())),
         "purge" => admin
-            .purge_dead(Request::new(pb::PurgeDeadRequest {
+            .purge_dead(as_caller(&who, pb::PurgeDeadRequest {
                 older_than_seconds: a.older_than,
                 dry_run: a.dry_run,
                 limit: a.limit,
             }))
             .await
             .map(|r| operation(r.into_inner())),
+        "suppress" => admin
+            .add_suppressions(as_caller(&who, pb::AddSuppressionsRequest {
+                addresses: a.addresses,
+                reason: a.reason,
+                expires_at_unix_ms: 0,
+            }))
+            .await
+            .map(|r| super::json(json!({ "added": r.into_inner().added })).into_response()),
+        "unsuppress" => admin
+            .remove_suppressions(as_caller(&who, pb::RemoveSuppressionsRequest {
+                addresses: a.addresses,
+            }))
+            .await
+            .map(|r| super::json(json!({ "removed": r.into_inner().removed })).into_response()),
         "pause" | "resume" => {
             let lanes = match lanes(&a.lanes) {
                 Ok(l) => l,
@@ -143,11 +165,11 @@ pub async fn act(admin: QueueAdminService, op: String, body: String) -> Response
             };
             let r = if op == "pause" {
                 admin
-                    .pause_delivery(Request::new(pb::PauseDeliveryRequest { lanes }))
+                    .pause_delivery(as_caller(&who, pb::PauseDeliveryRequest { lanes }))
                     .await
             } else {
                 admin
-                    .resume_delivery(Request::new(pb::ResumeDeliveryRequest { lanes }))
+                    .resume_delivery(as_caller(&who, pb::ResumeDeliveryRequest { lanes }))
                     .await
             };
             r.map(|r| {
@@ -162,7 +184,9 @@ pub async fn act(admin: QueueAdminService, op: String, body: String) -> Response
         other => {
             return super::messages::bad(
                 "action",
-                format!("`{other}`: one of retry, cancel, requeue, purge, pause, resume"),
+                format!(
+                    "`{other}`: one of retry, cancel, requeue, purge, pause, resume, suppress, unsuppress"
+                ),
             )
         }
     };

@@ -8,9 +8,20 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tonic::Request;
 
+use std::sync::Arc;
+
 use crate::grpc::admin_api::QueueAdminService;
+use crate::intake::auth::{Caller, Client};
 use crate::pb;
 use crate::pb::queue_admin_server::QueueAdmin;
+
+/// A request to the admin service made as `who` (what its interceptor
+/// would have admitted).
+pub(super) fn as_caller<T>(who: &Arc<Client>, message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    r.extensions_mut().insert(Caller(who.clone()));
+    r
+}
 
 /// The query of `/api/messages`.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -127,7 +138,7 @@ pub(super) fn filter(q: ListQuery) -> Result<pb::MessageFilter, BadField> {
     })
 }
 
-pub async fn list(admin: QueueAdminService, q: ListQuery) -> Response {
+pub async fn list(admin: QueueAdminService, who: Arc<Client>, q: ListQuery) -> Response {
     let (page_size, cursor) = (q.page_size, q.cursor.clone());
     let f = match filter(q) {
         Ok(f) => f,
@@ -138,7 +149,7 @@ pub async fn list(admin: QueueAdminService, q: ListQuery) -> Response {
         page_size,
         cursor,
     };
-    match admin.list_messages(Request::new(request)).await {
+    match admin.list_messages(as_caller(&who, request)).await {
         Ok(r) => {
             let r = r.into_inner();
             super::json(json!({
@@ -153,9 +164,9 @@ pub async fn list(admin: QueueAdminService, q: ListQuery) -> Response {
 }
 
 /// Queued recipients by domain and age (qshape), as TopDomains answers.
-pub async fn top_domains(admin: QueueAdminService) -> Response {
+pub async fn top_domains(admin: QueueAdminService, who: Arc<Client>) -> Response {
     match admin
-        .top_domains(Request::new(pb::TopDomainsRequest::default()))
+        .top_domains(as_caller(&who, pb::TopDomainsRequest::default()))
         .await
     {
         Ok(r) => {
@@ -172,9 +183,9 @@ pub async fn top_domains(admin: QueueAdminService) -> Response {
     }
 }
 
-pub async fn show(admin: QueueAdminService, id: String) -> Response {
+pub async fn show(admin: QueueAdminService, who: Arc<Client>, id: String) -> Response {
     let request = pb::ShowMessageRequest { id };
-    match admin.show_message(Request::new(request)).await {
+    match admin.show_message(as_caller(&who, request)).await {
         Ok(r) => {
             let r = r.into_inner();
             let recipients: Vec<Value> = r

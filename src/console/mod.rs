@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 
 use crate::grpc::admin_api::QueueAdminService;
 use crate::grpc::api::Api;
-use crate::intake::auth::Role;
+use crate::intake::auth::{Client, Role};
 use session::Sessions;
 
 const INDEX: &str = include_str!("assets/index.html");
@@ -65,26 +65,35 @@ struct Console {
 }
 
 impl Console {
-    /// Whether the request may read: always without auth; with it, only
-    /// in a live session (401 otherwise, and the page asks for a login).
-    fn reader(&self, headers: &HeaderMap) -> Result<Option<(String, String)>, Denied> {
+    /// Who the request acts as, if it may read: the anonymous client
+    /// without auth; with it, the session's (401 otherwise, and the page
+    /// asks for a login). With the session's CSRF token ("" without auth).
+    fn reader(&self, headers: &HeaderMap) -> Result<(Arc<Client>, String), Denied> {
         if !self.api.auth.enabled() {
-            return Ok(None);
+            let anonymous = self
+                .api
+                .auth
+                .check(&tonic::Request::new(()), Role::Admin)
+                .map_err(|_| Denied(StatusCode::UNAUTHORIZED, "log in"))?;
+            return Ok((anonymous, String::new()));
         }
-        match self.sessions.of(headers) {
-            Some(s) => Ok(Some(s)),
-            None => Err(Denied(
-                StatusCode::UNAUTHORIZED,
-                "log in with an admin token (`mailspool token create --role admin`)",
-            )),
-        }
+        self.sessions.of(headers).ok_or(Denied(
+            StatusCode::UNAUTHORIZED,
+            "log in with an admin token (`mailspool token create --role admin`)",
+        ))
+    }
+
+    /// The admin service, acting as the request's caller.
+    fn admin(&self) -> QueueAdminService {
+        QueueAdminService(self.api.clone())
     }
 
     /// Whether the request may act: as `reader`, from the console's own
     /// origin, and with auth on carrying the session's CSRF token.
-    fn actor(&self, headers: &HeaderMap) -> Result<(), Denied> {
+    fn actor(&self, headers: &HeaderMap) -> Result<Arc<Client>, Denied> {
         actions::same_origin(headers).map_err(|why| Denied(StatusCode::FORBIDDEN, why))?;
-        if let Some((_, csrf)) = self.reader(headers)? {
+        let (client, csrf) = self.reader(headers)?;
+        if self.api.auth.enabled() {
             let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
             if sent != Some(csrf.as_str()) {
                 return Err(Denied(
@@ -93,7 +102,7 @@ impl Console {
                 ));
             }
         }
-        Ok(())
+        Ok(client)
     }
 
     /// POST /api/login {"token": …}: an admin token becomes a session.
@@ -115,10 +124,11 @@ impl Console {
         probe.metadata_mut().insert("authorization", value);
         match self.api.auth.check(&probe, Role::Admin) {
             Ok(client) => {
-                let (_, csrf, cookie) = self.sessions.create(&client.name);
+                let name = client.name.clone();
+                let (_, csrf, cookie) = self.sessions.create(client);
                 (
                     [(SET_COOKIE, cookie)],
-                    json(serde_json::json!({ "auth": true, "client": client.name, "csrf": csrf })),
+                    json(serde_json::json!({ "auth": true, "client": name, "csrf": csrf })),
                 )
                     .into_response()
             }
@@ -133,11 +143,10 @@ impl Console {
     /// GET /api/session: whether the page is logged in, and its CSRF token.
     fn session(&self, headers: &HeaderMap) -> Response {
         match self.reader(headers) {
-            Ok(None) => json(serde_json::json!({ "auth": false, "csrf": "" })).into_response(),
-            Ok(Some((client, csrf))) => {
-                json(serde_json::json!({ "auth": true, "client": client, "csrf": csrf }))
-                    .into_response()
-            }
+            Ok((client, csrf)) => json(serde_json::json!({
+                "auth": self.api.auth.enabled(), "client": client.name, "csrf": csrf,
+            }))
+            .into_response(),
             Err(d) => d.response(),
         }
     }
@@ -191,7 +200,7 @@ pub fn router(api: Api) -> axum::Router {
                 let c = c.clone();
                 move |h: HeaderMap| async move {
                     match c.actor(&h) {
-                        Ok(()) => {
+                        Ok(_) => {
                             c.sessions.end(&h);
                             json(serde_json::json!({ "auth": c.api.auth.enabled() }))
                                 .into_response()
@@ -232,7 +241,7 @@ pub fn router(api: Api) -> axum::Router {
                 let c = c.clone();
                 move |h: HeaderMap, Query(q): Query<messages::ListQuery>| async move {
                     match c.reader(&h) {
-                        Ok(_) => messages::list(QueueAdminService(c.api.clone()), q).await,
+                        Ok((who, _)) => messages::list(c.admin(), who, q).await,
                         Err(d) => d.response(),
                     }
                 }
@@ -244,7 +253,7 @@ pub fn router(api: Api) -> axum::Router {
                 let c = c.clone();
                 move |h: HeaderMap| async move {
                     match c.reader(&h) {
-                        Ok(_) => messages::top_domains(QueueAdminService(c.api.clone())).await,
+                        Ok((who, _)) => messages::top_domains(c.admin(), who).await,
                         Err(d) => d.response(),
                     }
                 }
@@ -256,7 +265,7 @@ pub fn router(api: Api) -> axum::Router {
                 let c = c.clone();
                 move |h: HeaderMap, Path(id): Path<String>| async move {
                     match c.reader(&h) {
-                        Ok(_) => messages::show(QueueAdminService(c.api.clone()), id).await,
+                        Ok((who, _)) => messages::show(c.admin(), who, id).await,
                         Err(d) => d.response(),
                     }
                 }
@@ -267,7 +276,7 @@ pub fn router(api: Api) -> axum::Router {
             post(
                 move |Path(op): Path<String>, h: HeaderMap, body: String| async move {
                     match c.actor(&h) {
-                        Ok(()) => actions::act(QueueAdminService(c.api.clone()), op, body).await,
+                        Ok(who) => actions::act(c.admin(), who, op, body).await,
                         Err(d) => d.response(),
                     }
                 },

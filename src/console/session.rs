@@ -3,15 +3,17 @@
 //! token every action must carry. In memory: a restart logs everyone out.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap};
 
+use crate::intake::auth::Client;
+
 pub const COOKIE: &str = "mailspool_session";
 
 struct Session {
-    client: String,
+    client: Arc<Client>,
     csrf: String,
     expires: Instant,
 }
@@ -48,7 +50,7 @@ impl Sessions {
     }
 
     /// A new session for `client`: (its id, its CSRF token, the cookie).
-    pub fn create(&self, client: &str) -> (String, String, String) {
+    pub fn create(&self, client: Arc<Client>) -> (String, String, String) {
         let (id, csrf) = (random_hex(), random_hex());
         let now = Instant::now();
         let mut map = self.map.lock().expect("sessions");
@@ -56,7 +58,7 @@ impl Sessions {
         map.insert(
             id.clone(),
             Session {
-                client: client.to_string(),
+                client,
                 csrf: csrf.clone(),
                 expires: now + self.ttl,
             },
@@ -69,7 +71,7 @@ impl Sessions {
     }
 
     /// The live session of the request: (client, CSRF token).
-    pub fn of(&self, headers: &HeaderMap) -> Option<(String, String)> {
+    pub fn of(&self, headers: &HeaderMap) -> Option<(Arc<Client>, String)> {
         let id = cookie(headers)?;
         let mut map = self.map.lock().expect("sessions");
         match map.get(&id) {
@@ -102,17 +104,26 @@ mod tests {
     #[test]
     fn a_session_is_its_cookie_until_it_expires() {
         let s = Sessions::new(Duration::from_millis(50));
-        let (id, csrf, cookie) = s.create("ops");
+        let auth = crate::intake::auth::Authenticator::new(false, &[]);
+        let request = tonic::Request::new(());
+        let ops = || {
+            auth.check(&request, crate::intake::auth::Role::Admin)
+                .unwrap()
+        };
+        let (id, csrf, cookie) = s.create(ops());
         assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
         assert_eq!(id.len(), 64);
         let h = with_cookie(&format!("theme=dark; {COOKIE}={id}"));
-        assert_eq!(s.of(&h), Some(("ops".to_string(), csrf)));
-        assert_eq!(s.of(&with_cookie(&format!("{COOKIE}=forged"))), None);
+        assert_eq!(
+            s.of(&h).map(|(c, t)| (c.name.clone(), t)),
+            Some((String::new(), csrf))
+        );
+        assert!(s.of(&with_cookie(&format!("{COOKIE}=forged"))).is_none());
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(s.of(&h), None, "expired");
-        let (id, _, _) = s.create("ops");
+        assert!(s.of(&h).is_none(), "expired");
+        let (id, _, _) = s.create(ops());
         let h = with_cookie(&format!("{COOKIE}={id}"));
         s.end(&h);
-        assert_eq!(s.of(&h), None, "logged out");
+        assert!(s.of(&h).is_none(), "logged out");
     }
 }

@@ -481,6 +481,60 @@ async fn actions_run_a_dry_run_first_and_go_through_the_admin_api() {
     assert!(done, "{}", b.text("action-result").await);
     assert_eq!(s.stats().await.queued, 0);
 
+    // Purge: its dry run counts the dead letter; Back changes nothing.
+    let purge_age = b.client.find(Locator::Id("purge-age")).await.unwrap();
+    purge_age.clear().await.unwrap();
+    purge_age.send_keys("0").await.unwrap();
+    click(&b, "#purge").await;
+    let asked = wait_until(Duration::from_secs(10), || async {
+        b.text("confirm-text").await.starts_with("purge: 1 match")
+    })
+    .await;
+    assert!(asked, "{}", b.text("confirm").await);
+    click(&b, "#confirm-no").await;
+    assert_eq!(s.stats().await.dead, 1);
+    // The suppression list: an address added, then removed.
+    let suppressions = || async {
+        s.admin
+            .clone()
+            .list_suppressions(pb::ListSuppressionsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|x| x.address)
+            .collect::<Vec<_>>()
+    };
+    b.client
+        .find(Locator::Id("suppress-address"))
+        .await
+        .unwrap()
+        .send_keys("complainer@example.net")
+        .await
+        .unwrap();
+    click(&b, "#suppress").await;
+    let added = wait_until(Duration::from_secs(10), || async {
+        suppressions()
+            .await
+            .contains(&"complainer@example.net".to_string())
+    })
+    .await;
+    assert!(
+        added,
+        "{} | {}",
+        b.text("action-result").await,
+        b.text("messages-error").await
+    );
+    click(&b, "#unsuppress").await;
+    let removed = wait_until(Duration::from_secs(10), || async {
+        !suppressions()
+            .await
+            .contains(&"complainer@example.net".to_string())
+    })
+    .await;
+    assert!(removed, "{}", b.text("action-result").await);
+
     // The dead letter, found by its state and requeued from its page.
     b.client
         .find(Locator::Id("f-state"))

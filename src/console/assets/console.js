@@ -300,6 +300,7 @@ async function dryRun(op, target) {
     `${op}: ${r.matched} match, ${r.skipped} would be left alone. Nothing has changed yet.`;
   $("confirm-sample").textContent = r.sample_ids.length ? `e.g. ${r.sample_ids.join(", ")}` : "";
   $("confirm").hidden = false;
+  $("confirm").scrollIntoView({ block: "nearest" });
   $("confirm-yes").focus();
 }
 
@@ -345,6 +346,24 @@ async function domains() {
   fill($("domains"), rows);
 }
 $("domains-refresh").addEventListener("click", domains);
+
+// Dead letters and the suppression list.
+$("purge-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  dryRun("purge", { older_than: Number($("purge-age").value.trim() || "0") });
+});
+$("suppress-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const address = $("suppress-address").value.trim();
+  const r = await act("suppress", { addresses: [address], reason: $("suppress-reason").value.trim() });
+  if (r) $("action-result").textContent = `suppressed: ${r.added} added`;
+  $("action-result").scrollIntoView({ block: "nearest" });
+});
+$("unsuppress").addEventListener("click", async () => {
+  const address = $("suppress-address").value.trim();
+  const r = await act("unsuppress", { addresses: [address] });
+  if (r) $("action-result").textContent = `removed from the suppression list: ${r.removed}`;
+});
 
 $("filter").addEventListener("submit", (e) => { e.preventDefault(); listMessages(""); });
 $("next-page").addEventListener("click", () => listMessages(nextCursor));
