@@ -31,8 +31,8 @@ pub fn to_json(o: &Overview) -> Value {
     json!({
         "congestion": o.congestion.name(),
         "congestion_reason": o.congestion_reason,
-        "congestion_cause": o.congestion_cause.map(|c| c.name()),
-        "congestion_runbook": o.congestion_cause.map(|c| c.runbook_url()),
+        "congestion_cause": o.congestion_cause,
+        "congestion_runbook": o.congestion_runbook,
         "congestion_since_unix_ms": o.congestion_since_ms,
         "queued": s.queued,
         "ready": s.ready,

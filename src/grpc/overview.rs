@@ -49,7 +49,7 @@ impl Api {
             .intake
             .disk_free
             .load(std::sync::atomic::Ordering::Relaxed);
-        let congestion_cause = (congestion != Level::Ok).then(|| {
+        let cause = (congestion != Level::Ok).then(|| {
             let d = diagnose(&Evidence {
                 relays: &relays,
                 paused_lanes: &paused_lanes,
@@ -65,6 +65,8 @@ impl Api {
             congestion_reason = format!("{}; {congestion_reason}", d.text);
             d.cause
         });
+        let congestion_cause = cause.map_or("", |c| c.name());
+        let congestion_runbook = cause.map_or(String::new(), |c| c.runbook_url());
         Overview {
             stats: s,
             max_spool_bytes: self.intake.spool_limits.max_spool_bytes,
@@ -80,6 +82,7 @@ impl Api {
             relay_backoff_remaining_ms: relay.backoff_remaining_ms,
             congestion,
             congestion_cause,
+            congestion_runbook,
             congestion_reason,
             congestion_since_ms,
             paused_lanes,
@@ -185,12 +188,8 @@ pub(crate) fn overview_to_proto(o: Overview) -> pb::QueueStatsResponse {
             Level::Critical => pb::Congestion::Critical,
         } as i32,
         congestion_reason: o.congestion_reason,
-        congestion_cause: o
-            .congestion_cause
-            .map_or(String::new(), |c| c.name().into()),
-        congestion_runbook: o
-            .congestion_cause
-            .map_or(String::new(), |c| c.runbook_url()),
+        congestion_cause: o.congestion_cause.into(),
+        congestion_runbook: o.congestion_runbook,
         congestion_since_unix_ms: o.congestion_since_ms as i64,
         paused_lanes: o
             .paused_lanes

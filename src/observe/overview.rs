@@ -20,9 +20,10 @@ pub struct Overview {
     pub relay_consecutive_failures: u32,
     pub relay_backoff_remaining_ms: u64,
     pub congestion: Level,
-    /// The cause behind it, named first in `congestion_reason` (None
-    /// when OK).
-    pub congestion_cause: Option<super::diagnose::Cause>,
+    /// The cause behind it (`diagnose::Cause::name`), named first in
+    /// `congestion_reason`, and its runbook's address ("" when OK).
+    pub congestion_cause: &'static str,
+    pub congestion_runbook: String,
     pub congestion_reason: String,
     pub congestion_since_ms: u64,
     pub paused_lanes: Vec<Lane>,
