@@ -22,6 +22,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
+        Browser::start_with(&[]).await
+    }
+
+    /// With more Chromium arguments (a dark colour scheme, say).
+    async fn start_with(more: &[&str]) -> Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -41,12 +46,16 @@ impl Browser {
         })
         .await;
         assert!(up, "chromedriver did not listen");
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1100",
+        ];
+        args.extend_from_slice(more);
         let caps = json!({
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1280,1100"],
-            }
+            "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
         });
         let caps = caps.as_object().unwrap().clone();
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -822,4 +831,77 @@ async fn login_raw(addr: std::net::SocketAddr, headers: &str) -> (String, String
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     let status = head.lines().next().unwrap().to_string();
     (status, head.to_lowercase(), body.to_string())
+}
+
+/// Dark mode and the keyboard: with the browser preferring a dark scheme
+/// the page is dark (its background computed dark, text light); the
+/// filter form is reached and submitted with Tab and Enter alone.
+#[cfg_attr(
+    not(have_chromium),
+    ignore = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_dark_when_asked_and_works_by_keyboard() {
+    let dir = tempdir();
+    let s = TestServer::start(config(dir.path(), None)).await;
+    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    s.admin
+        .clone()
+        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+        .await
+        .unwrap();
+    let id = s.enqueue(request("by keyboard")).await.unwrap().id;
+    let b = Browser::start_with(&["--blink-settings=preferredColorScheme=0"]).await;
+    b.client.goto(&format!("http://{metrics}/")).await.unwrap();
+    let colours = b
+        .client
+        .execute(
+            "const s = getComputedStyle(document.body);
+             return [matchMedia('(prefers-color-scheme: dark)').matches, s.backgroundColor, s.color];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(colours[0], json!(true), "{colours}");
+    assert_eq!(colours[1], json!("rgb(18, 20, 23)"), "{colours}");
+    assert_eq!(colours[2], json!("rgb(232, 232, 232)"), "{colours}");
+    let shown = wait_until(Duration::from_secs(10), || async {
+        b.text("queued").await == "1"
+    })
+    .await;
+    assert!(shown);
+    b.screenshot("overview-dark").await;
+    // Keyboard: focus the state filter, Tab to the List button, Enter.
+    b.client
+        .execute("document.getElementById('f-state').focus();", vec![])
+        .await
+        .unwrap();
+    let keys = format!(
+        "{}{}{}{}{}",
+        '\u{E004}', '\u{E004}', '\u{E004}', '\u{E004}', '\u{E007}'
+    );
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(&keys)
+        .await
+        .unwrap();
+    let focused = b
+        .client
+        .execute("return document.activeElement.id;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        focused,
+        json!("f-list"),
+        "Tab order: state, lane, domain, age, List"
+    );
+    let listed = wait_until(Duration::from_secs(10), || async {
+        b.text("messages").await.contains(&id)
+    })
+    .await;
+    assert!(listed, "{}", b.text("messages").await);
+    b.client.close().await.unwrap();
+    s.shutdown().await;
 }
