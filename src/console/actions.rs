@@ -19,7 +19,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 use super::messages::{as_caller, filter, status_response, BadField};
-use crate::grpc::admin_api::QueueAdminService;
+use crate::grpc::admin_api::{Kind, QueueAdminService};
 use crate::intake::auth::Client;
 use crate::pb;
 use crate::pb::queue_admin_server::QueueAdmin;
@@ -109,33 +109,17 @@ pub async fn act(admin: QueueAdminService, who: Arc<Client>, op: String, body: S
         Err(b) => return b.response(),
     };
     let done = match op.as_str() {
-        "retry" => admin
-            .retry_now(as_caller(&who, pb::RetryNowRequest {
-                ids: a.ids,
-                filter: f,
-                dry_run: a.dry_run,
-                limit: a.limit,
-            }))
-            .await
-            .map(|r| operation(r.into_inner())),
-        "cancel" => admin
-            .cancel(as_caller(&who, pb::CancelRequest {
-                ids: a.ids,
-                filter: f,
-                dry_run: a.dry_run,
-                limit: a.limit,
-            }))
-            .await
-            .map(|r| operation(r.into_inner())),
-        "requeue" => admin
-            .requeue_dead(as_caller(&who, pb::RequeueDeadRequest {
-                ids: a.ids,
-                filter: f,
-                dry_run: a.dry_run,
-                limit: a.limit,
-            }))
-            .await
-            .map(|r| operation(r.into_inner())),
+        "retry" | "cancel" | "requeue" => {
+            let kind = match op.as_str() {
+                "retry" => Kind::RetryNow,
+                "cancel" => Kind::Cancel,
+                _ => Kind::Requeue,
+            };
+            admin
+                .operate(kind, a.ids, f, a.dry_run, a.limit)
+                .await
+                .map(|r| operation(r.into_inner()))
+        }
         "purge" => admin
             .purge_dead(as_caller(&who, pb::PurgeDeadRequest {
                 older_than_seconds: a.older_than,

@@ -17,11 +17,13 @@ mod session;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 
 use crate::grpc::admin_api::QueueAdminService;
 use crate::grpc::api::Api;
@@ -165,6 +167,32 @@ fn error(code: StatusCode, why: &str) -> Response {
     (code, json(serde_json::json!({ "error": why }))).into_response()
 }
 
+/// The caller a guard admitted, for the handler behind it.
+#[derive(Clone)]
+struct Who(Arc<Client>);
+
+/// In front of the data: the request may read (`Console::reader`).
+async fn admit_reader(State(c): State<Console>, mut req: Request, next: Next) -> Response {
+    match c.reader(req.headers()) {
+        Ok((who, _)) => {
+            req.extensions_mut().insert(Who(who));
+            next.run(req).await
+        }
+        Err(d) => d.response(),
+    }
+}
+
+/// In front of the actions: the request may act (`Console::actor`).
+async fn admit_actor(State(c): State<Console>, mut req: Request, next: Next) -> Response {
+    match c.actor(req.headers()) {
+        Ok(who) => {
+            req.extensions_mut().insert(Who(who));
+            next.run(req).await
+        }
+        Err(d) => d.response(),
+    }
+}
+
 /// The console's routes, to merge into the HTTP listener's.
 pub fn router(api: Api) -> axum::Router {
     let c = Console {
@@ -173,113 +201,83 @@ pub fn router(api: Api) -> axum::Router {
     };
     let page =
         |kind: &'static str, body: &'static str| get(move || async move { asset(kind, body) });
-    axum::Router::new()
-        .route("/", page("text/html; charset=utf-8", INDEX))
-        .route(
-            "/console.js",
-            page("text/javascript; charset=utf-8", SCRIPT),
-        )
-        .route("/console.css", page("text/css; charset=utf-8", STYLE))
-        .route(
-            "/api/session",
-            get({
-                let c = c.clone();
-                move |h: HeaderMap| async move { c.session(&h) }
-            }),
-        )
-        .route(
-            "/api/login",
-            post({
-                let c = c.clone();
-                move |h: HeaderMap, body: String| async move { c.login(&h, &body) }
-            }),
-        )
-        .route(
-            "/api/logout",
-            post({
-                let c = c.clone();
-                move |h: HeaderMap| async move {
-                    match c.actor(&h) {
-                        Ok(_) => {
-                            c.sessions.end(&h);
-                            json(serde_json::json!({ "auth": c.api.auth.enabled() }))
-                                .into_response()
-                        }
-                        Err(d) => d.response(),
-                    }
-                }
-            }),
-        )
+    let reads = axum::Router::new()
         .route(
             "/api/overview",
-            get({
-                let c = c.clone();
-                move |h: HeaderMap| async move {
-                    match c.reader(&h) {
-                        Ok(_) => json(overview::to_json(&c.api.overview())).into_response(),
-                        Err(d) => d.response(),
-                    }
-                }
+            get(|State(c): State<Console>| async move {
+                json(overview::to_json(&c.api.overview())).into_response()
             }),
         )
         .route(
             "/api/history",
-            get({
-                let c = c.clone();
-                move |h: HeaderMap| async move {
-                    match c.reader(&h) {
-                        Ok(_) => json(serde_json::json!({ "points": c.api.history.points() }))
-                            .into_response(),
-                        Err(d) => d.response(),
-                    }
-                }
+            get(|State(c): State<Console>| async move {
+                json(serde_json::json!({ "points": c.api.history.points() })).into_response()
             }),
         )
         .route(
             "/api/messages",
-            get({
-                let c = c.clone();
-                move |h: HeaderMap, Query(q): Query<messages::ListQuery>| async move {
-                    match c.reader(&h) {
-                        Ok((who, _)) => messages::list(c.admin(), who, q).await,
-                        Err(d) => d.response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/api/top-domains",
-            get({
-                let c = c.clone();
-                move |h: HeaderMap| async move {
-                    match c.reader(&h) {
-                        Ok((who, _)) => messages::top_domains(c.admin(), who).await,
-                        Err(d) => d.response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/api/messages/{id}",
-            get({
-                let c = c.clone();
-                move |h: HeaderMap, Path(id): Path<String>| async move {
-                    match c.reader(&h) {
-                        Ok((who, _)) => messages::show(c.admin(), who, id).await,
-                        Err(d) => d.response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/api/actions/{op}",
-            post(
-                move |Path(op): Path<String>, h: HeaderMap, body: String| async move {
-                    match c.actor(&h) {
-                        Ok(who) => actions::act(c.admin(), who, op, body).await,
-                        Err(d) => d.response(),
-                    }
+            get(
+                |State(c): State<Console>,
+                 Extension(Who(who)): Extension<Who>,
+                 Query(q): Query<messages::ListQuery>| async move {
+                    messages::list(c.admin(), who, q).await
                 },
             ),
         )
+        .route(
+            "/api/messages/{id}",
+            get(
+                |State(c): State<Console>,
+                 Extension(Who(who)): Extension<Who>,
+                 Path(id): Path<String>| async move {
+                    messages::show(c.admin(), who, id).await
+                },
+            ),
+        )
+        .route(
+            "/api/top-domains",
+            get(
+                |State(c): State<Console>, Extension(Who(who)): Extension<Who>| async move {
+                    messages::top_domains(c.admin(), who).await
+                },
+            ),
+        )
+        .route_layer(middleware::from_fn_with_state(c.clone(), admit_reader));
+    let acts = axum::Router::new()
+        .route(
+            "/api/actions/{op}",
+            post(
+                |State(c): State<Console>,
+                 Extension(Who(who)): Extension<Who>,
+                 Path(op): Path<String>,
+                 body: String| async move {
+                    actions::act(c.admin(), who, op, body).await
+                },
+            ),
+        )
+        .route(
+            "/api/logout",
+            post(|State(c): State<Console>, h: HeaderMap| async move {
+                c.sessions.end(&h);
+                json(serde_json::json!({ "auth": c.api.auth.enabled() })).into_response()
+            }),
+        )
+        .route_layer(middleware::from_fn_with_state(c.clone(), admit_actor));
+    axum::Router::new()
+        .route("/", page("text/html; charset=utf-8", INDEX))
+        .route("/console.js", page("text/javascript; charset=utf-8", SCRIPT))
+        .route("/console.css", page("text/css; charset=utf-8", STYLE))
+        .route(
+            "/api/session",
+            get(|State(c): State<Console>, h: HeaderMap| async move { c.session(&h) }),
+        )
+        .route(
+            "/api/login",
+            post(|State(c): State<Console>, h: HeaderMap, body: String| async move {
+                c.login(&h, &body)
+            }),
+        )
+        .merge(reads)
+        .merge(acts)
+        .with_state(c)
 }

@@ -118,7 +118,7 @@ fn summary_to_proto(s: Summary) -> pb::MessageSummary {
 
 /// Which operation a bulk call is.
 #[derive(Clone, Copy, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     RetryNow,
     Cancel,
     Requeue,
@@ -149,8 +149,9 @@ impl QueueAdminService {
             .map_err(|e| Status::internal(format!("listing task failed: {e}")))
     }
 
-    /// RetryNow, Cancel, RequeueDead and PurgeDead: by ids or by filter.
-    async fn operate(
+    /// RetryNow, Cancel, RequeueDead and PurgeDead: by ids or by filter
+    /// (also the console's actions).
+    pub(crate) async fn operate(
         &self,
         kind: Kind,
         ids: Vec<String>,
