@@ -96,12 +96,8 @@ async fn the_overview_shows_what_queue_stats_says_warns_and_draws_its_chart() {
     cfg.congestion_warn_age_secs = 3;
     cfg.congestion_critical_age_secs = 3600;
     let s = TestServer::start(cfg).await;
-    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
-    s.admin
-        .clone()
-        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
-        .await
-        .unwrap();
+    let metrics = s.metrics_addr();
+    s.pause_all().await;
     for i in 0..3 {
         s.enqueue(request(&format!("waiting {i}"))).await.unwrap();
     }
@@ -215,7 +211,7 @@ async fn get_raw(addr: std::net::SocketAddr, path: &str) -> (String, String, Str
 async fn with_auth_on_the_console_data_needs_a_login() {
     let dir = tempdir();
     let s = TestServer::start(config(dir.path(), None)).await;
-    let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    let addr = s.metrics_addr();
     let (status, headers, body) = get_raw(addr, "/").await;
     assert!(status.ends_with("200 OK"), "{status}");
     assert!(
@@ -247,7 +243,7 @@ async fn with_auth_on_the_console_data_needs_a_login() {
         &[mailspool::intake::auth::Role::Admin],
     )];
     let s = TestServer::start(cfg).await;
-    let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    let addr = s.metrics_addr();
     let (status, _, page) = get_raw(addr, "/").await;
     assert!(
         status.ends_with("200 OK") && page.contains("id=\"login\""),
@@ -284,12 +280,8 @@ async fn with_auth_on_the_console_data_needs_a_login() {
 async fn messages_are_listed_as_the_admin_api_lists_them_and_shown_as_text() {
     let dir = tempdir();
     let s = TestServer::start(config(dir.path(), None)).await;
-    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
-    s.admin
-        .clone()
-        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
-        .await
-        .unwrap();
+    let metrics = s.metrics_addr();
+    s.pause_all().await;
     s.enqueue(request("one")).await.unwrap();
     s.enqueue(request("two")).await.unwrap();
     let mut hostile = with_lane(request("<script>window.__xss=1</script>"), pb::Lane::Bulk);
@@ -446,14 +438,10 @@ async fn actions_run_a_dry_run_first_and_go_through_the_admin_api() {
     let peer = SmtpPeer::start(Mode::Reject).await;
     let dir = tempdir();
     let s = TestServer::start(config(dir.path(), Some(peer.url()))).await;
-    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    let metrics = s.metrics_addr();
     let dead = s.enqueue(request("refused")).await.unwrap().id;
     s.wait_state(&dead, pb::MessageState::Dead).await;
-    s.admin
-        .clone()
-        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
-        .await
-        .unwrap();
+    s.pause_all().await;
     // Other recipients: the rejected one is on the suppression list now.
     for i in 0..3 {
         let mut r = request(&format!("to cancel {i}"));
@@ -640,12 +628,8 @@ async fn post_raw(
 async fn cross_origin_actions_are_refused() {
     let dir = tempdir();
     let s = TestServer::start(config(dir.path(), None)).await;
-    let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
-    s.admin
-        .clone()
-        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
-        .await
-        .unwrap();
+    let addr = s.metrics_addr();
+    s.pause_all().await;
     s.enqueue(request("kept")).await.unwrap();
     let body = r#"{"filter":{},"dry_run":false}"#;
     let json = "Content-Type: application/json\r\n";
@@ -714,7 +698,7 @@ async fn an_admin_logs_in_the_session_expires_and_actions_need_its_csrf_token() 
     ];
     cfg.console_session_secs = 4;
     let s = TestServer::start(cfg).await;
-    let addr = s.handle.as_ref().unwrap().metrics_addr.unwrap();
+    let addr = s.metrics_addr();
 
     // Raw HTTP first: the login's cookie, and what an action needs.
     let own = format!(
@@ -844,12 +828,8 @@ async fn login_raw(addr: std::net::SocketAddr, headers: &str) -> (String, String
 async fn the_console_is_dark_when_asked_and_works_by_keyboard() {
     let dir = tempdir();
     let s = TestServer::start(config(dir.path(), None)).await;
-    let metrics = s.handle.as_ref().unwrap().metrics_addr.unwrap();
-    s.admin
-        .clone()
-        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
-        .await
-        .unwrap();
+    let metrics = s.metrics_addr();
+    s.pause_all().await;
     let id = s.enqueue(request("by keyboard")).await.unwrap().id;
     let b = Browser::start_with(&["--blink-settings=preferredColorScheme=0"]).await;
     b.client.goto(&format!("http://{metrics}/")).await.unwrap();

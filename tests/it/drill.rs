@@ -5,7 +5,6 @@
 //! cause, the transactional lane within its bound, the drain ETA within a
 //! factor of the actual drain, and a plot drawn.
 
-use mailspool::pb;
 use serde_json::Value;
 
 use crate::support::*;
@@ -92,11 +91,7 @@ fn the_short_drill_warns_loses_nothing_and_keeps_transactional_mail_flowing() {
 async fn a_drill_against_a_server_with_other_traffic_is_refused_without_yes() {
     let dir = tempdir();
     let s = TestServer::start(config(dir.path(), None)).await;
-    s.admin
-        .clone()
-        .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
-        .await
-        .unwrap();
+    s.pause_all().await;
     s.enqueue(request("someone else's")).await.unwrap();
     let url = format!("http://{}", s.handle.as_ref().unwrap().addr);
     let out = tokio::process::Command::new(binary())

@@ -86,6 +86,20 @@ impl TestServer {
         }
     }
 
+    /// Pauses delivery of every lane: what is enqueued stays queued.
+    pub async fn pause_all(&self) {
+        self.admin
+            .clone()
+            .pause_delivery(pb::PauseDeliveryRequest { lanes: vec![] })
+            .await
+            .unwrap();
+    }
+
+    /// The HTTP listener (`/metrics`, the console).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.handle.as_ref().unwrap().metrics_addr.unwrap()
+    }
+
     pub async fn stats(&self) -> pb::QueueStatsResponse {
         self.admin
             .clone()
