@@ -559,6 +559,21 @@ async fn actions_run_a_dry_run_first_and_go_through_the_admin_api() {
         rcpts.starts_with("user@example.org bounced 1 550"),
         "{rcpts}"
     );
+    // Its events, as the event log has them: accepted, bounced, dead.
+    let kinds: Vec<String> = {
+        let mut v = Vec::new();
+        for row in b
+            .client
+            .find_all(Locator::Css("#m-events tr td:nth-child(3)"))
+            .await
+            .unwrap()
+        {
+            v.push(row.text().await.unwrap());
+        }
+        v
+    };
+    assert_eq!(kinds, ["accepted", "bounced", "dead_lettered"], "{kinds:?}");
+    assert!(b.text("m-events").await.contains("550"));
     click(&b, ".one-action[data-op=requeue]").await;
     let asked = wait_until(Duration::from_secs(10), || async {
         b.text("confirm-text").await.starts_with("requeue: 1 match")
@@ -578,10 +593,13 @@ async fn actions_run_a_dry_run_first_and_go_through_the_admin_api() {
     })
     .await;
     assert!(requeued, "{}", b.text("action-result").await);
-    assert_eq!(
-        b.text("action-result").await,
-        "requeue: matched 1, affected 1, skipped 0"
-    );
+    // The page shows the result once the browser has the response, which
+    // may be a moment after the server made the change.
+    let shown = wait_until(Duration::from_secs(10), || async {
+        b.text("action-result").await == "requeue: matched 1, affected 1, skipped 0"
+    })
+    .await;
+    assert!(shown, "{}", b.text("action-result").await);
     b.screenshot("requeued").await;
     // A lane resumed from its row.
     click(&b, "#lane-bulk").await;
@@ -882,6 +900,63 @@ async fn the_console_is_dark_when_asked_and_works_by_keyboard() {
     })
     .await;
     assert!(listed, "{}", b.text("messages").await);
+    // On by Tab to the message's link; Enter opens it.
+    assert!(
+        tab_to(&b, "a.message-link", 20).await,
+        "no Tab reaches the message"
+    );
+    press(&b, '\u{E007}').await;
+    let opened = wait_until(Duration::from_secs(10), || async {
+        b.text("m-id").await == id
+    })
+    .await;
+    assert!(opened);
+    // Its cancel button, then the dry run's Confirm, by Tab and Enter.
+    assert!(
+        tab_to(&b, ".one-action[data-op=cancel]", 30).await,
+        "no Tab reaches cancel"
+    );
+    press(&b, '\u{E007}').await;
+    let asked = wait_until(Duration::from_secs(10), || async {
+        b.text("confirm-text").await.starts_with("cancel: 1 match")
+    })
+    .await;
+    assert!(asked, "{}", b.text("confirm").await);
+    assert!(
+        tab_to(&b, "#confirm-yes", 30).await,
+        "no Tab reaches Confirm"
+    );
+    press(&b, '\u{E007}').await;
+    let cancelled = wait_until(Duration::from_secs(10), || async {
+        s.get(&id)
+            .await
+            .is_ok_and(|m| m.state() == pb::MessageState::Cancelled)
+    })
+    .await;
+    assert!(cancelled, "{}", b.text("action-result").await);
     b.client.close().await.unwrap();
     s.shutdown().await;
+}
+
+/// Presses one key (a WebDriver key code) on the focused element.
+async fn press(b: &Browser, key: char) {
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(&key.to_string())
+        .await
+        .unwrap();
+}
+
+/// Tabs (at most `max` times) until the focused element matches `css`.
+async fn tab_to(b: &Browser, css: &str, max: usize) -> bool {
+    let matches = format!("return document.activeElement.matches({css:?});");
+    for _ in 0..max {
+        press(b, '\u{E004}').await;
+        if b.client.execute(&matches, vec![]).await.unwrap() == json!(true) {
+            return true;
+        }
+    }
+    false
 }

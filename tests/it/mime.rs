@@ -830,11 +830,9 @@ async fn bad_attachments_headers_and_senders_are_refused_naming_the_field() {
 /// unchanged but for its Received field (no Message-ID or Date of its own),
 /// and a non-ASCII local part goes through with SMTPUTF8 end to end.
 #[cfg_attr(
-    not(have_aiosmtpd),
-    ignore = "needs python3 with aiosmtpd (pip install aiosmtpd)"
+    any(not(have_aiosmtpd), not(have_smtp_sink), not(have_root)),
+    ignore = "needs aiosmtpd (pip install aiosmtpd), Postfix (apt-get install postfix) and root for a Postfix of its own"
 )]
-#[cfg_attr(not(have_smtp_sink), ignore = "needs Postfix: apt-get install postfix")]
-#[cfg_attr(not(have_root), ignore = "a Postfix instance of its own needs root")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_postfix_passes_every_kind_on_unchanged() {
     use mailspool::harness::bench::postfix::{self, Postfix};
