@@ -107,6 +107,11 @@ fn bounce(b: pb::BounceClass) -> String {
 }
 
 pub fn json(e: &pb::Event) -> String {
+    json_value(e).to_string()
+}
+
+/// One event as JSON, its fields named as the proto's.
+pub fn json_value(e: &pb::Event) -> serde_json::Value {
     serde_json::json!({
         "sequence": e.sequence,
         "type": type_name(e.r#type()),
@@ -124,5 +129,4 @@ pub fn json(e: &pb::Event) -> String {
         "idempotency_key": e.idempotency_key,
         "time_in_queue_ms": e.time_in_queue_ms,
     })
-    .to_string()
 }

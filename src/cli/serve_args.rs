@@ -155,6 +155,9 @@ pub struct ServeArgs {
     /// mTLS: CA certificates (PEM) client certificates must chain to
     #[arg(long)]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// With TLS set: serve the console and /metrics over HTTPS too
+    #[arg(long)]
+    pub metrics_tls: Option<bool>,
     /// Per connection: HTTP/2 streams and requests in progress
     #[arg(long)]
     pub grpc_max_concurrent_streams: Option<u32>,

@@ -42,6 +42,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` HTTP address; `off` disables it.
     pub metrics_listen: String,
+    /// With TLS configured (`tls_cert_file`), serve `metrics_listen` (the
+    /// console and `/metrics`) over HTTPS with the same certificate; false
+    /// keeps it plain HTTP (a scraper on the host).
+    pub metrics_tls: bool,
     /// Where the spool (sled), and the outbox when no relay is set, live.
     pub data_dir: PathBuf,
     /// `smtp://host[:port]` or `smtps://host[:port]`; none = local outbox.
@@ -227,6 +231,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "warn,mailspool=info".into(),
             metrics_listen: "127.0.0.1:9090".into(),
+            metrics_tls: true,
             congestion_warn_age_secs: 300,
             congestion_critical_age_secs: 900,
             congestion_warn_eta_secs: 600,
@@ -305,6 +310,11 @@ impl Config {
             key_file: self.tls_key_file.clone()?,
             client_ca_file: self.tls_client_ca_file.clone(),
         })
+    }
+
+    /// Whether `metrics_listen` is served over TLS.
+    pub fn metrics_over_tls(&self) -> bool {
+        self.metrics_tls && self.tls_files().is_some()
     }
 
     /// The metrics address (call after `validate`); None when `off`.

@@ -200,10 +200,27 @@ pub async fn show(admin: QueueAdminService, who: Arc<Client>, id: String) -> Res
                     })
                 })
                 .collect();
+            let events: Vec<Value> = r
+                .events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "sequence": e.sequence,
+                        "time_unix_ms": e.time_unix_ms,
+                        "type": e.r#type().as_str_name().trim_start_matches("EVENT_").to_lowercase(),
+                        "recipient": e.recipient,
+                        "attempt": e.attempt,
+                        "relay": e.relay,
+                        "smtp_reply": e.smtp_reply,
+                    })
+                })
+                .collect();
             super::json(json!({
                 "message": r.message.as_ref().map(summary),
                 "headers": r.headers,
                 "recipients": recipients,
+                "events": events,
+                "events_partial": r.events_partial,
             }))
             .into_response()
         }

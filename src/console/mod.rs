@@ -193,10 +193,11 @@ async fn admit_actor(State(c): State<Console>, mut req: Request, next: Next) -> 
     }
 }
 
-/// The console's routes, to merge into the HTTP listener's.
-pub fn router(api: Api) -> axum::Router {
+/// The console's routes, to merge into the HTTP listener's; `secure`
+/// when that listener serves TLS (the session cookie is then `Secure`).
+pub fn router(api: Api, secure: bool) -> axum::Router {
     let c = Console {
-        sessions: Arc::new(Sessions::new(api.console_session)),
+        sessions: Arc::new(Sessions::new(api.console_session, secure)),
         api,
     };
     let page =

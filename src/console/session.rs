@@ -1,5 +1,6 @@
 //! Console logins, with auth on: an admin token entered once becomes a
-//! session (an HttpOnly, SameSite=Strict cookie that expires) with a CSRF
+//! session (an HttpOnly, SameSite=Strict cookie that expires, Secure over
+//! TLS) with a CSRF
 //! token every action must carry. In memory: a restart logs everyone out.
 
 use std::collections::HashMap;
@@ -21,6 +22,8 @@ struct Session {
 /// The sessions of one server.
 pub struct Sessions {
     ttl: Duration,
+    /// Served over TLS: the cookie is `Secure`.
+    secure: bool,
     map: Mutex<HashMap<String, Session>>,
 }
 
@@ -42,9 +45,10 @@ pub fn cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 impl Sessions {
-    pub fn new(ttl: Duration) -> Sessions {
+    pub fn new(ttl: Duration, secure: bool) -> Sessions {
         Sessions {
             ttl,
+            secure,
             map: Mutex::default(),
         }
     }
@@ -64,8 +68,9 @@ impl Sessions {
             },
         );
         let cookie = format!(
-            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-            self.ttl.as_secs()
+            "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            self.ttl.as_secs(),
+            if self.secure { "; Secure" } else { "" }
         );
         (id, csrf, cookie)
     }
@@ -103,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_session_is_its_cookie_until_it_expires() {
-        let s = Sessions::new(Duration::from_millis(50));
+        let s = Sessions::new(Duration::from_millis(50), false);
         let auth = crate::intake::auth::Authenticator::new(false, &[]);
         let request = tonic::Request::new(());
         let ops = || {
@@ -112,6 +117,9 @@ mod tests {
         };
         let (id, csrf, cookie) = s.create(ops());
         assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+        assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+        let secure = Sessions::new(Duration::from_secs(60), true);
+        assert!(secure.create(ops()).2.ends_with("; Secure"));
         assert_eq!(id.len(), 64);
         let h = with_cookie(&format!("theme=dark; {COOKIE}={id}"));
         assert_eq!(

@@ -16,6 +16,10 @@ fn bad(field: &str, reason: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {reason}"))
 }
 
+/// How many of the newest events `ShowMessage` reads, at most, looking for
+/// one message's (the proto says the figure).
+const SHOW_EVENTS_BUDGET: usize = 1_000_000;
+
 fn parse_id(field: &str, raw: &str) -> Result<MessageId, Status> {
     MessageId::parse(raw).ok_or_else(|| {
         bad(
@@ -393,10 +397,12 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             )
         };
         let mut rcpts = Vec::new();
+        let mut since_ms = id.enqueued_ms();
         let (summary, raw) = match status {
             Some(SpoolStatus::Queued(r)) => {
                 let raw = self.store.body(id, &r).unwrap_or_default();
                 rcpts = of(&r);
+                since_ms = r.enqueued_ms;
                 let entry = crate::spool::Listed::Queued(id, r);
                 (ops::summarize(entry, now, &leased), raw)
             }
@@ -420,10 +426,27 @@ impl pb::queue_admin_server::QueueAdmin for QueueAdminService {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .unwrap_or(raw.len());
+        let store = self.store.clone();
+        let (events, complete) = tokio::task::spawn_blocking(move || {
+            store.events_of(id.0, since_ms, SHOW_EVENTS_BUDGET)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reading the event log: {e}")))?
+        .map_err(store_status)?;
+        let names = self.store.clients().names;
+        let events = events
+            .into_iter()
+            .map(|(seq, e)| {
+                let client = names.get(&e.client).cloned().unwrap_or_default();
+                crate::grpc::events::event_to_proto(seq, e, client)
+            })
+            .collect();
         Ok(Response::new(pb::ShowMessageResponse {
             message: Some(summary_to_proto(summary)),
             headers: String::from_utf8_lossy(&raw[..end]).into_owned(),
             recipients: rcpts,
+            events,
+            events_partial: !complete,
         }))
     }
 

@@ -508,9 +508,11 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `listener` until `stop`, with the routes of
 /// `more` (the console); `scrape` is called for each scrape and returns
-/// the text to serve.
+/// the text to serve. With `tls` (its config and the handshake timeout),
+/// over HTTPS with the gRPC listener's certificate.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<(crate::tls::ReloadableTls, std::time::Duration)>,
     scrape: Arc<dyn Fn() -> String + Send + Sync>,
     more: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -535,11 +537,61 @@ pub async fn serve(
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some((tls, handshake)) => {
+            let listener = TlsListener {
+                local: listener.local_addr(),
+                incoming: Box::pin(tls.incoming_http1(listener, handshake)),
+            };
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "metrics listener failed");
+    }
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// The HTTP listener over TLS: completed handshakes, for `axum::serve`.
+struct TlsListener {
+    local: std::io::Result<SocketAddr>,
+    incoming: std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<TlsConn>> + Send>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TlsConn, SocketAddr) {
+        use tokio_stream::StreamExt;
+        loop {
+            // Errors are logged (and paced) by the stream; it never ends
+            // while it is held.
+            match self.incoming.next().await {
+                Some(Ok(conn)) => {
+                    if let Ok(peer) = conn.get_ref().0.peer_addr() {
+                        return (conn, peer);
+                    }
+                }
+                Some(Err(_)) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match &self.local {
+            Ok(a) => Ok(*a),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        }
     }
 }
 

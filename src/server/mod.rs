@@ -229,7 +229,11 @@ impl Server {
         };
 
         if let Some(listener) = metrics_listener {
-            let console = crate::console::router(api.clone());
+            let tls = tls
+                .clone()
+                .filter(|_| config.metrics_over_tls())
+                .map(|t| (t, Duration::from_millis(config.grpc_handshake_timeout_ms)));
+            let console = crate::console::router(api.clone(), tls.is_some());
             let api = api.clone();
             let scrape = Arc::new(move || {
                 api.metrics.refresh(&api.overview());
@@ -237,6 +241,7 @@ impl Server {
             });
             tokio::spawn(crate::observe::metrics::serve(
                 listener,
+                tls,
                 scrape,
                 console,
                 stop_rx.clone(),

@@ -228,6 +228,48 @@ impl Store {
         Ok(out)
     }
 
+    /// The visible events of message `id`, oldest first, searched from the
+    /// newest back to `since_ms` (its enqueue time; events are in time
+    /// order but for clock steps, so a minute's margin) or through at most
+    /// `budget` events. The flag says whether the search reached back to
+    /// `since_ms` (false: older events of it may exist, not searched).
+    pub fn events_of(
+        &self,
+        id: u64,
+        since_ms: u64,
+        budget: usize,
+    ) -> Result<(Vec<(u64, Event)>, bool), StoreError> {
+        const MARGIN_MS: u64 = 60_000;
+        let visible = *self.shared.events_visible.borrow();
+        let mut out = Vec::new();
+        let mut scanned = 0usize;
+        let end = sled::IVec::from(&key(visible + 1));
+        for item in self.shared.tree.range(sled::IVec::from(&key(0))..end).rev() {
+            let (k, v) = item?;
+            let (Some(first), Ok(block)) = (seq_of(&k), codec::decode::<EventBlock>(&v)) else {
+                continue;
+            };
+            let newest = block.events.last().map_or(0, |e| e.time_ms);
+            scanned += block.events.len();
+            for (i, e) in block.events.into_iter().enumerate().rev() {
+                let seq = first + i as u64;
+                if e.id == id && seq <= visible {
+                    out.push((seq, e));
+                }
+            }
+            if newest + MARGIN_MS < since_ms {
+                out.reverse();
+                return Ok((out, true));
+            }
+            if scanned >= budget {
+                out.reverse();
+                return Ok((out, false));
+            }
+        }
+        out.reverse();
+        Ok((out, true))
+    }
+
     /// Waits until an event after `seq` is visible (or the spool closes).
     pub async fn wait_events_after(&self, seq: u64) {
         let mut rx = self.shared.events_visible.subscribe();

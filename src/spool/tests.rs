@@ -481,6 +481,36 @@ async fn a_groups_events_are_one_block_read_from_any_sequence() {
     store.close();
 }
 
+/// One message's events, found from the newest back: all of them when the
+/// search reaches its enqueue time, and told partial when the budget ends
+/// it first.
+#[tokio::test]
+async fn one_messages_events_are_found_from_the_newest_back() {
+    use crate::model::EventKind::*;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), options()).unwrap();
+    let first = store.append(vec![message(""); 5]).await.unwrap();
+    store.append(vec![message(""); 2]).await.unwrap();
+    let id = first[2].id;
+    let (found, complete) = store.events_of(id.0, id.enqueued_ms(), 1_000).unwrap();
+    assert!(complete);
+    assert_eq!(
+        found
+            .iter()
+            .map(|(s, e)| (*s, e.kind, e.id))
+            .collect::<Vec<_>>(),
+        [(3, Accepted, id.0)]
+    );
+    // The newest block alone (2 events) exhausts a budget of 1.
+    let (found, complete) = store.events_of(id.0, id.enqueued_ms(), 1).unwrap();
+    assert!(found.is_empty() && !complete);
+    // A message enqueued after every event kept: nothing older is read.
+    let later = crate::model::now_ms() + 3_600_000;
+    let (found, complete) = store.events_of(id.0, later, 1_000).unwrap();
+    assert!(found.is_empty() && complete);
+    store.close();
+}
+
 /// Events stored one a key (the first format of the log) are gathered
 /// into blocks at open: read as before, numbered on without reuse.
 #[tokio::test]

@@ -186,11 +186,25 @@ impl ReloadableTls {
         self.tls_incoming(listener, timeout)
     }
 
+    /// As [`incoming_with_timeout`](Self::incoming_with_timeout), for the
+    /// HTTP/1.1 listener (the console and `/metrics`): the same certificate,
+    /// key and client CAs, but ALPN offers `http/1.1` instead of `h2`.
+    pub fn incoming_http1(
+        &self,
+        listener: TcpListener,
+        timeout: Duration,
+    ) -> impl Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + Unpin + 'static {
+        let mut incoming = self.tls_incoming(listener, timeout);
+        incoming.alpn = Some(vec![b"http/1.1".to_vec()]);
+        incoming
+    }
+
     fn tls_incoming(&self, listener: TcpListener, timeout: Duration) -> TlsIncoming {
         TlsIncoming {
             listener,
             tls: self.clone(),
             timeout,
+            alpn: None,
             handshakes: JoinSet::new(),
             backoff: None,
         }
@@ -202,13 +216,21 @@ struct TlsIncoming {
     listener: TcpListener,
     tls: ReloadableTls,
     timeout: Duration,
+    /// ALPN protocols instead of the config's (`h2`).
+    alpn: Option<Vec<Vec<u8>>>,
     handshakes: JoinSet<Option<TlsStream<TcpStream>>>,
     backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TlsIncoming {
     fn start_handshake(&mut self, tcp: TcpStream, peer: SocketAddr) {
-        let acceptor = TlsAcceptor::from(self.tls.server_config());
+        let mut config = self.tls.server_config();
+        if let Some(alpn) = &self.alpn {
+            let mut own = (*config).clone();
+            own.alpn_protocols = alpn.clone();
+            config = Arc::new(own);
+        }
+        let acceptor = TlsAcceptor::from(config);
         let timeout = self.timeout;
         self.handshakes.spawn(async move {
             if let Err(e) = tcp.set_nodelay(true) {

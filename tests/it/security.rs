@@ -579,6 +579,93 @@ async fn tls_serves_reloads_and_maps_client_certificates() {
     h.shutdown().await;
 }
 
+/// With TLS configured, the HTTP listener (the console and `/metrics`)
+/// serves HTTPS with the same certificate, offering HTTP/1.1 by ALPN; a
+/// console login's cookie is then `Secure`. `metrics_tls = false` keeps it
+/// plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_and_metrics_are_served_over_the_same_tls() {
+    let ca = TestCa::new("mailspool test CA");
+    let dir = tempdir();
+    let (cert, key) = ca.server();
+    let (cert_file, key_file) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    let mut cfg = config(&dir.path().join("data"), None);
+    cfg.tls_cert_file = Some(cert_file);
+    cfg.tls_key_file = Some(key_file);
+    cfg.clients = vec![client("ops", OPS, &[Role::Admin])];
+    cfg.validate().unwrap();
+    let h = Server::start(cfg.clone()).await.unwrap();
+    let port = h.metrics_addr.unwrap().port();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let metrics = https
+        .get(format!("https://localhost:{port}/metrics"))
+        .send()
+        .await
+        .expect("/metrics over TLS");
+    assert_eq!(metrics.status(), 200);
+    assert!(metrics
+        .text()
+        .await
+        .unwrap()
+        .contains("mailspool_queue_messages"));
+    let page = https
+        .get(format!("https://localhost:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("console.js"));
+    let login = https
+        .post(format!("https://localhost:{port}/api/login"))
+        .header("x-mailspool-console", "1")
+        .header("content-type", "application/json")
+        .body(format!("{{\"token\":\"{OPS}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.ends_with("; Secure"),
+        "{cookie}"
+    );
+    // Plain HTTP on the TLS port gets no page.
+    let plain = reqwest::Client::new()
+        .get(format!("http://localhost:{port}/metrics"))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP was served on the TLS listener"
+    );
+    h.shutdown().await;
+
+    // metrics_tls = false: plain HTTP, and the cookie is not Secure.
+    cfg.metrics_tls = false;
+    let h = Server::start(cfg).await.unwrap();
+    let port = h.metrics_addr.unwrap().port();
+    let login = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/api/login"))
+        .header("x-mailspool-console", "1")
+        .header("content-type", "application/json")
+        .body(format!("{{\"token\":\"{OPS}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    h.shutdown().await;
+}
+
 async fn tls_channel(
     url: &str,
     ca_pem: &str,

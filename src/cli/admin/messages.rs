@@ -127,6 +127,17 @@ pub fn show_text(r: &pb::ShowMessageResponse, now_ms: i64) -> String {
             out.push('\n');
         }
     }
+    if !r.events.is_empty() {
+        out.push_str("\nevents:\n");
+        for e in &r.events {
+            out.push_str(&format!("{}\n", crate::cli::events::line(e)));
+        }
+    }
+    if r.events_partial {
+        out.push_str(
+            "  (only the newest events were searched; `mailspool events` reads them all)\n",
+        );
+    }
     out.push_str("\nheaders:\n");
     let headers = r.headers.replace("\r\n", "\n");
     out.push_str(headers.trim_end_matches('\n'));
@@ -143,6 +154,8 @@ pub fn show_json(r: &pb::ShowMessageResponse) -> Value {
             "address": x.address, "state": x.state().as_str_name(),
             "attempts": x.attempts, "last_reply": x.last_reply,
         })).collect::<Vec<_>>(),
+        "events": r.events.iter().map(crate::cli::events::json_value).collect::<Vec<_>>(),
+        "events_partial": r.events_partial,
     })
 }
 

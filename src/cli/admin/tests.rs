@@ -290,6 +290,13 @@ fn show_text_aligns_keys_then_headers() {
         message: Some(summary()),
         headers: "From: a@x.org\r\nSubject: hi\r\n".into(),
         recipients: vec![rcpt],
+        events: vec![pb::Event {
+            sequence: 7,
+            id: "m1".into(),
+            r#type: pb::EventType::EventAccepted as i32,
+            ..Default::default()
+        }],
+        events_partial: true,
     };
     let t = show_text(&r, 1_000_000);
     assert!(t.contains("id:              m1\n"), "{t}");
@@ -303,11 +310,16 @@ fn show_text_aligns_keys_then_headers() {
         "{t}"
     );
     assert!(t.ends_with("headers:\nFrom: a@x.org\nSubject: hi\n"), "{t}");
+    assert!(t.contains("events:\n       7  "), "{t}");
+    assert!(t.contains("accepted"), "{t}");
+    assert!(t.contains("(only the newest events were searched"), "{t}");
     assert!(!t.contains("finished"));
     let v = show_json(&r);
     assert_eq!(v["message"]["id"], "m1");
     assert_eq!(v["headers"], "From: a@x.org\r\nSubject: hi\r\n");
     assert_eq!(v["recipients"][0]["state"], "RECIPIENT_PENDING");
+    assert_eq!(v["events"][0]["sequence"], 7);
+    assert_eq!(v["events_partial"], true);
 }
 
 #[test]

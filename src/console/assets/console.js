@@ -254,6 +254,10 @@ async function showMessage(id) {
   $("m-error").textContent = m.last_error;
   $("m-message-id").textContent = m.message_id;
   fill($("m-recipients"), body.recipients.map((r) => [r.address, r.state, String(r.attempts), r.last_reply]));
+  fill($("m-events"), body.events.map((e) => [
+    String(e.sequence), new Date(e.time_unix_ms).toISOString().replace("T", " ").slice(0, 23),
+    e.type, e.recipient, e.attempt ? String(e.attempt) : "", e.relay, e.smtp_reply]));
+  $("m-events-partial").hidden = !body.events_partial;
   // The headers as text: whatever a message says is never markup here.
   $("m-headers").textContent = body.headers;
   $("message").hidden = false;
