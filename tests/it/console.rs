@@ -186,6 +186,20 @@ async fn the_overview_shows_what_queue_stats_says_warns_and_draws_its_chart() {
     assert!(drawn, "the chart has no queued line");
     b.screenshot("overview").await;
     b.client.set_window_size(390, 844).await.unwrap();
+    // On a phone screen the page fits its width (wide tables scroll in
+    // their own box) and the banner is still the first thing shown.
+    let fits = b
+        .client
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth,
+                     document.getElementById('banner').getBoundingClientRect().top];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let n = |i: usize| fits[i].as_f64().unwrap();
+    assert!(n(0) <= n(1), "the page is wider than the phone: {fits}");
+    assert!(n(2) < 200.0, "the banner is not at the top: {fits}");
     b.screenshot("overview-phone").await;
     b.client.close().await.unwrap();
     s.shutdown().await;
