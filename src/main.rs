@@ -6,6 +6,12 @@ use mailspool::cli::{self, Command};
 use mailspool::config::LogFormat;
 use mailspool::{Config, Server};
 
+/// mimalloc instead of glibc's malloc: the server allocates and frees per
+/// request on one thread and another (BENCHMARKS.md, "Where each
+/// microsecond goes").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::parse();
     if matches!(

@@ -169,6 +169,15 @@ pub struct ServeArgs {
     /// TLS handshake and HTTP/2 preface deadline
     #[arg(long)]
     pub grpc_handshake_timeout_ms: Option<u64>,
+    /// HTTP/2 flow-control window per stream
+    #[arg(long)]
+    pub grpc_stream_window_bytes: Option<u32>,
+    /// HTTP/2 flow-control window per connection
+    #[arg(long)]
+    pub grpc_connection_window_bytes: Option<u32>,
+    /// Largest HTTP/2 frame the server reads
+    #[arg(long)]
+    pub grpc_max_frame_bytes: Option<u32>,
 }
 
 impl ServeArgs {

@@ -180,6 +180,13 @@ pub struct Config {
     /// A connection must finish its TLS handshake and send the HTTP/2
     /// preface within this.
     pub grpc_handshake_timeout_ms: u64,
+    /// HTTP/2 flow control: the window each stream, and each connection,
+    /// opens to the client (h2's default is 64 KiB, less than one
+    /// EnqueueBatch of 100 × 2 KiB); and the largest frame the server
+    /// reads. Measured in BENCHMARKS.md.
+    pub grpc_stream_window_bytes: u32,
+    pub grpc_connection_window_bytes: u32,
+    pub grpc_max_frame_bytes: u32,
 }
 
 impl Default for Config {
@@ -252,6 +259,9 @@ impl Default for Config {
             grpc_request_timeout_ms: 60_000,
             grpc_max_connections: 1024,
             grpc_handshake_timeout_ms: 10_000,
+            grpc_stream_window_bytes: 64 * 1024 - 1,
+            grpc_connection_window_bytes: 64 * 1024 - 1,
+            grpc_max_frame_bytes: 16 * 1024,
         }
     }
 }

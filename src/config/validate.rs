@@ -168,6 +168,26 @@ impl Config {
                 "mTLS needs tls_cert_file and tls_key_file",
             ));
         }
+        if !(16_384..=16_777_215).contains(&self.grpc_max_frame_bytes) {
+            return Err(bad(
+                "grpc_max_frame_bytes",
+                "must be between 16384 and 16777215 (RFC 9113, SETTINGS_MAX_FRAME_SIZE)",
+            ));
+        }
+        for (name, v) in [
+            ("grpc_stream_window_bytes", self.grpc_stream_window_bytes),
+            (
+                "grpc_connection_window_bytes",
+                self.grpc_connection_window_bytes,
+            ),
+        ] {
+            if !(65_535..=2_147_483_647).contains(&v) {
+                return Err(bad(
+                    name,
+                    "must be between 65535 and 2147483647 (RFC 9113 flow-control windows)",
+                ));
+            }
+        }
         if self.grpc_max_concurrent_streams == 0 {
             return Err(bad("grpc_max_concurrent_streams", "must be greater than 0"));
         }

@@ -155,6 +155,15 @@ impl ServerProcess {
 
 /// User + system CPU seconds of a process, all threads (/proc/pid/stat).
 pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu(pid, false)
+}
+
+/// As [`cpu_seconds`], plus the children it has waited for.
+pub fn cpu_seconds_with_children(pid: u32) -> f64 {
+    stat_cpu(pid, true)
+}
+
+fn stat_cpu(pid: u32, children: bool) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the `(comm)`, which may contain spaces.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -162,6 +171,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15: 12 and 13 after the comm.
-    (ticks(11) + ticks(12)) / hz
+    // utime and stime are fields 14 and 15: 12 and 13 after the comm;
+    // cutime and cstime follow.
+    let own = ticks(11) + ticks(12);
+    if children {
+        (own + ticks(13) + ticks(14)) / hz
+    } else {
+        own / hz
+    }
 }

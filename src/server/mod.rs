@@ -410,6 +410,9 @@ fn limits(b: tonic::transport::Server, config: &Config) -> tonic::transport::Ser
         .http2_max_pending_accept_reset_streams(Some(64))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .initial_stream_window_size(Some(config.grpc_stream_window_bytes))
+        .initial_connection_window_size(Some(config.grpc_connection_window_bytes))
+        .max_frame_size(Some(config.grpc_max_frame_bytes))
         .timeout(Duration::from_millis(config.grpc_request_timeout_ms))
 }
 

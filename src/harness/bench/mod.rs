@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::harness::child::{cpu_seconds, ServerProcess};
+use crate::harness::child::{cpu_seconds_with_children, ServerProcess};
 use crate::pb;
 use crate::pb::mail_queue_client::MailQueueClient;
 use crate::pb::queue_admin_client::QueueAdminClient;
 
+mod h2load;
 pub mod postfix;
 mod relays;
 pub(crate) mod resources;
@@ -69,10 +70,91 @@ pub struct BenchArgs {
     /// Keep the temporary data directory (printed at the end).
     #[arg(long)]
     pub keep: bool,
+    /// Who drives the unary and batch phases: `h2load` (nghttp2-client,
+    /// light on CPU, so the server's ceiling shows), `tonic` (this binary),
+    /// or `auto` (h2load when installed).
+    #[arg(long, value_enum, default_value_t = LoadGenerator::Auto)]
+    pub load_generator: LoadGenerator,
+    /// h2load: connections and streams per connection of the unary phase
+    /// (the batch phase uses `--batch-concurrency` connections of one).
+    #[arg(long, default_value_t = 4)]
+    pub h2load_connections: usize,
+    #[arg(long, default_value_t = 16)]
+    pub h2load_streams: usize,
     #[command(flatten)]
     pub surge: surge::SurgeArgs,
     #[command(flatten)]
     pub relays: relays::RelaysArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadGenerator {
+    Auto,
+    Tonic,
+    H2load,
+}
+
+impl BenchArgs {
+    /// h2load's path when it drives the enqueue phases.
+    fn h2load(&self) -> Result<Option<PathBuf>, Error> {
+        match (self.load_generator, h2load::installed()) {
+            (LoadGenerator::Tonic, _) | (LoadGenerator::Auto, None) => Ok(None),
+            (_, Some(p)) => Ok(Some(p)),
+            (LoadGenerator::H2load, None) => Err(
+                "--load-generator h2load: h2load is not installed (apt-get install nghttp2-client)"
+                    .into(),
+            ),
+        }
+    }
+
+    /// The unary phase: N calls, by h2load or by tonic clients.
+    async fn unary_phase(&self, url: &str, body: &str, dir: &Path) -> Result<Run, Error> {
+        match self.h2load()? {
+            Some(h) => {
+                let load = h2load::Load {
+                    url,
+                    method: "/mailspool.v1.MailQueue/Enqueue",
+                    body: h2load::unary_body(body),
+                    calls: self.messages,
+                    connections: self.h2load_connections,
+                    streams: self.h2load_streams,
+                    per_call: 1,
+                };
+                h2load::run(&h, load, dir).await
+            }
+            None => unary(url, self.messages, self.concurrency, body, "unary").await,
+        }
+    }
+
+    /// The batch phase: N messages in calls of B.
+    async fn batch_phase(&self, url: &str, body: &str, dir: &Path) -> Result<Run, Error> {
+        match self.h2load()? {
+            Some(h) => {
+                let load = h2load::Load {
+                    url,
+                    method: "/mailspool.v1.MailQueue/EnqueueBatch",
+                    body: h2load::batch_body(body, self.batch),
+                    calls: self.messages.div_ceil(self.batch.max(1)),
+                    connections: self.batch_concurrency,
+                    streams: 1,
+                    per_call: self.batch.max(1),
+                };
+                h2load::run(&h, load, dir).await
+            }
+            None => {
+                let (n, b, c) = (self.messages, self.batch, self.batch_concurrency);
+                batches(url, n, b, c, normal(body), "batch").await
+            }
+        }
+    }
+
+    /// Who drove the enqueue phases, for the table.
+    fn generator_name(&self) -> &'static str {
+        match self.h2load() {
+            Ok(Some(_)) => "h2load",
+            _ => "tonic",
+        }
+    }
 }
 
 /// Latencies and duration of one phase.
@@ -300,16 +382,17 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         rows.push((k, v));
     };
     let enqueue_rows = |rows: &mut Vec<(String, String)>, u: &Run, b: &Run, args: &BenchArgs| {
-        let (n, size, c, bs, bc) = (
-            args.messages,
-            args.size,
-            args.concurrency,
-            args.batch,
-            args.batch_concurrency,
-        );
+        let (n, size, bs, bc) = (args.messages, args.size, args.batch, args.batch_concurrency);
+        let (generator, c) = match args.generator_name() {
+            "h2load" => (
+                "h2load",
+                format!("{} × {}", args.h2load_connections, args.h2load_streams),
+            ),
+            g => (g, args.concurrency.to_string()),
+        };
         row(
             rows,
-            format!("durable unary Enqueue, {n} × {size} B, {c} in flight"),
+            format!("durable unary Enqueue, {n} × {size} B, {c} in flight ({generator})"),
             format!(
                 "{:.0} msg/s; p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
                 u.rate(),
@@ -320,7 +403,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         );
         row(
             rows,
-            format!("durable EnqueueBatch of {bs}, {bc} calls in flight"),
+            format!("durable EnqueueBatch of {bs}, {bc} calls in flight ({generator})"),
             format!(
                 "{:.0} msg/s; per call p50 {:.2} ms, p99 {:.2} ms",
                 b.rate(),
@@ -331,16 +414,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     };
 
     if let Some(url) = &args.server {
-        let u = unary(url, args.messages, args.concurrency, &body, "unary").await?;
-        let b = batches(
-            url,
-            args.messages,
-            args.batch,
-            args.batch_concurrency,
-            normal(&body),
-            "batch",
-        )
-        .await?;
+        let scratch = tempfile::tempdir()?;
+        let u = args.unary_phase(url, &body, scratch.path()).await?;
+        let b = args.batch_phase(url, &body, scratch.path()).await?;
         enqueue_rows(&mut rows, &u, &b, &args);
         eprintln!("(--server: the isolation, restart, drain and resource phases need their own server; they were skipped)");
         print_table(&rows);
@@ -373,19 +449,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     )
     .await?;
     let probe_empty = unary(&s1.url, args.probe, args.concurrency, &body, "probe").await?;
-    let cpu0 = (s1.cpu_seconds(), cpu_seconds(std::process::id()));
-    let u = unary(&s1.url, args.messages, args.concurrency, &body, "unary").await?;
-    let cpu1 = (s1.cpu_seconds(), cpu_seconds(std::process::id()));
-    let b = batches(
-        &s1.url,
-        args.messages,
-        args.batch,
-        args.batch_concurrency,
-        normal(&body),
-        "batch",
-    )
-    .await?;
-    let cpu2 = (s1.cpu_seconds(), cpu_seconds(std::process::id()));
+    // The load generator's CPU: this process's, and h2load's once waited for.
+    let me = || cpu_seconds_with_children(std::process::id());
+    let scratch = tempfile::tempdir()?;
+    let cpu0 = (s1.cpu_seconds(), me());
+    let u = args.unary_phase(&s1.url, &body, scratch.path()).await?;
+    let cpu1 = (s1.cpu_seconds(), me());
+    let b = args.batch_phase(&s1.url, &body, scratch.path()).await?;
+    let cpu2 = (s1.cpu_seconds(), me());
     enqueue_rows(&mut rows, &u, &b, &args);
     let per = |a: (f64, f64), b: (f64, f64), run: &Run| {
         let (server, client) = (
