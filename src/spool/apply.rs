@@ -37,72 +37,10 @@ impl Committer {
             }
         }
         let id = MessageId::next(MessageId(self.counters.last_id), now);
-        self.counters.last_id = id.0;
-        let due_ms = if m.not_before_ms > now {
-            m.not_before_ms
-        } else {
-            now
-        };
         let body = self.segments.append(id.0, &m.raw);
-        g.segment(body.segment, 1);
-        g.bodies.push(body);
-        let record = Record {
-            lane: m.lane,
-            enqueued_ms: now,
-            due_ms,
-            first_due_ms: due_ms,
-            attempts: 0,
-            last_error: String::new(),
-            envelope_from: m.envelope_from,
-            message_id: m.message_id,
-            idempotency_key: m.idempotency_key,
-            body,
-            client,
-            expires_ms: m.expires_ms,
-            bypass_suppression: m.bypass_suppression,
-            rcpts: vec![Rcpt::pending(0); m.envelope_to.len()],
-            envelope_to: m.envelope_to,
-        };
-        let appended = Appended {
-            id,
-            message_id: record.message_id.clone(),
-            duplicate: false,
-        };
-        if !record.idempotency_key.is_empty() {
-            let expires_ms = now + self.options.idempotency_window.as_millis() as u64;
-            let entry = IdemEntry {
-                id: id.0,
-                message_id: record.message_id.clone(),
-                expires_ms,
-            };
-            let idem = key::idem(client, &record.idempotency_key);
-            g.batch
-                .insert(key::expiry(expires_ms, key::EXPIRY_IDEM, &idem[1..]), &[]);
-            g.batch.insert(idem, codec::encode(&entry));
-            g.new_keys
-                .insert((client, record.idempotency_key.clone()), appended.clone());
-        }
-        g.batch
-            .insert(&key::due(record.lane, client, due_ms, id), &[]);
-        g.due_add(due_ms);
-        let mut accepted = self.event(EventKind::Accepted, id, &record, now);
-        accepted.idempotency_key = record.idempotency_key.clone();
-        for (address, reason, since) in &m.suppressed {
-            let mut e = self.event(EventKind::Suppressed, id, &record, now);
-            e.recipient = address.clone();
-            e.reply = format!(
-                "suppressed at enqueue: {reason} since {}",
-                crate::model::utc_time(*since as i64)
-            );
-            g.events.push(e);
-        }
-        g.events.push(accepted);
-        g.batch.insert(&key::message(id), codec::encode(&record));
-        self.client_add(client, 1, i64::from(record.body.len), g)
-            .enqueued_total += 1;
-        self.counters.enqueued_total += 1;
-        self.counters.queued[record.lane.index()] += 1;
-        self.counters.queued_bytes += u64::from(record.body.len);
+        let entry = super::journal::Entry::new(id, now, body, m);
+        let appended = self.index_append(&entry, client, g);
+        g.journal.push(entry);
         appended
     }
 

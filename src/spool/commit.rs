@@ -61,6 +61,13 @@ pub(super) enum Op {
         op: AdminOp,
         reply: oneshot::Sender<Result<AdminResult, GroupError>>,
     },
+    /// At open: index the journal entries sled lost (`spool::journal`),
+    /// and move the replay position past them; answered after the fsync
+    /// with how many were indexed.
+    Replay {
+        entries: Vec<super::journal::Entry>,
+        reply: std::sync::mpsc::Sender<Result<usize, GroupError>>,
+    },
     /// Final flush and fsync, then the committer stops.
     Close,
 }
@@ -167,6 +174,13 @@ pub(super) struct Group {
     pub(super) suppressions: SuppressionChanges,
     /// Events of this group's changes, numbered when it is written.
     pub(super) events: Vec<crate::model::Event>,
+    /// Index entries of the Append being taken, journaled after its bodies.
+    pub(super) journal: Vec<super::journal::Entry>,
+    /// The group wrote journal records or replayed them: its batch moves
+    /// the replay position.
+    pub(super) journaled: bool,
+    /// The group replayed the journal at open.
+    pub(super) replayed: bool,
 }
 
 impl Group {
@@ -191,6 +205,7 @@ pub(super) enum Reply {
         oneshot::Sender<Result<AdminResult, GroupError>>,
         AdminResult,
     ),
+    Replay(std::sync::mpsc::Sender<Result<usize, GroupError>>, usize),
 }
 
 impl Reply {
@@ -204,6 +219,9 @@ impl Reply {
             }
             Reply::Admin(tx, changed) => {
                 let _ = tx.send(result.map(|()| changed));
+            }
+            Reply::Replay(tx, n) => {
+                let _ = tx.send(result.map(|()| n));
             }
         }
     }
@@ -373,6 +391,7 @@ impl Committer {
                     Op::Append { reply, .. } => drop(reply.send(Err(msg.clone()))),
                     Op::Complete { reply, .. } => drop(reply.send(Err(msg.clone()))),
                     Op::Admin { reply, .. } => drop(reply.send(Err(msg.clone()))),
+                    Op::Replay { reply, .. } => drop(reply.send(Err(msg.clone()))),
                     Op::Unreadable { .. } | Op::Close => {}
                 }
             }
@@ -388,13 +407,29 @@ impl Committer {
         for op in ops {
             match op {
                 Op::Append { messages, reply } => {
-                    g.needs_sync = true;
+                    // Answered once the segment (bodies and journal) is
+                    // synced and the batch applied: the journal is the
+                    // record of truth, sled's fsync follows (`journal`).
                     g.appended += messages.len();
                     let results = messages
                         .into_iter()
                         .map(|m| self.append_one(m, now, &mut g))
                         .collect();
+                    if !g.journal.is_empty() {
+                        let journal = super::journal::Journal {
+                            entries: std::mem::take(&mut g.journal),
+                        };
+                        self.segments.append_journal(&codec::encode(&journal));
+                        g.journaled = true;
+                    }
                     replies.push(Reply::Append(reply, results));
+                }
+                Op::Replay { entries, reply } => {
+                    g.needs_sync = true;
+                    g.journaled = true;
+                    g.replayed = true;
+                    let n = self.replay(entries, &mut g);
+                    replies.push(Reply::Replay(reply, n));
                 }
                 Op::Complete { outcomes, reply } => {
                     for c in outcomes {
@@ -435,6 +470,10 @@ impl Committer {
         }
         if self.admin != admin_before {
             g.batch.insert(key::ADMIN, codec::encode(&self.admin));
+        }
+        if g.journaled {
+            let at = super::journal::encode_position(self.segments.position());
+            g.batch.insert(key::LOG, &at);
         }
         let needs_sync = g.needs_sync;
         let batch = std::mem::take(&mut g.batch);
@@ -507,6 +546,9 @@ impl Committer {
                 drop(hist);
                 for (segment, delta) in g.segments {
                     self.segments.apply(segment, delta);
+                }
+                if g.replayed {
+                    self.segments.doom_unreferenced();
                 }
                 if let Err(e) = self.segments.maybe_rotate() {
                     if matches!(&e, SegmentError::Io(_)) && self.segments.synced_all() {

@@ -11,6 +11,9 @@ pub const PAUSED_RELAYS: &[u8] = b"r";
 /// Present once a binary that syncs bodies before their index has opened
 /// the spool: from then on no index entry can outlive its body.
 pub const ORDERED: &[u8] = b"o";
+/// The journal's replay position (`spool::journal`): segment and offset
+/// just past the last journal record whose group this batch belongs to.
+pub const LOG: &[u8] = b"l";
 
 pub fn message(id: MessageId) -> [u8; 9] {
     prefixed(b'm', id)

@@ -75,6 +75,7 @@ pub mod compact;
 mod events;
 mod formats;
 pub(crate) mod fsutil;
+mod journal;
 mod key;
 pub(crate) mod ops;
 mod read;
@@ -306,7 +307,19 @@ impl Store {
             tree.insert(key::ORDERED, &[])?;
             n
         };
-        let segments = Segments::open(&dir.join("segments"), live, options.segment_bytes)?;
+        // The journal's replay position: segments from it on are kept for
+        // the replay, whatever their count says (`journal`).
+        let log = journal::position(&tree)?;
+        let segments = Segments::open_keeping(
+            &dir.join("segments"),
+            live,
+            options.segment_bytes,
+            log.map_or(u32::MAX, |p| p.0),
+        )?;
+        let replay = match log {
+            Some(from) => Some(journal::scan(&dir.join("segments"), from)?),
+            None => None,
+        };
         let anchored = crate::model::anchor_clock(counters.clock_ms);
         if anchored < counters.clock_ms {
             tracing::warn!(
@@ -357,6 +370,15 @@ impl Store {
             ghosts_dropped: AtomicU64::new(ghosts),
         });
         let syncer = Arc::new(Mutex::new(Syncer::new(dir)?));
+        if log.is_none() {
+            // A spool that did not journal yet: its index is durable; the
+            // replay starts at the new active segment, durably so before
+            // any Enqueue is answered from the journal alone.
+            let at = journal::encode_position((segments.active_id(), 0));
+            shared.tree.insert(key::LOG, &at[..])?;
+            db.flush()?;
+            syncer.lock().expect("syncer").sync()?;
+        }
         let (tx, rx) = mpsc::channel();
         let (sync_tx, sync_rx) = mpsc::channel();
         let sync_stage = {
@@ -385,6 +407,22 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("mailspool-committer".into())
             .spawn(move || committer.run(rx))?;
+        if let Some(entries) = replay {
+            let found = entries.len();
+            let (reply, done) = std::sync::mpsc::channel();
+            let _ = tx.send(Op::Replay { entries, reply });
+            let indexed = match done.recv() {
+                Ok(r) => r.map_err(|e| StoreError::Failed(e.to_string()))?,
+                Err(_) => return Err(StoreError::Closed),
+            };
+            if indexed > 0 {
+                tracing::info!(
+                    found,
+                    indexed,
+                    "journal replayed: acknowledged messages whose index was not yet durable are queued again"
+                );
+            }
+        }
         Ok(Store {
             shared,
             tx,

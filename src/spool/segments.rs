@@ -22,6 +22,12 @@
 //! - Every record carries its id and a CRC32; a read that does not match is
 //!   an error (the store quarantines the message), never a panic.
 //!
+//! - Enqueues are journaled here too (`spool::journal`): after a request's
+//!   bodies, a record with id [`JOURNAL_ID`] holds their index entries, so
+//!   an acknowledged Enqueue survives in the segment alone, before sled's
+//!   index is durable. Segments from the replay position on are kept at
+//!   open whatever their live count, until the replay has counted them.
+//!
 //! Record layout: `len:u32 | crc32(id ‖ body):u32 | id:u64 | body`.
 
 use crate::model::BodyLoc;
@@ -45,7 +51,10 @@ pub fn segment_len(dir: &Path, id: u32) -> Option<u64> {
         .map(|m| m.len())
 }
 
-const HEADER: usize = 16;
+pub(super) const HEADER: usize = 16;
+
+/// The id of a journal record (no message id reaches it).
+pub const JOURNAL_ID: u64 = u64::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -137,7 +146,7 @@ pub struct Segments {
     doomed: Vec<u32>,
 }
 
-fn file_name(id: u32) -> String {
+pub(super) fn file_name(id: u32) -> String {
     format!("{id:08}.seg")
 }
 
@@ -150,10 +159,22 @@ impl Segments {
     /// Opens the directory. `live` are the persisted counts; segments with
     /// no live reference are deleted (their bodies were never committed, or
     /// all were acknowledged). A new active segment is started.
+    #[cfg(test)]
     pub fn open(
         dir: &Path,
         live: BTreeMap<u32, u64>,
         max_bytes: u64,
+    ) -> Result<Segments, SegmentError> {
+        Self::open_keeping(dir, live, max_bytes, u32::MAX)
+    }
+
+    /// As [`open`](Self::open), keeping (and opening) every segment
+    /// numbered `keep_from` or above: the journal's replay reads them.
+    pub fn open_keeping(
+        dir: &Path,
+        live: BTreeMap<u32, u64>,
+        max_bytes: u64,
+        keep_from: u32,
     ) -> Result<Segments, SegmentError> {
         crate::spool::fsutil::create_dir_durable(dir, 0o700)?;
         let reader = SegmentReader::default();
@@ -165,7 +186,7 @@ impl Segments {
                 continue;
             };
             max_id = max_id.max(id);
-            if live.get(&id).copied().unwrap_or(0) == 0 {
+            if live.get(&id).copied().unwrap_or(0) == 0 && id < keep_from {
                 std::fs::remove_file(&path)?;
                 removed = true;
             } else {
@@ -252,6 +273,48 @@ impl Segments {
             offset,
             len,
         }
+    }
+
+    /// Adds a journal record (index entries of the bodies appended before
+    /// it) to the group being built.
+    pub fn append_journal(&mut self, payload: &[u8]) {
+        self.append(JOURNAL_ID, payload);
+    }
+
+    /// Where the next record goes: (active segment, offset), counting what
+    /// the group being built has appended.
+    pub fn position(&self) -> (u32, u64) {
+        (self.active_id, self.active_len + self.pending.len() as u64)
+    }
+
+    /// After a replay: segments kept for it that hold no live body (and
+    /// are not the active one) are deleted after the next flush.
+    pub fn doom_unreferenced(&mut self) {
+        let files: Vec<u32> = self
+            .reader
+            .files
+            .read()
+            .expect("segments")
+            .keys()
+            .copied()
+            .collect();
+        for id in files {
+            if id != self.active_id && self.live(id) == 0 && !self.doomed.contains(&id) {
+                self.doomed.push(id);
+            }
+        }
+    }
+
+    /// The directory's segment numbers, ascending.
+    pub fn list(dir: &Path) -> Result<Vec<u32>, SegmentError> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            if let Some(id) = parse_name(&entry?.path()) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// Writes the bodies appended since the last call at the segment's

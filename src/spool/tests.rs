@@ -334,6 +334,14 @@ async fn a_group_error_keeps_its_type() {
 }
 
 /// The kinds of the visible events after `after`, with their sequences.
+/// Waits (at most 5 s) until event `seq` is visible: an Enqueue's events
+/// are, with the sled fsync that follows its answer (`journal`).
+async fn visible(store: &Store, seq: u64) {
+    tokio::time::timeout(Duration::from_secs(5), store.wait_events_after(seq - 1))
+        .await
+        .expect("events become visible within the event log's sync delay");
+}
+
 fn kinds(store: &Store, after: u64) -> Vec<(u64, crate::model::EventKind)> {
     store
         .events_after(after, 1000)
@@ -353,7 +361,9 @@ async fn events_follow_their_changes_and_are_never_renumbered() {
     let store = Store::open(dir.path(), options()).unwrap();
     let a = store.append(vec![keyed("", "k1")]).await.unwrap()[0].id;
     let b = store.append(vec![message("")]).await.unwrap()[0].id;
-    // Appends are fsynced before they are answered: visible at once.
+    // Appends are answered once journaled; their events are visible with
+    // the index's fsync that follows.
+    visible(&store, 2).await;
     assert_eq!(kinds(&store, 0), vec![(1, Accepted), (2, Accepted)]);
     let first = store.events_after(0, 1).unwrap();
     assert_eq!(
@@ -405,6 +415,7 @@ async fn events_follow_their_changes_and_are_never_renumbered() {
     assert_eq!(store.reader_cursor("hook").unwrap(), Some(3));
     assert_eq!(store.reader_cursor("other").unwrap(), None);
     store.append(vec![message("")]).await.unwrap();
+    visible(&store, 5).await;
     assert_eq!(kinds(&store, 4), vec![(5, Accepted)]);
     let f = store.event_figures();
     assert_eq!((f.first_seq, f.last_seq, f.count), (1, 5, 5));
@@ -456,6 +467,7 @@ async fn a_groups_events_are_one_block_read_from_any_sequence() {
     let store = Store::open(dir.path(), options()).unwrap();
     store.append(vec![message(""); 5]).await.unwrap();
     store.append(vec![message(""); 2]).await.unwrap();
+    visible(&store, 7).await;
     let blocks: Vec<(u64, usize)> = store
         .shared
         .tree
@@ -491,6 +503,7 @@ async fn one_messages_events_are_found_from_the_newest_back() {
     let store = Store::open(dir.path(), options()).unwrap();
     let first = store.append(vec![message(""); 5]).await.unwrap();
     store.append(vec![message(""); 2]).await.unwrap();
+    visible(&store, 7).await;
     let id = first[2].id;
     let (found, complete) = store.events_of(id.0, id.enqueued_ms(), 1_000).unwrap();
     assert!(complete);
@@ -519,6 +532,7 @@ async fn events_stored_one_a_key_are_read_and_numbered_on() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), options()).unwrap();
     store.append(vec![message(""); 3]).await.unwrap();
+    visible(&store, 3).await;
     let old = store.events_after(0, 10).unwrap();
     let store = reopen(dir.path(), store, |t| {
         // As the first format wrote them: `e <seq>` → one event, from 2.
@@ -535,8 +549,91 @@ async fn events_stored_one_a_key_are_read_and_numbered_on() {
     assert_eq!(store.events_after(0, 10).unwrap(), old[1..].to_vec());
     assert_eq!(store.shared.tree.scan_prefix(b"e").count(), 0);
     store.append(vec![message("")]).await.unwrap();
+    visible(&store, 4).await;
     assert_eq!(kinds(&store, 3), vec![(4, Accepted)]);
     let f = store.event_figures();
     assert_eq!((f.first_seq, f.last_seq, f.count), (2, 4, 3));
+    store.close();
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if e.file_name() == skip {
+            continue;
+        }
+        if src.is_dir() {
+            copy_dir(&src, &dst, "");
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// Enqueues are answered from the journal: when sled loses the batches
+/// that indexed them (its state as before them, the segments as after),
+/// the replay at open queues them again, with their idempotency keys,
+/// counts and accepted events, and a torn record after them is ignored.
+#[tokio::test]
+async fn acknowledged_messages_sled_lost_are_replayed_from_the_journal() {
+    use crate::model::EventKind::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (live, before, crashed) = (
+        dir.path().join("live"),
+        dir.path().join("before"),
+        dir.path().join("crashed"),
+    );
+    let store = Store::open(&live, options()).unwrap();
+    let x = store.append(vec![message("")]).await.unwrap()[0].id;
+    store.close();
+    drop(store);
+    copy_dir(&live, &before, "");
+    let store = Store::open(&live, options()).unwrap();
+    let got = store
+        .append(vec![keyed("billing", "k-a"), message("billing")])
+        .await
+        .unwrap();
+    let (a, b) = (got[0].id, got[1].id);
+    store.close();
+    drop(store);
+    // sled as before A and B; the segments as after them, plus a torn
+    // record at the end of the newest.
+    copy_dir(&before, &crashed, "segments");
+    copy_dir(&live.join("segments"), &crashed.join("segments"), "");
+    let newest = Segments::list(&crashed.join("segments")).unwrap();
+    let newest = crashed
+        .join("segments")
+        .join(segments::file_name(*newest.last().unwrap()));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newest)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[9, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(f);
+
+    let store = Store::open(&crashed, options()).unwrap();
+    for id in [x, a, b] {
+        match store.status(id).unwrap() {
+            Some(Status::Queued(r)) => {
+                assert_eq!(store.body(id, &r).unwrap(), message("").raw);
+            }
+            other => panic!("{id:?}: {other:?}"),
+        }
+    }
+    let c = store.counters();
+    assert_eq!((c.queued[Lane::Bulk.index()], c.enqueued_total), (3, 3));
+    assert_eq!(store.clients().counters_of("billing").enqueued_total, 2);
+    // The idempotency key came back with it.
+    let again = store.append(vec![keyed("billing", "k-a")]).await.unwrap();
+    assert!(again[0].duplicate && again[0].id == a);
+    visible(&store, 3).await;
+    assert_eq!(
+        kinds(&store, 0),
+        vec![(1, Accepted), (2, Accepted), (3, Accepted)]
+    );
+    // Replayed once: a second open finds nothing more to index.
+    let store = reopen(&crashed, store, |_| {});
+    assert_eq!(store.counters().enqueued_total, 3);
     store.close();
 }

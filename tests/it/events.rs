@@ -435,6 +435,14 @@ async fn a_client_sees_only_its_own_events_unless_admin() {
             out
         }
     };
+    // An Enqueue's events are visible with the index's fsync that follows
+    // its answer (within the log's 50 ms sync delay).
+    let both = wait_until(Duration::from_secs(5), || {
+        let mut ops = ops.clone();
+        async move { read(&mut ops).await.len() == 2 }
+    })
+    .await;
+    assert!(both, "{:?}", read(&mut ops).await);
     assert_eq!(read(&mut svc).await, [(mine.clone(), "svc".to_string())]);
     assert_eq!(
         read(&mut other).await,
