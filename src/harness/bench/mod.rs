@@ -31,11 +31,14 @@ use crate::pb::mail_queue_client::MailQueueClient;
 use crate::pb::queue_admin_client::QueueAdminClient;
 
 mod h2load;
+mod phases;
 pub mod postfix;
 mod relays;
 pub(crate) mod resources;
 mod surge;
 
+use phases::disk_needed;
+pub use phases::LoadGenerator;
 use resources::{dir_bytes, print_table, resource_rows};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -85,76 +88,6 @@ pub struct BenchArgs {
     pub surge: surge::SurgeArgs,
     #[command(flatten)]
     pub relays: relays::RelaysArgs,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LoadGenerator {
-    Auto,
-    Tonic,
-    H2load,
-}
-
-impl BenchArgs {
-    /// h2load's path when it drives the enqueue phases.
-    fn h2load(&self) -> Result<Option<PathBuf>, Error> {
-        match (self.load_generator, h2load::installed()) {
-            (LoadGenerator::Tonic, _) | (LoadGenerator::Auto, None) => Ok(None),
-            (_, Some(p)) => Ok(Some(p)),
-            (LoadGenerator::H2load, None) => Err(
-                "--load-generator h2load: h2load is not installed (apt-get install nghttp2-client)"
-                    .into(),
-            ),
-        }
-    }
-
-    /// The unary phase: N calls, by h2load or by tonic clients.
-    async fn unary_phase(&self, url: &str, body: &str, dir: &Path) -> Result<Run, Error> {
-        match self.h2load()? {
-            Some(h) => {
-                let load = h2load::Load {
-                    url,
-                    method: "/mailspool.v1.MailQueue/Enqueue",
-                    body: h2load::unary_body(body),
-                    calls: self.messages,
-                    connections: self.h2load_connections,
-                    streams: self.h2load_streams,
-                    per_call: 1,
-                };
-                h2load::run(&h, load, dir).await
-            }
-            None => unary(url, self.messages, self.concurrency, body, "unary").await,
-        }
-    }
-
-    /// The batch phase: N messages in calls of B.
-    async fn batch_phase(&self, url: &str, body: &str, dir: &Path) -> Result<Run, Error> {
-        match self.h2load()? {
-            Some(h) => {
-                let load = h2load::Load {
-                    url,
-                    method: "/mailspool.v1.MailQueue/EnqueueBatch",
-                    body: h2load::batch_body(body, self.batch),
-                    calls: self.messages.div_ceil(self.batch.max(1)),
-                    connections: self.batch_concurrency,
-                    streams: 1,
-                    per_call: self.batch.max(1),
-                };
-                h2load::run(&h, load, dir).await
-            }
-            None => {
-                let (n, b, c) = (self.messages, self.batch, self.batch_concurrency);
-                batches(url, n, b, c, normal(body), "batch").await
-            }
-        }
-    }
-
-    /// Who drove the enqueue phases, for the table.
-    fn generator_name(&self) -> &'static str {
-        match self.h2load() {
-            Ok(Some(_)) => "h2load",
-            _ => "tonic",
-        }
-    }
 }
 
 /// Latencies and duration of one phase.
@@ -427,6 +360,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         .prefix("mailspool-bench")
         .tempdir()?;
     let data: PathBuf = dir.path().to_path_buf();
+    disk_needed(&args, &data)?;
     // "Relay down": a port where nothing listens.
     let down = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
