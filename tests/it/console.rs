@@ -941,13 +941,7 @@ async fn the_console_is_dark_when_asked_and_works_by_keyboard() {
         "no Tab reaches Confirm"
     );
     press(&b, '\u{E007}').await;
-    let cancelled = wait_until(Duration::from_secs(10), || async {
-        s.get(&id)
-            .await
-            .is_ok_and(|m| m.state() == pb::MessageState::Cancelled)
-    })
-    .await;
-    assert!(cancelled, "{}", b.text("action-result").await);
+    s.wait_state(&id, pb::MessageState::Cancelled).await;
     b.client.close().await.unwrap();
     s.shutdown().await;
 }

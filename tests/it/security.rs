@@ -621,14 +621,7 @@ async fn the_console_and_metrics_are_served_over_the_same_tls() {
         .unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("console.js"));
-    let login = https
-        .post(format!("https://localhost:{port}/api/login"))
-        .header("x-mailspool-console", "1")
-        .header("content-type", "application/json")
-        .body(format!("{{\"token\":\"{OPS}\"}}"))
-        .send()
-        .await
-        .unwrap();
+    let login = console_login(&https, &format!("https://localhost:{port}")).await;
     assert_eq!(login.status(), 200);
     let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
@@ -652,18 +645,23 @@ async fn the_console_and_metrics_are_served_over_the_same_tls() {
     cfg.metrics_tls = false;
     let h = Server::start(cfg).await.unwrap();
     let port = h.metrics_addr.unwrap().port();
-    let login = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/api/login"))
+    let login = console_login(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}")).await;
+    assert_eq!(login.status(), 200);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    h.shutdown().await;
+}
+
+/// The console's login with the admin token, as its page sends it.
+async fn console_login(client: &reqwest::Client, base: &str) -> reqwest::Response {
+    client
+        .post(format!("{base}/api/login"))
         .header("x-mailspool-console", "1")
         .header("content-type", "application/json")
         .body(format!("{{\"token\":\"{OPS}\"}}"))
         .send()
         .await
-        .unwrap();
-    assert_eq!(login.status(), 200);
-    let cookie = login.headers()["set-cookie"].to_str().unwrap();
-    assert!(!cookie.contains("Secure"), "{cookie}");
-    h.shutdown().await;
+        .unwrap()
 }
 
 async fn tls_channel(
