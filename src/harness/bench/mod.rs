@@ -36,6 +36,7 @@ pub mod postfix;
 mod relays;
 pub(crate) mod resources;
 mod surge;
+mod versus;
 
 use phases::disk_needed;
 pub use phases::LoadGenerator;
@@ -88,6 +89,8 @@ pub struct BenchArgs {
     pub surge: surge::SurgeArgs,
     #[command(flatten)]
     pub relays: relays::RelaysArgs,
+    #[command(flatten)]
+    pub versus: versus::VersusArgs,
 }
 
 /// Latencies and duration of one phase.
@@ -308,6 +311,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     if args.relays.relays {
         return relays::run(&args.relays, args.size).await;
     }
+    if args.versus.versus_postfix {
+        return versus::run(&args).await;
+    }
     let body = body(args.size);
     let mut rows: Vec<(String, String)> = Vec::new();
     let row = |rows: &mut Vec<(String, String)>, k: String, v: String| {
@@ -348,7 +354,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
 
     if let Some(url) = &args.server {
         let scratch = tempfile::tempdir()?;
-        let u = args.unary_phase(url, &body, scratch.path()).await?;
+        let u = args
+            .unary_phase(url, args.messages, &body, scratch.path())
+            .await?;
         let b = args.batch_phase(url, &body, scratch.path()).await?;
         enqueue_rows(&mut rows, &u, &b, &args);
         eprintln!("(--server: the isolation, restart, drain and resource phases need their own server; they were skipped)");
@@ -387,7 +395,9 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     let me = || cpu_seconds_with_children(std::process::id());
     let scratch = tempfile::tempdir()?;
     let cpu0 = (s1.cpu_seconds(), me());
-    let u = args.unary_phase(&s1.url, &body, scratch.path()).await?;
+    let u = args
+        .unary_phase(&s1.url, args.messages, &body, scratch.path())
+        .await?;
     let cpu1 = (s1.cpu_seconds(), me());
     let b = args.batch_phase(&s1.url, &body, scratch.path()).await?;
     let cpu2 = (s1.cpu_seconds(), me());

@@ -29,6 +29,7 @@ impl BenchArgs {
     pub(super) async fn unary_phase(
         &self,
         url: &str,
+        n: usize,
         body: &str,
         dir: &Path,
     ) -> Result<Run, Error> {
@@ -38,14 +39,14 @@ impl BenchArgs {
                     url,
                     method: "/mailspool.v1.MailQueue/Enqueue",
                     body: h2load::unary_body(body),
-                    calls: self.messages,
+                    calls: n,
                     connections: self.h2load_connections,
                     streams: self.h2load_streams,
                     per_call: 1,
                 };
                 h2load::run(&h, load, dir).await
             }
-            None => unary(url, self.messages, self.concurrency, body, "unary").await,
+            None => unary(url, n, self.concurrency, body, "unary").await,
         }
     }
 
