@@ -97,13 +97,13 @@ pub async fn run(h2load: &Path, load: Load<'_>, dir: &Path) -> Result<Run, Error
         )
         .into());
     }
-    let mut latencies = latencies(&std::fs::read_to_string(&log)?);
-    latencies.sort();
+    let (latencies, points) = super::split(logged_calls(&std::fs::read_to_string(&log)?));
     let _ = std::fs::remove_file(&log);
     Ok(Run {
         count: sent as usize,
         secs: summary.secs,
         latencies,
+        points,
     })
 }
 
@@ -131,11 +131,16 @@ fn parse(text: &str) -> Option<Summary> {
     Some(Summary { secs, succeeded })
 }
 
-/// h2load's log: `start (µs since epoch) \t status \t duration (µs)`.
-fn latencies(log: &str) -> Vec<Duration> {
+/// h2load's log: `start (µs since epoch) \t status \t duration (µs)`;
+/// each call's (latency, end in unix ms).
+fn logged_calls(log: &str) -> Vec<(Duration, u64)> {
     log.lines()
-        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<u64>().ok())
-        .map(Duration::from_micros)
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let start = f.next()?.trim().parse::<u64>().ok()?;
+            let micros = f.nth(1)?.trim().parse::<u64>().ok()?;
+            Some((Duration::from_micros(micros), (start + micros) / 1000))
+        })
         .collect()
 }
 
@@ -172,8 +177,11 @@ mod tests {
         assert!((ms.unwrap().secs - 0.8501).abs() < 1e-9);
         assert_eq!(parse("nothing"), None);
         assert_eq!(
-            latencies("1700000000000000\t200\t1250\n1700000000000100\t200\t900\n"),
-            [Duration::from_micros(1250), Duration::from_micros(900)]
+            logged_calls("1700000000000000\t200\t1250\n1700000000000100\t200\t900\n"),
+            [
+                (Duration::from_micros(1250), 1_700_000_000_001),
+                (Duration::from_micros(900), 1_700_000_000_001)
+            ]
         );
         let f = grpc_frame(&pb::EnqueueRequest::default());
         assert_eq!(f, [0, 0, 0, 0, 0]);

@@ -32,6 +32,7 @@ use crate::pb::queue_admin_client::QueueAdminClient;
 
 mod h2load;
 mod phases;
+mod plot;
 pub mod postfix;
 mod relays;
 pub(crate) mod resources;
@@ -74,6 +75,9 @@ pub struct BenchArgs {
     /// Keep the temporary data directory (printed at the end).
     #[arg(long)]
     pub keep: bool,
+    /// Where the run is drawn (SVG: depth, rates, Enqueue latency).
+    #[arg(long, default_value = "mailspool-bench.svg")]
+    pub plot: PathBuf,
     /// Who drives the unary and batch phases: `h2load` (nghttp2-client,
     /// light on CPU, so the server's ceiling shows), `tonic` (this binary),
     /// or `auto` (h2load when installed).
@@ -98,6 +102,26 @@ struct Run {
     count: usize,
     secs: f64,
     latencies: Vec<Duration>,
+    /// Each call's end (unix ms) and latency (ms), for the plot.
+    points: Vec<(u64, f32)>,
+}
+
+/// Now, in unix ms.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Sorted latencies and the plot's points from (latency, end) pairs.
+fn split(mut calls: Vec<(Duration, u64)>) -> (Vec<Duration>, Vec<(u64, f32)>) {
+    let points = calls
+        .iter()
+        .map(|(d, at)| (*at, (d.as_secs_f64() * 1000.0) as f32))
+        .collect();
+    calls.sort();
+    (calls.into_iter().map(|(d, _)| d).collect(), points)
 }
 
 impl Run {
@@ -178,24 +202,25 @@ async fn unary(url: &str, n: usize, c: usize, body: &str, what: &str) -> Result<
             while i < n {
                 let t = Instant::now();
                 client.enqueue(request(i, &body)).await?;
-                lat.push(t.elapsed());
+                lat.push((t.elapsed(), unix_ms()));
                 progress.inc(1);
                 i += c;
             }
             Ok::<_, Error>(lat)
         }));
     }
-    let mut latencies = Vec::with_capacity(n);
+    let mut calls = Vec::with_capacity(n);
     for t in tasks {
-        latencies.extend(t.await??);
+        calls.extend(t.await??);
     }
     let secs = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    latencies.sort();
+    let (latencies, points) = split(calls);
     Ok(Run {
         count: n,
         secs,
         latencies,
+        points,
     })
 }
 
@@ -230,7 +255,7 @@ async fn batches(
                     .enqueue_batch(pb::EnqueueBatchRequest { requests })
                     .await?
                     .into_inner();
-                lat.push(t.elapsed());
+                lat.push((t.elapsed(), unix_ms()));
                 if let Some(bad) = r.results.iter().find(|r| r.code != 0) {
                     return Err(format!("batch item refused: {}", bad.message).into());
                 }
@@ -240,17 +265,18 @@ async fn batches(
             Ok::<_, Error>(lat)
         }));
     }
-    let mut latencies = Vec::new();
+    let mut calls = Vec::new();
     for t in tasks {
-        latencies.extend(t.await??);
+        calls.extend(t.await??);
     }
     let secs = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    latencies.sort();
+    let (latencies, points) = split(calls);
     Ok(Run {
         count: n,
         secs,
         latencies,
+        points,
     })
 }
 
@@ -375,6 +401,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
         format!("smtp://{}", l.local_addr()?)
     };
     let s1 = ServerProcess::start(&std::env::current_exe()?, &data, &down, &[]).await?;
+    let (watched, watch) = tokio::sync::watch::channel(Some(s1.url.clone()));
+    let (stop_sampler, sampler) = plot::sampler(watch, Duration::from_millis(250));
     eprintln!(
         "server 1 (relay down) at {}, spool {}",
         s1.url,
@@ -477,6 +505,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     let enqueued1 = s.enqueued_total;
     let fsyncs1 = s.fsyncs_total;
     let total = s.queued;
+    watched.send_replace(None);
     s1.stop().await?;
 
     let Some((mut sink, port)) = start_sink() else {
@@ -494,6 +523,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     let relay = format!("smtp://127.0.0.1:{port}");
     let started = Instant::now();
     let s2 = ServerProcess::start(&std::env::current_exe()?, &data, &relay, &[]).await?;
+    watched.send_replace(Some(s2.url.clone()));
     let mut client = MailQueueClient::connect(s2.url.clone()).await?;
     client.enqueue(request(0, &body)).await?;
     let served = started.elapsed();
@@ -545,6 +575,16 @@ pub async fn run(args: BenchArgs) -> Result<(), Error> {
     );
     // What the drained spool keeps, then what compaction gives back.
     let (rss2, _) = s2.resources();
+    let _ = stop_sampler.send(());
+    let samples = sampler.await.unwrap_or_default();
+    let points: Vec<(u64, f32)> = [&probe_empty, &u, &b, &f, &probe_backlog]
+        .iter()
+        .flat_map(|r| r.points.iter().copied())
+        .collect();
+    match plot::draw(&args.plot, &samples, &points) {
+        Ok(()) => eprintln!("the run, drawn: {}", args.plot.display()),
+        Err(e) => eprintln!("could not draw the run to {}: {e}", args.plot.display()),
+    }
     s2.stop().await?;
     let _ = sink.kill();
     let after = dir_bytes(&data);
