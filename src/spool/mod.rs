@@ -430,7 +430,9 @@ impl Store {
         })
     }
 
-    /// Stores the messages durably. One result per message, in order.
+    /// Stores the messages durably: answered once their bodies and journal
+    /// record are `sync_data`'d in the segment and their index applied
+    /// (`journal`). One result per message, in order.
     pub async fn append(&self, messages: Vec<NewMessage>) -> Result<Vec<Appended>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
