@@ -185,7 +185,8 @@ async fn a_nearly_full_disk_refuses_before_it_is_full_and_loses_nothing() {
     );
     // Refused before the disk was full, and not long before: below
     // normal's floor (2 × min_free_bytes). Admission counts what it took
-    // since the last sample of the free space as used, so the file system
+    // since the last sample of the free space (every 250 ms) as used, at
+    // twice each message's size, so the file system
     // reads a few MiB more than the 6 MiB transactional stopped at (8.6 to
     // 10.3 MiB measured here).
     let st = s.stats().await;
