@@ -102,6 +102,37 @@ fn pieces(line: impl Iterator<Item = (f64, f64)>) -> Vec<Vec<(f64, f64)>> {
     out
 }
 
+/// One panel: its caption, then each line (x, y) in its colour, broken
+/// over gaps, on axes from 0 to `end` seconds and to the highest y.
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    caption: &str,
+    end: f64,
+    lines: &[(Vec<(f64, f64)>, RGBColor)],
+) -> Result<(), Error>
+where
+    DB::ErrorType: 'static,
+{
+    let top = lines
+        .iter()
+        .flat_map(|(l, _)| l.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..end, 0.0..top)?;
+    chart.configure_mesh().x_desc("seconds").draw()?;
+    for (line, colour) in lines {
+        for piece in pieces(line.iter().copied()) {
+            chart.draw_series(LineSeries::new(piece, colour))?;
+        }
+    }
+    Ok(())
+}
+
 /// Draws the run to `path`.
 pub fn draw(path: &Path, samples: &[Sample], points: &[(u64, f32)]) -> Result<(), Error> {
     let (queue, latency) = series(samples, points);
@@ -109,55 +140,28 @@ pub fn draw(path: &Path, samples: &[Sample], points: &[(u64, f32)]) -> Result<()
     let root = SVGBackend::new(path, (1000, 900)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((3, 1));
-    let top = |v: &mut dyn Iterator<Item = f64>| v.fold(1.0f64, f64::max) * 1.1;
-
-    let mut depth = ChartBuilder::on(&panels[0])
-        .caption("queued messages", ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..end, 0.0..top(&mut queue.iter().map(|q| q.1)))?;
-    depth.configure_mesh().x_desc("seconds").draw()?;
-    for piece in pieces(queue.iter().map(|q| (q.0, q.1))) {
-        depth.draw_series(LineSeries::new(piece, &BLUE))?;
-    }
-
-    let mut rates = ChartBuilder::on(&panels[1])
-        .caption(
-            "enqueue (red) and delivery (green), msg/s",
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(
-            0.0..end,
-            0.0..top(&mut queue.iter().flat_map(|q| [q.2, q.3])),
-        )?;
-    rates.configure_mesh().x_desc("seconds").draw()?;
-    for piece in pieces(queue.iter().map(|q| (q.0, q.2))) {
-        rates.draw_series(LineSeries::new(piece, &RED))?;
-    }
-    for piece in pieces(queue.iter().map(|q| (q.0, q.3))) {
-        rates.draw_series(LineSeries::new(piece, &GREEN))?;
-    }
-
-    let mut lat = ChartBuilder::on(&panels[2])
-        .caption(
-            "Enqueue latency p50 (black) and p99 (red), ms",
-            ("sans-serif", 18),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..end, 0.0..top(&mut latency.iter().map(|l| l.2)))?;
-    lat.configure_mesh().x_desc("seconds").draw()?;
-    for piece in pieces(latency.iter().map(|l| (l.0, l.1))) {
-        lat.draw_series(LineSeries::new(piece, &BLACK))?;
-    }
-    for piece in pieces(latency.iter().map(|l| (l.0, l.2))) {
-        lat.draw_series(LineSeries::new(piece, &RED))?;
-    }
+    let of = |v: &[(f64, f64, f64, f64)], f: fn(&(f64, f64, f64, f64)) -> f64| {
+        v.iter().map(|q| (q.0, f(q))).collect::<Vec<_>>()
+    };
+    let lat = |f: fn(&(f64, f64, f64)) -> f64| latency.iter().map(|l| (l.0, f(l))).collect();
+    panel(
+        &panels[0],
+        "queued messages",
+        end,
+        &[(of(&queue, |q| q.1), BLUE)],
+    )?;
+    panel(
+        &panels[1],
+        "enqueue (red) and delivery (green), msg/s",
+        end,
+        &[(of(&queue, |q| q.2), RED), (of(&queue, |q| q.3), GREEN)],
+    )?;
+    panel(
+        &panels[2],
+        "Enqueue latency p50 (black) and p99 (red), ms",
+        end,
+        &[(lat(|l| l.1), BLACK), (lat(|l| l.2), RED)],
+    )?;
     root.present()?;
     Ok(())
 }

@@ -31,6 +31,29 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// Sends `n` messages of `size` bytes to the smtpd on `127.0.0.1:port`
+/// with Postfix's `smtp-source` over 20 sessions (Subject `subject`, from
+/// `from`, to user@example.org); returns the seconds it took.
+pub async fn smtp_source(
+    port: u16,
+    n: usize,
+    size: usize,
+    subject: &str,
+    from: &str,
+) -> Result<f64, Error> {
+    let t = std::time::Instant::now();
+    let status = tokio::process::Command::new("smtp-source")
+        .args(["-s", "20", "-m", &n.to_string(), "-l", &size.to_string()])
+        .args(["-S", subject, "-f", from, "-t", "user@example.org"])
+        .arg(format!("127.0.0.1:{port}"))
+        .status()
+        .await?;
+    if !status.success() {
+        return Err(format!("smtp-source failed: {status}").into());
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// master.cf from the system's, with no chroot (the queue is in a
 /// temporary folder) and smtpd on `127.0.0.1:port`.
 fn master_cf(system: &str, port: u16) -> String {

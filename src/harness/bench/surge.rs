@@ -446,26 +446,13 @@ async fn postfix_replay(args: &SurgeArgs, dir: &Path, size: usize) -> Result<Rep
         .build();
     let n = args.surge_bulk;
     let r = replay(args, &peer, Front::Postfix(smtp), None, || {
-        tokio::spawn(async move {
-            let t = Instant::now();
-            let status = tokio::process::Command::new("smtp-source")
-                .args(["-s", "20", "-m", &n.to_string(), "-l", &size.to_string()])
-                .args([
-                    "-S",
-                    "bulk",
-                    "-f",
-                    "news@example.com",
-                    "-t",
-                    "user@example.org",
-                ])
-                .arg(format!("127.0.0.1:{port}"))
-                .status()
-                .await?;
-            if !status.success() {
-                return Err(format!("smtp-source failed: {status}").into());
-            }
-            Ok(t.elapsed().as_secs_f64())
-        })
+        tokio::spawn(super::postfix::smtp_source(
+            port,
+            n,
+            size,
+            "bulk",
+            "news@example.com",
+        ))
     })
     .await?;
     drop(postfix);

@@ -73,22 +73,7 @@ async fn through_postfix(args: &BenchArgs, sink: u16, dir: &Path) -> Result<EndT
     let postfix = super::postfix::Postfix::start(&dir.join("postfix"), sink, 20)?;
     let n = args.versus.versus_messages;
     let started = Instant::now();
-    let status = tokio::process::Command::new("smtp-source")
-        .args([
-            "-s",
-            "20",
-            "-m",
-            &n.to_string(),
-            "-l",
-            &args.size.to_string(),
-        ])
-        .args(["-f", "bench@example.com", "-t", "user@example.org"])
-        .arg(format!("127.0.0.1:{}", postfix.port))
-        .status()
-        .await?;
-    if !status.success() {
-        return Err(format!("smtp-source failed: {status}").into());
-    }
+    super::postfix::smtp_source(postfix.port, n, args.size, "bench", "bench@example.com").await?;
     let accepted_secs = started.elapsed().as_secs_f64();
     let progress = bar(n, "Postfix: delivering");
     loop {

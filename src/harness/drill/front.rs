@@ -73,25 +73,15 @@ impl Front {
         match self {
             Front::Mailspool { client, .. } => Ok(surge(client.clone(), n, body).await),
             Front::Postfix { port, .. } => {
-                let t = Instant::now();
-                let status = tokio::process::Command::new("smtp-source")
-                    .args([
-                        "-s",
-                        "20",
-                        "-m",
-                        &n.to_string(),
-                        "-l",
-                        &body.len().to_string(),
-                    ])
-                    .args(["-S", "drill bulk", "-f", "drill@example.com"])
-                    .args(["-t", "user@example.org"])
-                    .arg(format!("127.0.0.1:{port}"))
-                    .status()
-                    .await?;
-                if !status.success() {
-                    return Err(format!("smtp-source failed: {status}").into());
-                }
-                Ok((vec![String::new(); n], 0, t.elapsed().as_secs_f64()))
+                let secs = crate::harness::bench::postfix::smtp_source(
+                    *port,
+                    n,
+                    body.len(),
+                    "drill bulk",
+                    "drill@example.com",
+                )
+                .await?;
+                Ok((vec![String::new(); n], 0, secs))
             }
         }
     }
