@@ -162,7 +162,8 @@ pub(super) struct Group {
     pub(super) bodies: Vec<BodyLoc>,
     /// Dead letters removed earlier in this group.
     pub(super) gone_dead: HashSet<MessageId>,
-    /// Appends in the group: flush and fsync before answering.
+    /// Admin operations (or the replay) in the group: flush and fsync
+    /// before answering. Appends are answered from the journal.
     pub(super) needs_sync: bool,
     /// Messages appended in the group.
     pub(super) appended: usize,
@@ -273,8 +274,9 @@ pub(super) fn sync_stage(
         }
         let result = result.map_err(Arc::new);
         for job in jobs {
-            // Visible before the callers are answered: an Enqueue that
-            // returned finds its `accepted` event.
+            // Visible before the callers are answered: an admin operation
+            // that returned finds its events (an Enqueue's come with the
+            // first fsync after its answer, `journal`).
             if result.is_ok() && job.events_upto > 0 {
                 shared.events_visible.send_if_modified(|v| {
                     let newer = job.events_upto > *v;
