@@ -914,6 +914,28 @@ async fn the_console_is_dark_when_asked_and_works_by_keyboard() {
     })
     .await;
     assert!(listed, "{}", b.text("messages").await);
+    // The overview's refresh leaves the focus where it is (a lane's
+    // button is updated in place, not made again).
+    b.client
+        .execute("document.getElementById('lane-bulk').focus();", vec![])
+        .await
+        .unwrap();
+    let before = b.text("updated").await;
+    let refreshed = wait_until(Duration::from_secs(10), || async {
+        b.text("updated").await != before
+    })
+    .await;
+    assert!(refreshed);
+    let focused = b
+        .client
+        .execute("return document.activeElement.id;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("lane-bulk"), "a refresh took the focus away");
+    b.client
+        .execute("document.activeElement.blur();", vec![])
+        .await
+        .unwrap();
     // On by Tab to the message's link; Enter opens it.
     assert!(
         tab_to(&b, "a.message-link", 20).await,
@@ -946,15 +968,14 @@ async fn the_console_is_dark_when_asked_and_works_by_keyboard() {
     s.shutdown().await;
 }
 
-/// Presses one key (a WebDriver key code) on the focused element.
+/// Presses one key (a WebDriver key code) as a keyboard would: on
+/// whatever has the focus, without holding a reference to an element.
 async fn press(b: &Browser, key: char) {
-    b.client
-        .active_element()
-        .await
-        .unwrap()
-        .send_keys(&key.to_string())
-        .await
-        .unwrap();
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let keys = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: key })
+        .then(KeyAction::Up { value: key });
+    b.client.perform_actions(keys).await.unwrap();
 }
 
 /// Tabs (at most `max` times) until the focused element matches `css`.

@@ -51,19 +51,30 @@ function showOverview(o) {
   $("bounce").textContent = `${(o.bounce_rate_last_hour * 100).toFixed(1)} %`;
   const paused = new Set(o.paused_lanes);
   const lanes = ["transactional", "normal", "bulk"];
-  fill($("lanes"), lanes.map((l) => [l, num(o[`queued_${l}`]), paused.has(l) ? "paused" : "on", ""]));
-  $("lanes").querySelectorAll("tr").forEach((tr, i) => {
-    const lane = lanes[i];
-    const b = document.createElement("button");
-    b.type = "button";
-    b.id = `lane-${lane}`;
-    b.textContent = paused.has(lane) ? `Resume ${lane}` : `Pause ${lane}`;
-    b.addEventListener("click", async () => {
-      const r = await act(paused.has(lane) ? "resume" : "pause", { lanes: [lane] });
-      if (r) $("action-result").textContent = `paused lanes: ${r.paused_lanes.join(", ") || "none"}`;
-      tick();
+  // The lane rows and their buttons are made once and updated in place:
+  // a button replaced every second would take the keyboard's focus away.
+  const tbody = $("lanes");
+  if (tbody.rows.length !== lanes.length) {
+    fill(tbody, lanes.map((l) => [l, "", "", ""]));
+    lanes.forEach((lane, i) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.id = `lane-${lane}`;
+      b.addEventListener("click", async () => {
+        const r = await act(b.dataset.paused === "1" ? "resume" : "pause", { lanes: [lane] });
+        if (r) $("action-result").textContent = `paused lanes: ${r.paused_lanes.join(", ") || "none"}`;
+        tick();
+      });
+      tbody.rows[i].lastChild.appendChild(b);
     });
-    tr.lastChild.appendChild(b);
+  }
+  lanes.forEach((lane, i) => {
+    const cells = tbody.rows[i].cells;
+    cells[1].textContent = num(o[`queued_${lane}`]);
+    cells[2].textContent = paused.has(lane) ? "paused" : "on";
+    const b = cells[3].firstChild;
+    b.dataset.paused = paused.has(lane) ? "1" : "";
+    b.textContent = paused.has(lane) ? `Resume ${lane}` : `Pause ${lane}`;
   });
   fill($("relays"), o.relays.map((r) => [r.name, r.state, num(r.sent), num(r.deferred), num(r.failed), r.reason]));
   $("webhooks-section").hidden = o.webhooks.length === 0;
